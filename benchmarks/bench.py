@@ -193,7 +193,7 @@ def run(cfg, config_path: str | None) -> dict:
             save()
     if "scaling" in cfg.parts:
         model_dir, data_dir = prepare_arch(cfg, cfg.scaling.arch, work, device)
-        results["scaling"] = run_scaling(cfg, model_dir, data_dir, work)
+        results["scaling"] = run_scaling(cfg, model_dir, data_dir, work, output_dir=cfg.results_dir)
         save()
     save()
     print(format_table(results))

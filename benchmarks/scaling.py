@@ -11,9 +11,11 @@ TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are set for every 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -21,6 +23,20 @@ import yaml
 from benchmarks.train_bench import TrainPoint, interval_rates, trainer_overrides, trainer_supports
 
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+# NCCL INFO lines name the path between ranks, e.g. "Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read".
+NCCL_TRANSPORT = re.compile(r"NCCL INFO Channel \S+ : \S+ -> \S+ via (\S+)")
+
+
+def save_launch_output(results_dir: str | Path, gpus: int, output: str) -> None:
+    """Each launch's stdout + stderr (NCCL's INFO lines included) beside the results JSON."""
+    try:
+        path = Path(results_dir) / f"scaling-{gpus}gpu-output.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(output[-2_000_000:])
+    except OSError as exc:  # diagnostics only: never lose the measurement over them
+        print(f"[bench] could not save the launch output: {exc}", flush=True)
 
 
 def launch_command(accelerate_config: str, gpus: int, config_file: Path) -> list[str]:
@@ -32,7 +48,8 @@ def launch_command(accelerate_config: str, gpus: int, config_file: Path) -> list
     ]
 
 
-def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path) -> dict:
+def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path, output_dir: str | Path | None = None) -> dict:
+    """``output_dir``: where each launch's output is kept (``scaling-<N>gpu-output.txt``); None: not kept."""
     import torch
 
     settings = cfg.scaling
@@ -48,6 +65,7 @@ def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path) -> dict:
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump({"train": section}, sort_keys=False))
     env = {**os.environ, **NO_MULTICAST_ENV, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("NCCL_DEBUG", "INFO")  # the transport between GPUs (NVLink P2P, SHM, ...) goes to the launch output
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path.cwd()), env.get("PYTHONPATH", "")]))
 
     runs = []
@@ -58,14 +76,26 @@ def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path) -> dict:
             runs.append(record)
             continue
         print(f"[bench] scaling: {gpus} GPU(s)", flush=True)
+        started = time.perf_counter()
         done = subprocess.run(launch_command(settings.accelerate_config, gpus, config_file), env=env,
                               capture_output=True, text=True)
+        record["launch_wall_s"] = round(time.perf_counter() - started, 1)
+        output = done.stdout + done.stderr
+        transports = sorted({m.group(1) for m in NCCL_TRANSPORT.finditer(output)})
+        if transports:
+            record["nccl_transports"] = transports
+        if output_dir is not None:
+            save_launch_output(output_dir, gpus, output)
         if done.returncode != 0:
             record.update(status="failed", error=(done.stderr or done.stdout)[-1500:])
         else:
             rates = interval_rates(work_dir)
             steady = rates[1:] or rates
-            record.update(status="ok", pairs_per_s=statistics.median(steady), pairs_per_s_intervals=steady)
+            record.update(status="ok", pairs_per_s=statistics.median(steady), pairs_per_s_intervals=steady,
+                          first_interval_pairs_per_s=rates[0] if rates else None)
+        print(f"[bench]   -> {record.get('status')} {record.get('pairs_per_s')} pairs/s, intervals "
+              f"{record.get('pairs_per_s_intervals')}, launch {record['launch_wall_s']} s, NCCL {transports}",
+              flush=True)
         runs.append(record)
     single = next((r.get("pairs_per_s") for r in runs if r["gpus"] == 1 and r.get("status") == "ok"), None)
     for r in runs:
