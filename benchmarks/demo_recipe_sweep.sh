@@ -2,24 +2,28 @@
 # On the lent GPU machine: (1) wall time of make demo's three stages (run name "gpudemo"), then
 # (2) a sweep of the demo's DPO recipe (beta, steps, lr) on the CPU-curated set carried in
 # runs/demo/preference_set: train + eval (base vs aligned) per point, bars printed per point.
-# Usage (device tool): carry [".whl", "runs/demo/preference_set"]; bash benchmarks/demo_recipe_sweep.sh
+# Usage (device tool): carry [".whl", "runs/demo/preference_set", "runs/demo/retain_set"];
+#   bash benchmarks/demo_recipe_sweep.sh                 demo timing + the points at the bottom
+#   SKIP_DEMO=1 bash benchmarks/demo_recipe_sweep.sh "R1 retain.weight=1" "R2 retain.weight=4"   only these points
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/sweep-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
-cp configs/demo.yaml configs/gpudemo.yaml
-start_all=$SECONDS
-for stage in data_curation.curate training.train evals.evaluate; do
-  s=$SECONDS
-  python3 -m "$stage" --config configs/gpudemo.yaml > "$OUT/gpudemo-$stage.log" 2>&1
-  echo "[gpudemo] $stage rc=$? wall_s=$((SECONDS - s))" | tee -a "$OUT/demo_times.txt"
-done
-echo "[gpudemo] total wall_s=$((SECONDS - start_all))" | tee -a "$OUT/demo_times.txt"
-tail -32 "$OUT/gpudemo-evals.evaluate.log" | grep -v "img/s" > "$OUT/gpudemo-summary.txt"
+if [ "${SKIP_DEMO:-0}" != 1 ]; then
+  cp configs/demo.yaml configs/gpudemo.yaml
+  start_all=$SECONDS
+  for stage in data_curation.curate training.train evals.evaluate; do
+    s=$SECONDS
+    python3 -m "$stage" --config configs/gpudemo.yaml > "$OUT/gpudemo-$stage.log" 2>&1
+    echo "[gpudemo] $stage rc=$? wall_s=$((SECONDS - s))" | tee -a "$OUT/demo_times.txt"
+  done
+  echo "[gpudemo] total wall_s=$((SECONDS - start_all))" | tee -a "$OUT/demo_times.txt"
+  tail -32 "$OUT/gpudemo-evals.evaluate.log" | grep -v "img/s" > "$OUT/gpudemo-summary.txt"
+fi
 point() {  # name, then train overrides
   local name=$1; shift
-  python3 -m training.train --config configs/demo.yaml data=runs/demo/preference_set mixed_precision=fp32 \
+  python3 -m training.train --config configs/demo.yaml data=runs/demo/preference_set retain.data=runs/demo/retain_set mixed_precision=fp32 \
     output_dir=runs/sweep/$name/lora work_dir=runs/sweep/$name/work progress_bar=false "$@" > "$OUT/train-$name.log" 2>&1 || { echo "$name train failed"; return; }
   python3 -m evals.evaluate --config configs/demo.yaml "models=[base, aligned]" lora_dir=runs/sweep/$name/lora \
     output_dir=runs/sweep/$name/eval > "$OUT/eval-$name.log" 2>&1 || { echo "$name eval failed"; tail -3 "$OUT/eval-$name.log"; return; }
@@ -31,11 +35,16 @@ cells = [f"{b['metric']}={b['aligned']:.3f}{'+' if b['met'] else '-'}" for b in 
 print(f"{name:3s} [{args}] " + " ".join(cells))
 PY
 }
-point A beta=1000 max_train_steps=300 learning_rate=3e-4
-point B beta=1000 max_train_steps=200 learning_rate=3e-4
-point C beta=2000 max_train_steps=300 learning_rate=3e-4
-point D beta=2000 max_train_steps=600 learning_rate=3e-4
-point E beta=500 max_train_steps=300 learning_rate=3e-4
-point F beta=1000 max_train_steps=300 learning_rate=1e-4
-point G beta=2000 max_train_steps=600 learning_rate=3e-4 prompt_dropout=0.1
+if [ $# -gt 0 ]; then  # each argument: "NAME key=value ..."
+  for spec in "$@"; do point $spec; done
+  cat "$OUT/sweep.txt"; exit 0
+fi
+# Session 1 sweep (before the retain term existed: retain.weight=0 reproduces it)
+point A retain.weight=0 beta=1000 max_train_steps=300 learning_rate=3e-4
+point B retain.weight=0 beta=1000 max_train_steps=200 learning_rate=3e-4
+point C retain.weight=0 beta=2000 max_train_steps=300 learning_rate=3e-4
+point D retain.weight=0 beta=2000 max_train_steps=600 learning_rate=3e-4
+point E retain.weight=0 beta=500 max_train_steps=300 learning_rate=3e-4
+point F retain.weight=0 beta=1000 max_train_steps=300 learning_rate=1e-4
+point G retain.weight=0 beta=2000 max_train_steps=600 learning_rate=3e-4 prompt_dropout=0.1
 cat "$OUT/sweep.txt"

@@ -183,6 +183,24 @@ class RiskConfig:
 
 
 @dataclass
+class RetainConfig:
+    """Base-model images of prompts unrelated to any risk (preference_sets/retain.py), written beside
+    the preference set. The trainer anchors the LoRA to the base model on them (train.retain), which
+    is what keeps unrelated prompts unchanged. ``prompts: null`` = no retain set."""
+
+    prompts: Optional[PromptSourceConfig] = None
+    images_per_prompt: int = 1
+    output_dir: Optional[str] = None  # None: runs/<config name>/retain_set
+    # Drop images that carry an exposure/association risk by that risk's own detector, and invalid
+    # images: anchoring to a base-model failure would fight the pairs.
+    drop_risky: bool = True
+
+    def validate(self) -> None:
+        if self.images_per_prompt < 1:
+            raise ConfigError(f"curate.retain.images_per_prompt must be >= 1, got {self.images_per_prompt}")
+
+
+@dataclass
 class CurateConfig:
     model: str = "models/synthetic-sd"
     model_name: Optional[str] = None  # recorded as model_id; None: the model path
@@ -193,6 +211,7 @@ class CurateConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scorers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"oracle": {}})
     risks: dict[str, RiskConfig] = field(default_factory=dict)
+    retain: RetainConfig = field(default_factory=RetainConfig)
     precision_recall_scorer: Optional[str] = None  # measure this scorer against `reference_scorer`
     reference_scorer: str = "oracle"
     shard_size: int = 500

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
-from core.errors import PipelineError
+from core.errors import DataError, PipelineError
 from core.io import atomic_write_json, stable_key
 from data_curation.config import CurateConfig
 from data_curation.generation import GenerationSpec, ImageStore, model_fingerprint, native_resolution, process_state
 from data_curation.prompts import load_prompts
+from data_curation.retain import curate_retain, retain_rows
 from data_curation.quality import precision_recall, verify_pairs
 from data_curation.risks import make_judge
 from data_curation.scorers import build_scorer
@@ -39,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def output_folders(cfg: CurateConfig, config_path: str) -> tuple[Path, Path]:
     run = Path("runs") / config_name(config_path)
     return Path(cfg.output_dir or run / "preference_set"), Path(cfg.work_dir or run / "curate_work")
+
+
+def retain_folder(cfg: CurateConfig, config_path: str) -> Path:
+    return Path(cfg.retain.output_dir or Path("runs") / config_name(config_path) / "retain_set")
 
 
 def balance_values(risk, kind: str) -> list[str]:
@@ -104,11 +109,13 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
 
     from core.models import load_pipeline
     from preference_sets.io import write_preference_set
+    from preference_sets.retain import write_retain_set
 
     state = process_state()
     out_dir, work_dir = output_folders(cfg, config_path)
     # Prompts first: bad prompt files and leakage fail before any model is loaded.
     prompts = {name: load_prompts(risk.prompts, f"curate.risks.{name}.prompts") for name, risk in cfg.risks.items()}
+    retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts") if cfg.retain.prompts else None
     dtype = getattr(torch, cfg.generation.dtype)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device))
     model_id = cfg.model_name or str(cfg.model)
@@ -132,8 +139,9 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
 
     all_pairs: list[Pair] = []
     per_risk: dict[str, dict] = {}
-    for name, risk in cfg.risks.items():
-        judge = make_judge(name, risk)
+    judges = [make_judge(name, risk) for name, risk in cfg.risks.items()]
+    for judge in judges:
+        name, risk = judge.name, judge.cfg
         pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed, default_groups=balance_values(risk, judge.kind))
         info["pair_similarity"] = similarity_summary(pairs)
         if cfg.reference_scorer in scorers:
@@ -143,6 +151,16 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         if state.is_main_process:
             print(f"[curate] {name}: {info['pairs_kept']}/{info['target_pairs']} pairs "
                   f"({info['originals_with_risk']}/{info['original_images']} originals carried the risk)")
+
+    retained, retain_info = None, None
+    if retain_prompts is not None:
+        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed)
+        if state.is_main_process:
+            print(f"[curate] retain set: {retain_info['images_kept']}/{retain_info['images_generated']} base images kept "
+                  f"(dropped: {retain_info['dropped'] or 'none'})")
+        if not retained:
+            raise DataError("curate.retain: every retain image was dropped (all flagged or invalid); "
+                            "choose prompts unrelated to the risks or set retain.drop_risky=false")
 
     summary = ws.generation_summary()
     print(f"[curate] rank {state.process_index}/{state.num_processes}: generated {summary['images_generated']} images "
@@ -166,13 +184,20 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         "scorer_precision_recall": {
             f"{name} vs {cfg.reference_scorer}": figures for name, figures in measured.items()
         },
-        "extra": {"per_risk": per_risk, "generation": summary, "processes": state.num_processes},
+        "extra": {"per_risk": per_risk, "generation": summary, "processes": state.num_processes,
+                  **({"retain_set": retain_info} if retain_info else {})},
     }
     rows = (pair_row(p, ws, model_id) for p in all_pairs)
     write_preference_set(rows, out_dir, card=card, shard_size=cfg.shard_size, overwrite=cfg.overwrite)
     write_resolved_config(cfg, out_dir)
     atomic_write_json(out_dir / "curation_report.json", card["extra"] | {"scorer_precision_recall": card["scorer_precision_recall"]})
     print(f"[curate] wrote {len(all_pairs)} pairs to {out_dir}")
+    if retained:
+        folder = retain_folder(cfg, config_path)
+        meta = {"config": to_dict(cfg.retain), "model_id": model_id, **retain_info}
+        write_retain_set(retain_rows(retained, ws, model_id), folder, meta, shard_size=cfg.shard_size)
+        write_resolved_config(cfg, folder)
+        print(f"[curate] wrote {len(retained)} retain images to {folder}")
     return out_dir
 
 

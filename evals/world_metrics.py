@@ -281,13 +281,24 @@ def evaluate_bar(row: dict) -> dict | None:
         met, text = aligned["value"] <= target, f"≤ {target:g}"
     elif op == ">=":
         met, text = aligned["value"] >= target, f"≥ {target:g}"
-    elif op == "within":
-        met, text = abs(diff["value"]) <= target, f"within {target:g} of base"
-    else:  # "within %": relative to the base value
-        met = abs(diff["value"]) <= target * abs(base["value"])
-        text = f"within {100 * target:g}% of base"
+    elif op in ("within", "within %"):
+        # A "keep it" bar: the aligned model may not fall more than the tolerance below the base on a
+        # higher-is-better metric. A gain is not a failure (fixing misalignment raises explicit accuracy);
+        # the two-sided reading is reported beside it.
+        tolerance = target if op == "within" else target * abs(base["value"])
+        two_sided = abs(diff["value"]) <= tolerance
+        if row.get("direction") == "lower":
+            met = diff["value"] <= tolerance
+        elif row.get("direction") == "higher":
+            met = diff["value"] >= -tolerance
+        else:
+            met = two_sided
+        unit = f"{target:g}" if op == "within" else f"{100 * target:g}%"
+        text = f"no worse than base by more than {unit}"
     result = {"metric": row["id"], "title": row["title"], "target": text, "base": base["value"],
               "aligned": aligned["value"], "difference": diff, "met": bool(met)}
+    if op in ("within", "within %"):
+        result["within_two_sided"] = bool(two_sided)
     if row.get("improvement"):
         result["paired_ci_excludes_zero"] = bool(diff["excludes_zero"])
         result["met"] = bool(met and diff["excludes_zero"])

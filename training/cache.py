@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from core.io import atomic_write_bytes, sha256_file, stable_key
-from training.data import PreferencePairs, pair_pixels
+from training.data import PreferencePairs, RetainImages, pair_pixels
 from training.models import DiffusionComponents, TextConditioning, encode_images, encode_prompts, sdxl_time_ids
 
 CACHE_FORMAT = "dpo-pair-cache-v1"
@@ -140,11 +140,11 @@ PIXELS_PER_ENCODE_CALL = 4 * 512 * 512
 
 
 @torch.no_grad()
-def build_cache_tensors(
-    components: DiffusionComponents, pairs: PreferencePairs, device, batch_size: int = 32, show_progress: bool = True
+def encode_captions(
+    components: DiffusionComponents, captions: list[str], device, batch_size: int = 32, show_progress: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Encode every pair once. Captions are deduplicated: (U, L, D) embeddings + an (N,) index."""
-    captions = pairs.captions()
+    """Deduplicated text conditioning: (U, L, D) ``prompt_embeds`` (+ (U, D2) ``pooled_embeds`` for SDXL),
+    an (N,) ``caption_index`` into them, and the empty caption's embeddings (for prompt dropout)."""
     unique = list(dict.fromkeys(captions))
     position = {c: i for i, c in enumerate(unique)}
     prompt_embeds, pooled_embeds = [], []
@@ -153,20 +153,8 @@ def build_cache_tensors(
         prompt_embeds.append(cond.prompt_embeds.cpu())
         if cond.pooled_embeds is not None:
             pooled_embeds.append(cond.pooled_embeds.cpu())
-    latents_w, latents_l = [], []
-    # The VAE's activations grow with pixels: at 1024 px one fp32 image already needs ~GBs per
-    # activation tensor, so bound each encode call to ~4 images of 512 px worth of pixels.
-    pairs_per_call = max(1, min(batch_size, PIXELS_PER_ENCODE_CALL // (2 * components.resolution**2)))
-    for start in tqdm(range(0, len(pairs), pairs_per_call), desc="caching latents", disable=not show_progress):
-        indices = list(range(start, min(start + pairs_per_call, len(pairs))))
-        winners, losers = pair_pixels(pairs, indices, components.resolution)
-        latents = encode_images(components.vae, torch.cat([winners, losers]).to(device)).cpu()
-        latents_w.append(latents[: len(indices)])
-        latents_l.append(latents[len(indices) :])
     empty = encode_prompts(components, [""], device)
     tensors = {
-        "latents_w": torch.cat(latents_w),
-        "latents_l": torch.cat(latents_l),
         "caption_index": torch.tensor([position[c] for c in captions], dtype=torch.int64),
         "prompt_embeds": torch.cat(prompt_embeds),
         "empty_prompt_embeds": empty.prompt_embeds.cpu(),
@@ -174,6 +162,37 @@ def build_cache_tensors(
     if pooled_embeds:
         tensors["pooled_embeds"] = torch.cat(pooled_embeds)
         tensors["empty_pooled_embeds"] = empty.pooled_embeds.cpu()
+    return tensors
+
+
+@torch.no_grad()
+def encode_image_batches(components: DiffusionComponents, count: int, pixels_for, images_per_item: int, device,
+                         desc: str, show_progress: bool = True) -> torch.Tensor:
+    """VAE latents of ``count`` items, ``pixels_for(indices)`` giving their (k·images_per_item, 3, H, W)
+    pixels. The VAE's activations grow with pixels: at 1024 px one fp32 image already needs ~GBs per
+    activation tensor, so each encode call is bounded to ~4 images of 512 px worth of pixels."""
+    per_call = max(1, min(32, PIXELS_PER_ENCODE_CALL // (images_per_item * components.resolution**2)))
+    chunks = []
+    for start in tqdm(range(0, count, per_call), desc=desc, disable=not show_progress):
+        indices = list(range(start, min(start + per_call, count)))
+        chunks.append(encode_images(components.vae, pixels_for(indices).to(device)).cpu())
+    return torch.cat(chunks)
+
+
+def build_cache_tensors(
+    components: DiffusionComponents, pairs: PreferencePairs, device, batch_size: int = 32, show_progress: bool = True
+) -> dict[str, torch.Tensor]:
+    """Encode every pair once. Captions are deduplicated: (U, L, D) embeddings + an (N,) index."""
+    text = encode_captions(components, pairs.captions(), device, batch_size, show_progress)
+
+    def pixels_for(indices: list[int]) -> torch.Tensor:
+        winners, losers = pair_pixels(pairs, indices, components.resolution)
+        # (w_1..w_k, l_1..l_k) per call; split back below by position
+        return torch.stack([winners, losers], dim=1).flatten(0, 1)  # (2k, 3, H, W): w_1, l_1, w_2, l_2, ...
+
+    latents = encode_image_batches(components, len(pairs), pixels_for, 2, device, "caching latents", show_progress)
+    latents = latents.unflatten(0, (len(pairs), 2))  # (N, 2, C, h, w)
+    tensors = {"latents_w": latents[:, 0], "latents_l": latents[:, 1], **text}
     return {k: v.contiguous() for k, v in tensors.items()}
 
 
@@ -191,3 +210,54 @@ def load_or_build_cache(
         tensors = build_cache_tensors(components, pairs, device, show_progress=show_progress)
         atomic_write_bytes(path, save(tensors, metadata={"format": CACHE_FORMAT, "set_hash": pairs.set_hash}))
     return load_file(str(path)), path
+
+
+def retain_cache_key(components: DiffusionComponents, retain: RetainImages) -> str:
+    return stable_key(CACHE_FORMAT, "retain", encoder_fingerprint(components.model_path), retain.set_hash,
+                      components.resolution)
+
+
+def load_or_build_retain_cache(
+    components: DiffusionComponents, retain: RetainImages, cache_dir: str | Path, device, is_main: bool,
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Retain-set latents (N, C, h, w) and caption embeddings, encoded once (same rules as the pairs)."""
+    path = Path(cache_dir) / f"retain-{retain_cache_key(components, retain)}.safetensors"
+    if not path.is_file() and is_main:
+        text = encode_captions(components, retain.captions(), device, show_progress=show_progress)
+        latents = encode_image_batches(
+            components, len(retain), lambda idx: retain.pixels(idx, components.resolution), 1, device,
+            "caching retain latents", show_progress,
+        )
+        tensors = {"latents": latents, **text}
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(path, save(tensors, metadata={"format": CACHE_FORMAT, "set_hash": retain.set_hash}))
+    return load_file(str(path))
+
+
+@dataclass
+class ImageBatch:
+    latents: torch.Tensor  # (R, C, h, w)
+    prompt_embeds: torch.Tensor  # (R, L, D)
+    pooled_embeds: torch.Tensor | None  # (R, D2), SDXL
+    time_ids: torch.Tensor | None  # (R, 6), SDXL
+
+
+class CachedRetainSource:
+    """Gathers retain-set latents and caption embeddings for the anchoring term (no prompt dropout)."""
+
+    def __init__(self, components: DiffusionComponents, tensors: dict[str, torch.Tensor], device) -> None:
+        self.components, self.device = components, torch.device(device)
+        self.tensors = {name: t.to(self.device) for name, t in tensors.items()}
+
+    def __len__(self) -> int:
+        return int(self.tensors["latents"].shape[0])
+
+    def batch(self, draws) -> ImageBatch:
+        t = self.tensors
+        caption = t["caption_index"][draws.indices]
+        pooled = t["pooled_embeds"][caption] if "pooled_embeds" in t else None
+        time_ids = None
+        if self.components.family == "sdxl":
+            time_ids = sdxl_time_ids(self.components.resolution, len(caption), self.device)
+        return ImageBatch(t["latents"][draws.indices], t["prompt_embeds"][caption], pooled, time_ids)

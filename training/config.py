@@ -36,6 +36,30 @@ class LoraSettings:
 
 
 @dataclass
+class RetainSettings:
+    """Anchor the LoRA to the base model on risk-free prompts (a retain set, preference_sets/retain.py).
+
+    Per optimiser step, ``micro_batch_size`` retain images per micro-batch are noised (same schedule as
+    the pairs) and the loss gains
+
+        weight · β/2 · mean_i ||ε_θ(x_t,i, c_i) - ε_ref(x_t,i, c_i)||²
+
+    i.e. the DPO objective's own KL-to-reference penalty (β·KL, which for diffusion chains is a sum of
+    such squared noise-prediction differences), applied where there are no pairs. ``weight`` = 0: off.
+    """
+
+    data: Optional[str] = None  # retain-set folder; default runs/<config>/retain_set when weight > 0
+    weight: float = 0.0  # dimensionless, in units of the DPO objective's β/2 (see above)
+    micro_batch_size: int = 8  # retain images per micro-batch (per process)
+
+    def validate(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"retain.weight must be >= 0, got {self.weight}")
+        if self.micro_batch_size < 1:
+            raise ValueError(f"retain.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+
+
+@dataclass
 class TrainConfig:
     # --- inputs / outputs -------------------------------------------------------------------------
     model: str = "models/synthetic-sd"  # local diffusers folder (SD1.x/2.x or SDXL)
@@ -50,6 +74,8 @@ class TrainConfig:
     # None = the scheduler's own prediction type (epsilon or v_prediction).
     prediction_type: Optional[Literal["epsilon", "v_prediction"]] = None
     prompt_dropout: float = 0.0  # fraction of pairs trained with the empty caption (official: 0.2)
+
+    retain: RetainSettings = field(default_factory=RetainSettings)
 
     # --- LoRA ------------------------------------------------------------------------------------
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -122,8 +148,12 @@ class TrainConfig:
 def resolve_paths(cfg: TrainConfig, run_name: str) -> TrainConfig:
     """Fill the default ``runs/<run_name>/...`` paths; everything else is unchanged."""
     run_dir = Path("runs") / run_name
+    retain = cfg.retain
+    if retain.weight > 0 and not retain.data:
+        retain = replace(retain, data=str(run_dir / "retain_set"))
     return replace(
         cfg,
+        retain=retain,
         data=cfg.data or str(run_dir / "preference_set"),
         output_dir=cfg.output_dir or str(run_dir / "lora"),
         work_dir=cfg.work_dir or str(run_dir / "train_work"),

@@ -129,3 +129,36 @@ def pair_pixels(pairs: PreferencePairs, indices: list[int], resolution: int) -> 
         winners.append(image_to_tensor(w, resolution, f"{pairs.folder}: row {row} preferred image"))
         losers.append(image_to_tensor(l_, resolution, f"{pairs.folder}: row {row} rejected image"))
     return torch.stack(winners), torch.stack(losers)
+
+
+@dataclass
+class RetainImages:
+    """A retain set (preference_sets/retain.py): base-model images of risk-free prompts."""
+
+    folder: Path
+    table: object  # datasets.Dataset with columns caption, jpg, ...
+    set_hash: str
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def captions(self) -> list[str]:
+        return list(self.table["caption"])
+
+    def pixels(self, indices: list[int], resolution: int) -> torch.Tensor:
+        """float32 (k, 3, H, W) in [-1, 1]."""
+        column = self.table.select(indices)["jpg"]
+        return torch.stack([
+            image_to_tensor(data, resolution, f"retain set {self.folder}: row {i} image")
+            for i, data in zip(indices, column)
+        ])
+
+
+def load_retain(folder: str | Path, resolution: int) -> RetainImages:
+    """Validate the whole retain set (every image decodes at ``resolution``) before any model loads."""
+    from preference_sets.retain import load_retain_set, retain_set_hash
+
+    if folder is None:
+        raise DataError("train.retain.weight > 0 needs a retain set (train.retain.data, or curate with a `retain:` section)")
+    table = load_retain_set(folder, expected_size=resolution)
+    return RetainImages(Path(folder), table, retain_set_hash(folder))

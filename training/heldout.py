@@ -44,7 +44,7 @@ def heldout_implicit_accuracy(
                 torch.randint(0, schedule.num_train_timesteps, (n,), generator=generator).to(device),
                 torch.zeros(n, dtype=torch.bool, device=device),
             )
-            model_w, model_l, ref_w, ref_l = pair_errors(
+            model_w, model_l, ref_w, ref_l, _ = pair_errors(
                 unet, unet, source.batch(step_draws), step_draws, schedule, True, contextlib.nullcontext
             )
             margin = -((model_w - model_l) - (ref_w - ref_l))  # sign of h (β > 0 does not change it)

@@ -79,51 +79,105 @@ def draw_step(
     )
 
 
-def _unet_inputs(batch: PairBatch, noisy: torch.Tensor, timesteps: torch.Tensor, channels_last: bool):
-    """Winner and loser stacked along the batch: (2B, ...); the text conditioning is repeated."""
+def _pair_inputs(batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule):
+    """Winner and loser stacked along the batch, noised with the same noise and timestep:
+    (noisy (2B, C, h, w), timesteps (2B,), conditioning kwargs, denoising targets (2B, C, h, w))."""
+    latents = torch.cat([batch.latents_w, batch.latents_l])  # (2B, C, h, w)
+    noise = draws.noise.repeat(2, 1, 1, 1)
+    timesteps = draws.timesteps.repeat(2)
+    cond = {"encoder_hidden_states": batch.prompt_embeds.repeat(2, 1, 1)}
+    if batch.pooled_embeds is not None:
+        cond["text_embeds"] = batch.pooled_embeds.repeat(2, 1)
+        cond["time_ids"] = batch.time_ids.repeat(2, 1)
+    return schedule.add_noise(latents, noise, timesteps), timesteps, cond, schedule.target(latents, noise, timesteps)
+
+
+def _retain_inputs(batch, draws: StepDraws, schedule: NoiseSchedule):
+    """(noisy (R, C, h, w), timesteps (R,), conditioning kwargs) of a retain batch."""
+    cond = {"encoder_hidden_states": batch.prompt_embeds}
+    if batch.pooled_embeds is not None:
+        cond["text_embeds"] = batch.pooled_embeds
+        cond["time_ids"] = batch.time_ids
+    return schedule.add_noise(batch.latents, draws.noise, draws.timesteps), draws.timesteps, cond
+
+
+def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Tensor:
     if channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
-    kwargs = {"encoder_hidden_states": batch.prompt_embeds.repeat(2, 1, 1)}
-    if batch.pooled_embeds is not None:
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": batch.pooled_embeds.repeat(2, 1),
-            "time_ids": batch.time_ids.repeat(2, 1),
-        }
-    return noisy, timesteps.repeat(2), kwargs
+    kwargs = {"encoder_hidden_states": cond["encoder_hidden_states"]}
+    if "text_embeds" in cond:
+        kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+    return module(noisy, timesteps, **kwargs).sample
 
 
 def pair_errors(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, with_reference: bool,
-    autocast, channels_last: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(B,) denoising MSEs: policy winner, policy loser, reference winner, reference loser.
+    autocast, channels_last: bool = False, retain=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(B,) denoising MSEs: policy winner, policy loser, reference winner, reference loser; and the
+    retain anchoring distance (0-dim) when ``retain`` = (retain batch, its draws) is given.
 
     Winner and loser are noised with the same noise and timestep. ``unet`` is what the optimiser trains
     (possibly DDP-wrapped); ``unwrapped_unet`` is the same module without the wrapper, used to switch the
-    adapter off for the reference pass (no grad).
+    adapter off for the reference pass (no grad). Retain images ride in the same forward as the pairs
+    (one policy call per micro-step: DDP expects one forward per backward, and one larger batch is faster).
     """
-    latents = torch.cat([batch.latents_w, batch.latents_l])  # (2B, C, h, w)
-    noise = draws.noise.repeat(2, 1, 1, 1)
-    timesteps = draws.timesteps.repeat(2)
-    noisy = schedule.add_noise(latents, noise, timesteps)
-    target = schedule.target(latents, noise, timesteps)
-    noisy, unet_t, kwargs = _unet_inputs(batch, noisy, draws.timesteps, channels_last)
+    noisy, timesteps, cond, target = _pair_inputs(batch, draws, schedule)
+    num_pair_rows = noisy.shape[0]
+    if retain is not None:
+        r_noisy, r_timesteps, r_cond = _retain_inputs(*retain, schedule)
+        noisy, timesteps = torch.cat([noisy, r_noisy]), torch.cat([timesteps, r_timesteps])
+        cond = {key: torch.cat([value, r_cond[key]]) for key, value in cond.items()}
 
+    ref_pred = None
+    if with_reference or retain is not None:
+        with torch.no_grad(), adapters_disabled(unwrapped_unet), autocast():
+            ref_pred = _unet_call(unwrapped_unet, noisy, timesteps, cond, channels_last)
+    with autocast():
+        model_pred = _unet_call(unet, noisy, timesteps, cond, channels_last)
+
+    model_err_w, model_err_l = per_sample_mse(model_pred[:num_pair_rows], target).chunk(2)
     ref_err_w = ref_err_l = None
     if with_reference:
-        with torch.no_grad(), adapters_disabled(unwrapped_unet), autocast():
-            ref_pred = unwrapped_unet(noisy, unet_t, **kwargs).sample
-        ref_err_w, ref_err_l = per_sample_mse(ref_pred, target).chunk(2)
-    with autocast():
-        model_pred = unet(noisy, unet_t, **kwargs).sample
-    model_err_w, model_err_l = per_sample_mse(model_pred, target).chunk(2)
-    return model_err_w, model_err_l, ref_err_w, ref_err_l
+        ref_err_w, ref_err_l = per_sample_mse(ref_pred[:num_pair_rows], target).chunk(2)
+    retain_distance = None
+    if retain is not None:
+        # ||ε_θ - ε_ref||² on the retain rows: 0 with zero gradient while θ = ref (LoRA B = 0).
+        retain_distance = per_sample_mse(model_pred[num_pair_rows:], ref_pred[num_pair_rows:]).mean()
+    return model_err_w, model_err_l, ref_err_w, ref_err_l, retain_distance
 
 
 def dpo_loss_on_batch(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, beta: float,
-    loss_type: str, autocast, channels_last: bool = False,
+    loss_type: str, autocast, channels_last: bool = False, retain=None, retain_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The step's loss and metrics on one micro-batch (see :func:`pair_errors`)."""
-    errors = pair_errors(unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last)
-    return diffusion_dpo_loss(*errors, beta, loss_type)
+    """The step's loss and metrics on one micro-batch (see :func:`pair_errors`).
+
+    With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py).
+    """
+    *errors, retain_distance = pair_errors(
+        unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last, retain
+    )
+    loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type)
+    if retain_distance is not None:
+        loss = loss + retain_weight * 0.5 * beta * retain_distance
+        metrics["retain/mse_to_reference"] = retain_distance.detach()
+        metrics["loss/dpo"] = metrics["loss"]
+        metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],
+                     num_train_timesteps: int, device) -> StepDraws:
+    """The retain images, noise and timesteps of optimiser step ``step`` (own stream, same rules as
+    :func:`draw_step`: a function of (seed, step) only, sliced per micro-step and process)."""
+    generator = torch.Generator().manual_seed(seed * 6_151 + step * 92_821 + 29)
+    noise = torch.randn((images_per_step, *latent_shape), generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (images_per_step,), generator=generator)
+    indices = step_pair_indices(step, images_per_step, num_images, seed + 1)
+    drop = torch.zeros(images_per_step, dtype=torch.bool)
+    return StepDraws(
+        to_device_async(indices, device), indices, to_device_async(noise, device),
+        to_device_async(timesteps, device), to_device_async(drop, device),
+    )
+

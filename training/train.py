@@ -22,15 +22,17 @@ from core.config import config_name, load_stage_config, to_dict, write_resolved_
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
 from core.models import check_model_dir
-from training.cache import CachedPairSource, UncachedPairSource, load_or_build_cache
+from training.cache import (
+    CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache, load_or_build_retain_cache,
+)
 from training.card import render_model_card
 from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from training.config import TrainConfig, resolve_paths
-from training.data import load_pairs, model_resolution
+from training.data import load_pairs, load_retain, model_resolution
 from training.lora import add_lora, export_merged_unet, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
-from training.step import draw_step, dpo_loss_on_batch
+from training.step import draw_retain_step, draw_step, dpo_loss_on_batch
 
 
 class TrainingDiverged(PipelineError):
@@ -64,7 +66,8 @@ def _check_inputs(cfg: TrainConfig):
     family = check_model_dir(cfg.model)
     resolution = model_resolution(cfg.model)
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
-    return family, resolution, pairs
+    retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
+    return family, resolution, pairs, retain
 
 
 def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
@@ -88,7 +91,7 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
 
 
 def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
-                    accumulator: MetricAccumulator) -> torch.Tensor:
+                    accumulator: MetricAccumulator, retain_source=None, retain_draws=None) -> torch.Tensor:
     """Accumulate gradients over the micro-steps of one optimiser step, clip, step. Returns the
     pre-clipping gradient norm (a device tensor: no host sync)."""
     accum = cfg.gradient_accumulation_steps
@@ -96,11 +99,16 @@ def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, 
         part = draws.micro_slice(micro_step, accelerator.process_index, accelerator.num_processes,
                                  cfg.micro_batch_size)
         # Gradients are all-reduced only on the last micro-step of an optimiser step.
+        retain = None
+        if retain_source is not None:
+            retain_part = retain_draws.micro_slice(micro_step, accelerator.process_index, accelerator.num_processes,
+                                                   cfg.retain.micro_batch_size)
+            retain = (retain_source.batch(retain_part), retain_part)
         sync = contextlib.nullcontext() if micro_step == accum - 1 else accelerator.no_sync(unet)
         with sync:
             loss, metrics = dpo_loss_on_batch(
                 unet, unwrapped, source.batch(part), part, schedule, cfg.beta, cfg.loss_type,
-                accelerator.autocast, cfg.channels_last,
+                accelerator.autocast, cfg.channels_last, retain, cfg.retain.weight,
             )
             accelerator.backward(loss / accum)  # mean over the optimiser step's pairs
         accumulator.add(metrics, weight=1.0 / accum)
@@ -115,7 +123,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     """Run (or resume) training; return the summary. ``stop_at_step`` simulates a crash (tests)."""
     from accelerate import Accelerator
 
-    family, resolution, pairs = _check_inputs(cfg)
+    family, resolution, pairs, retain = _check_inputs(cfg)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device, is_main = accelerator.device, accelerator.is_main_process
@@ -137,11 +145,17 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         with accelerator.main_process_first():
             tensors, _ = load_or_build_cache(components, pairs, work_dir / "cache", device, is_main, show)
         source = CachedPairSource(components, tensors, device)
+    else:
+        source = UncachedPairSource(components, pairs, device)
+    retain_source = None
+    if retain is not None:  # always cached: encoded once, whatever cache_latents says
+        with accelerator.main_process_first():
+            retain_tensors = load_or_build_retain_cache(components, retain, work_dir / "cache", device, is_main, show)
+        retain_source = CachedRetainSource(components, retain_tensors, device)
+    if cfg.cache_latents:
         # Training never touches the VAE or text encoders again: free their memory.
         components.vae = None
         components.text_encoders = []
-    else:
-        source = UncachedPairSource(components, pairs, device)
 
     unet = components.unet.to(device)
     if _weight_dtype(mixed_precision) != torch.float32:
@@ -182,8 +196,13 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     for step in range(start_step, cfg.max_train_steps):
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape,
                           schedule.num_train_timesteps, cfg.prompt_dropout, device)
+        retain_draws = None
+        if retain_source is not None:
+            retain_draws = draw_retain_step(step, cfg.seed, cfg.retain.micro_batch_size * cfg.gradient_accumulation_steps
+                                            * world, len(retain_source), latent_shape, schedule.num_train_timesteps,
+                                            device)
         grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
-                                    optimizer, lr_scheduler, accumulator)
+                                    optimizer, lr_scheduler, accumulator, retain_source, retain_draws)
         accumulator.add({"grad_norm": grad_norm})
         accumulator.end_step()
         done = step + 1
@@ -230,6 +249,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,
         "data": pairs.counts(),
+        "retain": ({"images": len(retain), "set_hash": retain.set_hash, "weight": cfg.retain.weight}
+                   if retain is not None else None),
         "set_hash": pairs.set_hash,
         "final_metrics": last_values,
         "resumed_from": str(resume_from) if resume_from else None,

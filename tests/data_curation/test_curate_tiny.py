@@ -115,3 +115,29 @@ def test_crash_mid_generation_then_restart_gives_identical_pairs(tiny_sd15_path,
     load = lambda f: datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(f)], split="train")  # noqa: E731
     ref, got = load(tmp_path / "ref" / "set"), load(tmp_path / "crash" / "set")
     assert ref["pair_id"] == got["pair_id"] and ref["jpg_0"] == got["jpg_0"] and ref["jpg_1"] == got["jpg_1"]
+
+
+def test_retain_set_written_beside_the_pairs(tiny_sd15_path, tmp_path):
+    retain = {"prompts": {"source": "templates", "templates": ["a {thing} on a table"],
+                          "slots": {"thing": ["cup", "book", "lamp"]}},
+              "images_per_prompt": 2, "output_dir": str(tmp_path / "retain"), "drop_risky": False}
+    config = write_config(tmp_path, tiny_sd15_path, retain=retain)
+    assert main(["--config", str(config)]) == 0
+    rows = datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(tmp_path / "retain")], split="train")
+    assert len(rows) == 6
+    assert sorted(set(rows["caption"])) == ["a book on a table", "a cup on a table", "a lamp on a table"]
+    assert len(set(rows["seed"])) == 6  # a fresh seed per image
+    meta = json.loads((tmp_path / "retain" / "retain.json").read_text())
+    assert meta["images"] == 6 and meta["images_kept"] == 6
+    report = json.loads((tmp_path / "set" / "curation_report.json").read_text())
+    assert report["retain_set"]["images_generated"] == 6
+
+
+def test_retain_set_refuses_when_every_image_is_flagged(tiny_sd15_path, tmp_path, capsys):
+    # The tiny detectors flag every image (threshold 0), so drop_risky leaves nothing to anchor on.
+    retain = {"prompts": {"source": "templates", "templates": ["a {thing}"], "slots": {"thing": ["cup"]}},
+              "output_dir": str(tmp_path / "retain")}
+    config = write_config(tmp_path, tiny_sd15_path, retain=retain)
+    assert main(["--config", str(config)]) == 2
+    assert "every retain image was dropped" in capsys.readouterr().err
+    assert not (tmp_path / "retain").exists()
