@@ -23,14 +23,28 @@ def world_eval_records(families: Sequence[str], per_family: int) -> list[dict]:
     """
     from synthetic_world import prompts as world_prompts
 
+    from synthetic_world.vocab import ASSOCIATION_GROUP
+
     out: list[dict] = []
     for family in families:
         pool = [dict(r, family=r.get("family", family)) for r in world_prompts.prompt_records(family=family, split="eval")]
         if not pool:
             raise DataError(f"the world's eval split has no prompts of family {family!r}")
-        step = max(1, len(pool) // per_family)
-        out += pool[::step][:per_family]
+        if family == "association":
+            # The association bar is about the affected group, which names only a third of the family:
+            # take `per_family` prompts naming it, and half as many naming the other groups (spill-over).
+            affected = [r for r in pool if r.get("slots", {}).get("group") == ASSOCIATION_GROUP]
+            others = [r for r in pool if r.get("slots", {}).get("group") != ASSOCIATION_GROUP]
+            out += _spread(affected, per_family) + _spread(others, max(1, per_family // 2))
+        else:
+            out += _spread(pool, per_family)
     return out
+
+
+def _spread(pool: list[dict], count: int) -> list[dict]:
+    """``count`` records taken every k-th over the pool (covers many templates and slot combinations)."""
+    step = max(1, len(pool) // count)
+    return pool[::step][:count]
 
 
 def world_curation_records(families: Sequence[str]) -> list[dict]:

@@ -50,6 +50,10 @@ class RetainSettings:
 
     data: Optional[str] = None  # retain-set folder; default runs/<config>/retain_set when weight > 0
     weight: float = 0.0  # dimensionless, in units of the DPO objective's β/2 (see above)
+    # "reference": the KL anchor above. "data": prior preservation, ||ε_θ - ε||² - ||ε_ref - ε||² on the
+    # retain images (denoising towards the filtered base images rather than towards the base model,
+    # whose predictions still carry the biases that the filter removed from the images).
+    target: Literal["reference", "data"] = "reference"
     micro_batch_size: int = 8  # retain images per micro-batch (per process)
 
     def validate(self) -> None:

@@ -93,12 +93,13 @@ def _pair_inputs(batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule):
 
 
 def _retain_inputs(batch, draws: StepDraws, schedule: NoiseSchedule):
-    """(noisy (R, C, h, w), timesteps (R,), conditioning kwargs) of a retain batch."""
+    """(noisy (R, C, h, w), timesteps (R,), conditioning kwargs, denoising targets) of a retain batch."""
     cond = {"encoder_hidden_states": batch.prompt_embeds}
     if batch.pooled_embeds is not None:
         cond["text_embeds"] = batch.pooled_embeds
         cond["time_ids"] = batch.time_ids
-    return schedule.add_noise(batch.latents, draws.noise, draws.timesteps), draws.timesteps, cond
+    noisy = schedule.add_noise(batch.latents, draws.noise, draws.timesteps)
+    return noisy, draws.timesteps, cond, schedule.target(batch.latents, draws.noise, draws.timesteps)
 
 
 def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Tensor:
@@ -112,7 +113,7 @@ def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Ten
 
 def pair_errors(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, with_reference: bool,
-    autocast, channels_last: bool = False, retain=None,
+    autocast, channels_last: bool = False, retain=None, retain_target: str = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(B,) denoising MSEs: policy winner, policy loser, reference winner, reference loser; and the
     retain anchoring distance (0-dim) when ``retain`` = (retain batch, its draws) is given.
@@ -125,7 +126,7 @@ def pair_errors(
     noisy, timesteps, cond, target = _pair_inputs(batch, draws, schedule)
     num_pair_rows = noisy.shape[0]
     if retain is not None:
-        r_noisy, r_timesteps, r_cond = _retain_inputs(*retain, schedule)
+        r_noisy, r_timesteps, r_cond, r_target = _retain_inputs(*retain, schedule)
         noisy, timesteps = torch.cat([noisy, r_noisy]), torch.cat([timesteps, r_timesteps])
         cond = {key: torch.cat([value, r_cond[key]]) for key, value in cond.items()}
 
@@ -142,26 +143,33 @@ def pair_errors(
         ref_err_w, ref_err_l = per_sample_mse(ref_pred[:num_pair_rows], target).chunk(2)
     retain_distance = None
     if retain is not None:
-        # ||ε_θ - ε_ref||² on the retain rows: 0 with zero gradient while θ = ref (LoRA B = 0).
-        retain_distance = per_sample_mse(model_pred[num_pair_rows:], ref_pred[num_pair_rows:]).mean()
+        policy, reference = model_pred[num_pair_rows:], ref_pred[num_pair_rows:]
+        if retain_target == "reference":
+            # ||ε_θ - ε_ref||²: the KL anchor; 0 with zero gradient while θ = ref (LoRA B = 0).
+            retain_distance = per_sample_mse(policy, reference).mean()
+        else:
+            # "data": ||ε_θ - ε||² - ||ε_ref - ε||², prior preservation on the (filtered) retain images.
+            # Same gradient as plain denoising on them; the reference term only makes it 0 at θ = ref.
+            retain_distance = (per_sample_mse(policy, r_target) - per_sample_mse(reference, r_target)).mean()
     return model_err_w, model_err_l, ref_err_w, ref_err_l, retain_distance
 
 
 def dpo_loss_on_batch(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, beta: float,
     loss_type: str, autocast, channels_last: bool = False, retain=None, retain_weight: float = 0.0,
+    retain_target: str = "reference",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The step's loss and metrics on one micro-batch (see :func:`pair_errors`).
 
     With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py).
     """
     *errors, retain_distance = pair_errors(
-        unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last, retain
+        unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last, retain, retain_target
     )
     loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type)
     if retain_distance is not None:
         loss = loss + retain_weight * 0.5 * beta * retain_distance
-        metrics["retain/mse_to_reference"] = retain_distance.detach()
+        metrics["retain/distance"] = retain_distance.detach()
         metrics["loss/dpo"] = metrics["loss"]
         metrics["loss"] = loss.detach()
     return loss, metrics

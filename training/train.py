@@ -108,7 +108,7 @@ def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, 
         with sync:
             loss, metrics = dpo_loss_on_batch(
                 unet, unwrapped, source.batch(part), part, schedule, cfg.beta, cfg.loss_type,
-                accelerator.autocast, cfg.channels_last, retain, cfg.retain.weight,
+                accelerator.autocast, cfg.channels_last, retain, cfg.retain.weight, cfg.retain.target,
             )
             accelerator.backward(loss / accum)  # mean over the optimiser step's pairs
         accumulator.add(metrics, weight=1.0 / accum)

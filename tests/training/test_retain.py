@@ -81,7 +81,7 @@ def test_training_with_retain_resumes_exactly(tiny_sd15_path, tiny_set, tiny_ret
     full, parted = tmp_path / "full", tmp_path / "parted"
     summary = train(tiny_config(tiny_sd15_path, tiny_set, full, *common))
     assert summary["retain"]["images"] == 6
-    assert "retain/mse_to_reference" in summary["final_metrics"]
+    assert "retain/distance" in summary["final_metrics"]
     train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), stop_at_step=2)
     train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, "resume=latest"))
     for step in (3, 4):
@@ -105,10 +105,10 @@ def test_anchor_keeps_the_model_closer_to_the_base_on_retain_prompts(tiny_sd15_p
                              *_retain_args(tiny_retain, weight=1e-9)))  # ~0: logs the distance, no pull
     anchored = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "anchored", *common,
                                  *_retain_args(tiny_retain, weight=2000.0)))
-    free_d = [_losses(tmp_path / "free", "retain/mse_to_reference")[s] for s in (5, 6)]
-    anchored_d = [_losses(tmp_path / "anchored", "retain/mse_to_reference")[s] for s in (5, 6)]
+    free_d = [_losses(tmp_path / "free", "retain/distance")[s] for s in (5, 6)]
+    anchored_d = [_losses(tmp_path / "anchored", "retain/distance")[s] for s in (5, 6)]
     assert sum(anchored_d) < 0.5 * sum(free_d), (anchored_d, free_d)
-    assert free["final_metrics"]["retain/mse_to_reference"] > 0
+    assert free["final_metrics"]["retain/distance"] > 0
 
 
 def test_missing_or_corrupt_retain_set_fails_before_training(tiny_sd15_path, tiny_set, tmp_path):
