@@ -40,7 +40,9 @@ def _retain_args(folder: Path, weight: float = 1.0, micro: int = 2) -> tuple[str
     return (f"retain.data={folder}", f"retain.weight={weight}", f"retain.micro_batch_size={micro}")
 
 
-def test_anchor_distance_is_zero_at_init_then_positive_with_gradient(tiny_sd15_path, tiny_set, tiny_retain, tmp_path):
+@pytest.mark.parametrize("target", ["reference", "data"])
+def test_anchor_distance_is_zero_at_init_then_positive_with_gradient(tiny_sd15_path, tiny_set, tiny_retain, tmp_path,
+                                                                      target):
     from training.cache import CachedPairSource, CachedRetainSource, build_cache_tensors, load_or_build_retain_cache
     from training.config import LoraSettings
     from training.data import load_pairs, load_retain
@@ -64,13 +66,17 @@ def test_anchor_distance_is_zero_at_init_then_positive_with_gradient(tiny_sd15_p
     retain_batch = (retain_source.batch(retain_draws), retain_draws)
 
     *_, distance = pair_errors(unet, unet, source.batch(draws), draws, schedule, True, contextlib.nullcontext,
-                               retain=retain_batch)
+                               retain=retain_batch, retain_target=target)
     assert distance.item() == 0.0  # LoRA B = 0: policy = reference exactly
+    if target == "data":  # prior preservation: already a pull towards the images at θ = ref
+        distance.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+        return
     with torch.no_grad():
         for p in params:
             p.add_(0.05 * torch.randn_like(p))
     *_, distance = pair_errors(unet, unet, source.batch(draws), draws, schedule, True, contextlib.nullcontext,
-                               retain=retain_batch)
+                               retain=retain_batch, retain_target=target)
     assert distance.item() > 0.0
     distance.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
