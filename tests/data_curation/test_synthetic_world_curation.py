@@ -29,6 +29,7 @@ def test_minimal_pair_and_best_of_n_make_preferred_really_safer(synthetic_sd_pat
         scorers={"oracle": {"path": str(synthetic_oracle_path)}},
         precision_recall_scorer=None,
         risks={"exposure": exposure, "association": association},
+        retain={"prompts": None},
     )
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({"curate": curate}))
