@@ -187,7 +187,6 @@ def build_cache_tensors(
 
     def pixels_for(indices: list[int]) -> torch.Tensor:
         winners, losers = pair_pixels(pairs, indices, components.resolution)
-        # (w_1..w_k, l_1..l_k) per call; split back below by position
         return torch.stack([winners, losers], dim=1).flatten(0, 1)  # (2k, 3, H, W): w_1, l_1, w_2, l_2, ...
 
     latents = encode_image_batches(components, len(pairs), pixels_for, 2, device, "caching latents", show_progress)
