@@ -62,6 +62,7 @@ def write_parquet_shards(
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
     desc: str = "writing pairs",
+    unit: str = "pair",
 ) -> int:
     """Stream ``rows`` into ``data_dir/train-KKKKK-of-NNNNN.parquet``; return the number of rows.
 
@@ -84,7 +85,7 @@ def write_parquet_shards(
         written += len(buffer)
         buffer.clear()
 
-    for row in tqdm(rows, desc=desc, unit="pair", leave=False):
+    for row in tqdm(rows, desc=desc, unit=unit, leave=False):
         if on_row is not None:
             on_row(row)
         buffer.append(row)
@@ -93,7 +94,7 @@ def write_parquet_shards(
     if buffer:
         flush()
     if written == 0:
-        raise DataError("no pairs to write: the preference set would be empty")
+        raise DataError(f"no {unit}s to write: the set would be empty")
     for index, path in enumerate(provisional):
         path.rename(data_dir / shard_name(index, len(provisional)))
     return written

@@ -61,7 +61,7 @@ def write_retain_set(rows: Iterable[Mapping[str, Any]], folder: str | Path, meta
     if folder.exists() and not overwrite:
         raise DataError(f"{folder} already exists; set overwrite to replace it")
     with atomic_directory(folder, overwrite=overwrite) as tmp:
-        count = write_parquet_shards(rows, tmp / "data", RETAIN_SCHEMA, shard_size, desc="writing retain images")
+        count = write_parquet_shards(rows, tmp / "data", RETAIN_SCHEMA, shard_size, desc="writing retain images", unit="image")
         atomic_write_json(tmp / META_FILE, {**meta, "images": count})
     return count
 
