@@ -22,8 +22,8 @@ from core.io import atomic_write_json, stable_key
 from data_curation.config import CurateConfig
 from data_curation.generation import GenerationSpec, ImageStore, model_fingerprint, native_resolution, process_state
 from data_curation.prompts import load_prompts
-from data_curation.retain import curate_retain, retain_rows
 from data_curation.quality import precision_recall, verify_pairs
+from data_curation.retain import curate_retain, retain_rows
 from data_curation.risks import make_judge
 from data_curation.scorers import build_scorer
 from data_curation.strategies import Pair, curate_risk

@@ -22,7 +22,6 @@ def world_eval_records(families: Sequence[str], per_family: int) -> list[dict]:
     many templates and slot combinations.
     """
     from synthetic_world import prompts as world_prompts
-
     from synthetic_world.vocab import ASSOCIATION_GROUP
 
     out: list[dict] = []

@@ -22,7 +22,7 @@ import pyarrow as pa
 from core.errors import DataError
 from core.images import decode_image
 from core.io import atomic_directory, atomic_write_json
-from preference_sets.io import DEFAULT_SHARD_SIZE, dataset_hash, iter_rows, load_preference_set, write_parquet_shards
+from preference_sets.io import DATA_DIR, DEFAULT_SHARD_SIZE, load_preference_set, write_parquet_shards
 
 if TYPE_CHECKING:
     import datasets
@@ -61,7 +61,7 @@ def write_retain_set(rows: Iterable[Mapping[str, Any]], folder: str | Path, meta
     if folder.exists() and not overwrite:
         raise DataError(f"{folder} already exists; set overwrite to replace it")
     with atomic_directory(folder, overwrite=overwrite) as tmp:
-        count = write_parquet_shards(rows, tmp / "data", RETAIN_SCHEMA, shard_size, desc="writing retain images", unit="image")
+        count = write_parquet_shards(rows, tmp / DATA_DIR, RETAIN_SCHEMA, shard_size, desc="writing retain images", unit="image")
         atomic_write_json(tmp / META_FILE, {**meta, "images": count})
     return count
 
@@ -73,7 +73,7 @@ def load_retain_set(folder: str | Path, expected_size: int | None = None) -> "da
     if not folder.is_dir():
         raise DataError(f"retain set {folder} does not exist (curate with a `retain:` section, or set train.retain.data)")
     table = load_preference_set(folder, RETAIN_SCHEMA)
-    for index, row in enumerate(iter_rows(folder, columns=["jpg"], check=False)):
+    for index, row in enumerate(table.select_columns(["jpg"])):  # the loaded table: no second parquet read
         image = decode_image(row["jpg"], f"retain set {folder}: row {index} image")
         if expected_size is not None and image.size != (expected_size, expected_size):
             raise DataError(
@@ -84,6 +84,3 @@ def load_retain_set(folder: str | Path, expected_size: int | None = None) -> "da
         raise DataError(f"retain set {folder} has no rows")
     return table
 
-
-def retain_set_hash(folder: str | Path) -> str:
-    return dataset_hash(folder)

@@ -39,10 +39,13 @@ def apply_prompt_dropout(cond: TextConditioning, empty: TextConditioning, drop: 
     return TextConditioning(prompt, pooled)
 
 
+def _time_ids(components: DiffusionComponents, batch: int, device) -> torch.Tensor | None:
+    """SDXL micro-conditioning for ``batch`` images (None for SD1.x/2.x)."""
+    return sdxl_time_ids(components.resolution, batch, device) if components.family == "sdxl" else None
+
+
 def _make_batch(components: DiffusionComponents, latents_w, latents_l, cond: TextConditioning) -> PairBatch:
-    time_ids = None
-    if components.family == "sdxl":
-        time_ids = sdxl_time_ids(components.resolution, latents_w.shape[0], latents_w.device)
+    time_ids = _time_ids(components, latents_w.shape[0], latents_w.device)
     return PairBatch(latents_w, latents_l, cond.prompt_embeds, cond.pooled_embeds, time_ids)
 
 
@@ -205,10 +208,15 @@ def load_or_build_cache(
 ) -> tuple[dict[str, torch.Tensor], Path]:
     """Main process: build the cache file if missing. Others call this after it exists (main first)."""
     path = cache_path(cache_dir, cache_key(components, pairs))
+    build = lambda: build_cache_tensors(components, pairs, device, show_progress=show_progress)  # noqa: E731
+    return _load_or_build(path, build, pairs.set_hash, is_main), path
+
+
+def _load_or_build(path: Path, build, set_hash: str, is_main: bool) -> dict[str, torch.Tensor]:
+    """The cache file at ``path``; the main process builds and writes it (atomically) first if missing."""
     if not path.is_file() and is_main:
-        tensors = build_cache_tensors(components, pairs, device, show_progress=show_progress)
-        atomic_write_bytes(path, save(tensors, metadata={"format": CACHE_FORMAT, "set_hash": pairs.set_hash}))
-    return load_file(str(path)), path
+        atomic_write_bytes(path, save(build(), metadata={"format": CACHE_FORMAT, "set_hash": set_hash}))
+    return load_file(str(path))
 
 
 def retain_cache_key(components: DiffusionComponents, retain: RetainImages) -> str:
@@ -222,16 +230,16 @@ def load_or_build_retain_cache(
 ) -> dict[str, torch.Tensor]:
     """Retain-set latents (N, C, h, w) and caption embeddings, encoded once (same rules as the pairs)."""
     path = Path(cache_dir) / f"retain-{retain_cache_key(components, retain)}.safetensors"
-    if not path.is_file() and is_main:
+
+    def build() -> dict[str, torch.Tensor]:
         text = encode_captions(components, retain.captions(), device, show_progress=show_progress)
         latents = encode_image_batches(
             components, len(retain), lambda idx: retain.pixels(idx, components.resolution), 1, device,
             "caching retain latents", show_progress,
         )
-        tensors = {"latents": latents, **text}
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
-        atomic_write_bytes(path, save(tensors, metadata={"format": CACHE_FORMAT, "set_hash": retain.set_hash}))
-    return load_file(str(path))
+        return {k: v.contiguous() for k, v in {"latents": latents, **text}.items()}
+
+    return _load_or_build(path, build, retain.set_hash, is_main)
 
 
 @dataclass
@@ -256,7 +264,5 @@ class CachedRetainSource:
         t = self.tensors
         caption = t["caption_index"][draws.indices]
         pooled = t["pooled_embeds"][caption] if "pooled_embeds" in t else None
-        time_ids = None
-        if self.components.family == "sdxl":
-            time_ids = sdxl_time_ids(self.components.resolution, len(caption), self.device)
-        return ImageBatch(t["latents"][draws.indices], t["prompt_embeds"][caption], pooled, time_ids)
+        return ImageBatch(t["latents"][draws.indices], t["prompt_embeds"][caption], pooled,
+                          _time_ids(self.components, len(caption), self.device))

@@ -156,9 +156,10 @@ class RetainImages:
 
 def load_retain(folder: str | Path, resolution: int) -> RetainImages:
     """Validate the whole retain set (every image decodes at ``resolution``) before any model loads."""
-    from preference_sets.retain import load_retain_set, retain_set_hash
+    from preference_sets.io import dataset_hash
+    from preference_sets.retain import load_retain_set
 
     if folder is None:
         raise DataError("train.retain.weight > 0 needs a retain set (train.retain.data, or curate with a `retain:` section)")
     table = load_retain_set(folder, expected_size=resolution)
-    return RetainImages(Path(folder), table, retain_set_hash(folder))
+    return RetainImages(Path(folder), table, dataset_hash(folder))

@@ -62,21 +62,53 @@ def to_device_async(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def draw_step(
-    step: int, seed: int, pairs_per_step: int, num_pairs: int, latent_shape: tuple[int, int, int],
-    num_train_timesteps: int, prompt_dropout: float, device,
-) -> StepDraws:
-    # A CPU generator keeps the draws identical across devices and process counts; E × C×h×w floats
-    # per optimiser step is cheap next to 6 UNet passes per pair.
-    generator = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 17)
-    noise = torch.randn((pairs_per_step, *latent_shape), generator=generator)
-    timesteps = torch.randint(0, num_train_timesteps, (pairs_per_step,), generator=generator)
-    drop = torch.rand(pairs_per_step, generator=generator) < prompt_dropout
-    indices = step_pair_indices(step, pairs_per_step, num_pairs, seed)
+def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items: int,
+          latent_shape: tuple[int, int, int], num_train_timesteps: int, prompt_dropout: float | None, device,
+          ) -> StepDraws:
+    """``count`` items of step ``step`` (a window of the per-epoch permutation seeded by ``index_seed``),
+    with noise, timesteps and (if ``prompt_dropout`` is given) dropout flags from one generator.
+
+    A CPU generator keeps the draws identical across devices and process counts; E × C×h×w floats
+    per optimiser step is cheap next to 6 UNet passes per pair."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    noise = torch.randn((count, *latent_shape), generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (count,), generator=generator)
+    if prompt_dropout is None:
+        drop = torch.zeros(count, dtype=torch.bool)
+    else:
+        drop = torch.rand(count, generator=generator) < prompt_dropout
+    indices = step_pair_indices(step, count, num_items, index_seed)
     return StepDraws(
         to_device_async(indices, device), indices, to_device_async(noise, device),
         to_device_async(timesteps, device), to_device_async(drop, device),
     )
+
+
+def draw_step(
+    step: int, seed: int, pairs_per_step: int, num_pairs: int, latent_shape: tuple[int, int, int],
+    num_train_timesteps: int, prompt_dropout: float, device,
+) -> StepDraws:
+    """The pairs, noise, timesteps and prompt dropout of optimiser step ``step``."""
+    return _draw(seed * 7_919 + step * 104_729 + 17, seed, step, pairs_per_step, num_pairs, latent_shape,
+                 num_train_timesteps, prompt_dropout, device)
+
+
+def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],
+                     num_train_timesteps: int, device) -> StepDraws:
+    """The retain images, noise and timesteps of optimiser step ``step``: their own stream (independent
+    of the pairs'), same rules as :func:`draw_step`, no prompt dropout."""
+    return _draw(seed * 6_151 + step * 92_821 + 29, seed + 1, step, images_per_step, num_images, latent_shape,
+                 num_train_timesteps, None, device)
+
+
+def _conditioning(batch, repeats: int) -> dict[str, torch.Tensor]:
+    """UNet conditioning of a batch (text states; SDXL pooled text and time ids), each repeated
+    ``repeats`` times along the batch (2 for winner + loser)."""
+    cond = {"encoder_hidden_states": batch.prompt_embeds.repeat(repeats, 1, 1)}
+    if batch.pooled_embeds is not None:
+        cond["text_embeds"] = batch.pooled_embeds.repeat(repeats, 1)
+        cond["time_ids"] = batch.time_ids.repeat(repeats, 1)
+    return cond
 
 
 def _pair_inputs(batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule):
@@ -85,19 +117,13 @@ def _pair_inputs(batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule):
     latents = torch.cat([batch.latents_w, batch.latents_l])  # (2B, C, h, w)
     noise = draws.noise.repeat(2, 1, 1, 1)
     timesteps = draws.timesteps.repeat(2)
-    cond = {"encoder_hidden_states": batch.prompt_embeds.repeat(2, 1, 1)}
-    if batch.pooled_embeds is not None:
-        cond["text_embeds"] = batch.pooled_embeds.repeat(2, 1)
-        cond["time_ids"] = batch.time_ids.repeat(2, 1)
+    cond = _conditioning(batch, repeats=2)
     return schedule.add_noise(latents, noise, timesteps), timesteps, cond, schedule.target(latents, noise, timesteps)
 
 
 def _retain_inputs(batch, draws: StepDraws, schedule: NoiseSchedule):
     """(noisy (R, C, h, w), timesteps (R,), conditioning kwargs, denoising targets) of a retain batch."""
-    cond = {"encoder_hidden_states": batch.prompt_embeds}
-    if batch.pooled_embeds is not None:
-        cond["text_embeds"] = batch.pooled_embeds
-        cond["time_ids"] = batch.time_ids
+    cond = _conditioning(batch, repeats=1)
     noisy = schedule.add_noise(batch.latents, draws.noise, draws.timesteps)
     return noisy, draws.timesteps, cond, schedule.target(batch.latents, draws.noise, draws.timesteps)
 
@@ -173,19 +199,4 @@ def dpo_loss_on_batch(
         metrics["loss/dpo"] = metrics["loss"]
         metrics["loss"] = loss.detach()
     return loss, metrics
-
-
-def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],
-                     num_train_timesteps: int, device) -> StepDraws:
-    """The retain images, noise and timesteps of optimiser step ``step`` (own stream, same rules as
-    :func:`draw_step`: a function of (seed, step) only, sliced per micro-step and process)."""
-    generator = torch.Generator().manual_seed(seed * 6_151 + step * 92_821 + 29)
-    noise = torch.randn((images_per_step, *latent_shape), generator=generator)
-    timesteps = torch.randint(0, num_train_timesteps, (images_per_step,), generator=generator)
-    indices = step_pair_indices(step, images_per_step, num_images, seed + 1)
-    drop = torch.zeros(images_per_step, dtype=torch.bool)
-    return StepDraws(
-        to_device_async(indices, device), indices, to_device_async(noise, device),
-        to_device_async(timesteps, device), to_device_async(drop, device),
-    )
 
