@@ -78,6 +78,10 @@ class TrainConfig:
     # None = the scheduler's own prediction type (epsilon or v_prediction).
     prediction_type: Optional[Literal["epsilon", "v_prediction"]] = None
     prompt_dropout: float = 0.0  # fraction of pairs trained with the empty caption (official: 0.2)
+    # Per-risk sampling: a pair whose ``risk`` column is R is visited risk_repeats[R] times per epoch
+    # (default 1; 0 leaves that risk out). A risk that needs a whole distribution moved (stereotypes)
+    # can get more optimiser updates without more curated pairs or more steps.
+    risk_repeats: dict[str, int] = field(default_factory=dict)
 
     retain: RetainSettings = field(default_factory=RetainSettings)
 
@@ -143,6 +147,9 @@ class TrainConfig:
         for name in ("lr_warmup_steps", "checkpoint_every", "max_grad_norm", "adam_weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for risk, repeats in self.risk_repeats.items():
+            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
+                raise ValueError(f"risk_repeats.{risk} must be a whole number >= 0, got {repeats!r}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():

@@ -42,6 +42,13 @@ class PreferencePairs:
         column = self.table["caption"]
         return [column[int(r)] for r in self.rows]
 
+    def risks(self) -> list[str]:
+        """Risk name of each kept pair ("" where the set has no ``risk`` column, e.g. Pick-a-Pic)."""
+        if "risk" not in self.table.column_names:
+            return [""] * len(self)
+        column = self.table["risk"]
+        return [column[int(r)] or "" for r in self.rows]
+
     def image_bytes(self, index: int) -> tuple[bytes, bytes]:
         """(winner PNG bytes, loser PNG bytes) of kept pair ``index``."""
         row = self.table[int(self.rows[index])]

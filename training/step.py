@@ -37,6 +37,15 @@ def step_pair_indices(step: int, pairs_per_step: int, num_pairs: int, seed: int)
     return out
 
 
+def risk_sampling_order(risks: list[str], repeats: dict[str, int]) -> torch.Tensor:
+    """(M,) int64 pair indices that one epoch visits: pair i appears repeats.get(risks[i], 1) times.
+
+    The per-epoch permutation of :func:`step_pair_indices` runs over these M positions, so a risk
+    repeated k times gets k× the optimiser updates per epoch, spread evenly over the epoch."""
+    counts = torch.tensor([repeats.get(risk, 1) for risk in risks], dtype=torch.int64)
+    return torch.repeat_interleave(torch.arange(len(risks), dtype=torch.int64), counts)
+
+
 @dataclass
 class StepDraws:
     """Random draws for the E pairs of one optimiser step (on the training device)."""
@@ -64,9 +73,10 @@ def to_device_async(tensor: torch.Tensor, device) -> torch.Tensor:
 
 def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items: int,
           latent_shape: tuple[int, int, int], num_train_timesteps: int, prompt_dropout: float | None, device,
-          ) -> StepDraws:
+          order: torch.Tensor | None = None) -> StepDraws:
     """``count`` items of step ``step`` (a window of the per-epoch permutation seeded by ``index_seed``),
     with noise, timesteps and (if ``prompt_dropout`` is given) dropout flags from one generator.
+    ``order`` (see :func:`risk_sampling_order`) maps epoch positions to items; None = each item once.
 
     A CPU generator keeps the draws identical across devices and process counts; E × C×h×w floats
     per optimiser step is cheap next to 6 UNet passes per pair."""
@@ -77,7 +87,10 @@ def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items
         drop = torch.zeros(count, dtype=torch.bool)
     else:
         drop = torch.rand(count, generator=generator) < prompt_dropout
-    indices = step_pair_indices(step, count, num_items, index_seed)
+    if order is None:
+        indices = step_pair_indices(step, count, num_items, index_seed)
+    else:
+        indices = order[step_pair_indices(step, count, len(order), index_seed)]
     return StepDraws(
         to_device_async(indices, device), indices, to_device_async(noise, device),
         to_device_async(timesteps, device), to_device_async(drop, device),
@@ -86,11 +99,11 @@ def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items
 
 def draw_step(
     step: int, seed: int, pairs_per_step: int, num_pairs: int, latent_shape: tuple[int, int, int],
-    num_train_timesteps: int, prompt_dropout: float, device,
+    num_train_timesteps: int, prompt_dropout: float, device, order: torch.Tensor | None = None,
 ) -> StepDraws:
     """The pairs, noise, timesteps and prompt dropout of optimiser step ``step``."""
     return _draw(seed * 7_919 + step * 104_729 + 17, seed, step, pairs_per_step, num_pairs, latent_shape,
-                 num_train_timesteps, prompt_dropout, device)
+                 num_train_timesteps, prompt_dropout, device, order)
 
 
 def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],

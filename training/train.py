@@ -32,7 +32,7 @@ from training.data import load_pairs, load_retain, model_resolution
 from training.lora import add_lora, export_merged_unet, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
-from training.step import draw_retain_step, draw_step, dpo_loss_on_batch
+from training.step import draw_retain_step, draw_step, dpo_loss_on_batch, risk_sampling_order
 
 
 class TrainingDiverged(PipelineError):
@@ -66,8 +66,26 @@ def _check_inputs(cfg: TrainConfig):
     family = check_model_dir(cfg.model)
     resolution = model_resolution(cfg.model)
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
+    order = _sampling_order(cfg, pairs)
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
-    return family, resolution, pairs, retain
+    return family, resolution, pairs, order, retain
+
+
+def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
+    """Epoch order for ``cfg.risk_repeats`` (None when unset); clear errors for a risk the set lacks
+    or repeats that leave nothing to train on."""
+    if not cfg.risk_repeats:
+        return None
+    risks = pairs.risks()
+    present = sorted(set(risks))
+    unknown = sorted(set(cfg.risk_repeats) - set(present))
+    if unknown:
+        raise ConfigError(f"train.risk_repeats names risk(s) {unknown} that {cfg.data} does not hold; "
+                          f"its risks: {present}")
+    order = risk_sampling_order(risks, cfg.risk_repeats)
+    if len(order) == 0:
+        raise ConfigError(f"train.risk_repeats {cfg.risk_repeats} leaves no pair of {cfg.data} to train on")
+    return order
 
 
 def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
@@ -123,7 +141,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     """Run (or resume) training; return the summary. ``stop_at_step`` simulates a crash (tests)."""
     from accelerate import Accelerator
 
-    family, resolution, pairs, retain = _check_inputs(cfg)
+    family, resolution, pairs, order, retain = _check_inputs(cfg)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device, is_main = accelerator.device, accelerator.is_main_process
@@ -195,7 +213,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     interval_start, interval_steps, timed = time.perf_counter(), 0, []
     for step in range(start_step, cfg.max_train_steps):
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape,
-                          schedule.num_train_timesteps, cfg.prompt_dropout, device)
+                          schedule.num_train_timesteps, cfg.prompt_dropout, device, order)
         retain_draws = None
         if retain_source is not None:
             retain_draws = draw_retain_step(step, cfg.seed, cfg.retain.micro_batch_size * cfg.gradient_accumulation_steps
@@ -249,6 +267,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,
         "data": pairs.counts(),
+        "pair_visits_per_epoch": len(order) if order is not None else len(pairs),
         "retain": ({"images": len(retain), "set_hash": retain.set_hash, "weight": cfg.retain.weight}
                    if retain is not None else None),
         "set_hash": pairs.set_hash,

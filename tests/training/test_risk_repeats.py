@@ -1,0 +1,57 @@
+"""Per-risk sampling (train.risk_repeats): which pairs an epoch visits, and bad settings."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from tests.training.test_bad_input import _nothing_written, _run
+from training.step import draw_step, risk_sampling_order
+
+
+def test_sampling_order_repeats_and_drops_by_risk():
+    risks = ["exposure", "stereotype", "exposure", "association"]
+    order = risk_sampling_order(risks, {"stereotype": 3, "association": 0})
+    assert order.tolist() == [0, 1, 1, 1, 2]
+
+
+def test_sampling_order_default_is_each_pair_once():
+    assert risk_sampling_order(["a", "b", "c"], {}).tolist() == [0, 1, 2]
+
+
+def test_epoch_visits_follow_repeats():
+    """Over whole epochs every pair is visited exactly repeats times per epoch, whatever the window size."""
+    risks = ["exposure"] * 5 + ["stereotype"] * 3
+    order = risk_sampling_order(risks, {"stereotype": 2})  # 5 + 6 = 11 visits per epoch
+    visits = Counter()
+    for step in range(11):  # 11 steps x 4 pairs = 4 epochs
+        draws = draw_step(step, seed=3, pairs_per_step=4, num_pairs=len(risks), latent_shape=(4, 2, 2),
+                          num_train_timesteps=1000, prompt_dropout=0.0, device="cpu", order=order)
+        visits.update(draws.cpu_indices.tolist())
+    assert all(visits[i] == 4 for i in range(5)) and all(visits[i] == 8 for i in range(5, 8))
+
+
+def test_no_order_matches_previous_draws():
+    """order=None keeps the draws of runs made before risk_repeats existed (resume compatibility)."""
+    a = draw_step(7, 0, 4, 10, (4, 2, 2), 1000, 0.0, "cpu")
+    b = draw_step(7, 0, 4, 10, (4, 2, 2), 1000, 0.0, "cpu", order=torch.arange(10))
+    assert torch.equal(a.cpu_indices, b.cpu_indices) and torch.equal(a.noise, b.noise)
+
+
+def test_unknown_risk_is_a_clear_error(tiny_sd15_path, tiny_set, tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, "risk_repeats.stereotyp=2") == 2
+    err = capsys.readouterr().err
+    assert "stereotyp" in err and "exposure" in err  # names the risks the set holds
+    _nothing_written(tmp_path)
+
+
+def test_repeats_that_drop_every_pair_are_an_error(tiny_sd15_path, tiny_set, tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, "risk_repeats.exposure=0") == 2
+    assert "no pair" in capsys.readouterr().err
+    _nothing_written(tmp_path)
+
+
+def test_negative_repeats_rejected(tiny_sd15_path, tiny_set, tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, "risk_repeats.exposure=-1") == 2
+    assert "risk_repeats.exposure" in capsys.readouterr().err
