@@ -214,6 +214,9 @@ class CurateConfig:
     retain: RetainConfig = field(default_factory=RetainConfig)
     precision_recall_scorer: Optional[str] = None  # measure this scorer against `reference_scorer`
     reference_scorer: str = "oracle"
+    # A preferred image must also pass every other exposure/association risk's detector (see
+    # data_curation/strategies.py): a pair must never prefer an image that carries another risk.
+    cross_risk_check: bool = True
     shard_size: int = 500
 
     def validate(self) -> None:

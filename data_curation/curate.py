@@ -142,7 +142,9 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     judges = [make_judge(name, risk) for name, risk in cfg.risks.items()]
     for judge in judges:
         name, risk = judge.name, judge.cfg
-        pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed, default_groups=balance_values(risk, judge.kind))
+        others = [j for j in judges if j is not judge] if cfg.cross_risk_check else []
+        pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed,
+                                  default_groups=balance_values(risk, judge.kind), others=others)
         info["pair_similarity"] = similarity_summary(pairs)
         if cfg.reference_scorer in scorers:
             info[f"verified_by_{cfg.reference_scorer}"] = verify_pairs(judge, pairs, cfg.reference_scorer)

@@ -13,22 +13,16 @@ from typing import Any, Iterator
 from data_curation.config import RetainConfig
 from data_curation.generation import GenerationSpec
 from data_curation.prompts import PromptRecord
-from data_curation.risks import RiskJudge
+from data_curation.risks import RiskJudge, flagged_by
 from data_curation.strategies import original_spec
 from data_curation.workspace import Candidate, Workspace
-
-FLAGGING_KINDS = ("exposure", "association")  # risks that an image carries whatever its prompt
-
 
 def rejection_reason(candidate: Candidate, record: PromptRecord, judges: list[RiskJudge]) -> str | None:
     """Why an image may not anchor the model (None: it may)."""
     for judge in judges:
         if not judge.is_valid(candidate.scores):
             return "invalid"
-    for judge in judges:
-        if judge.kind in FLAGGING_KINDS and judge.carries_risk(candidate.scores, record):
-            return judge.name
-    return None
+    return flagged_by(candidate.scores, record, judges)
 
 
 def curate_retain(

@@ -171,5 +171,18 @@ class RiskJudge:
         return self.schedules[stratum]
 
 
+# Risks an image carries whatever its prompt asks for: their detectors can judge any image, so every
+# preferred image (and every retain image) is checked against all of them, not just its own risk's.
+FLAGGING_KINDS = ("exposure", "association")
+
+
+def flagged_by(scores: ScoreSet, record: PromptRecord, judges: list[RiskJudge]) -> str | None:
+    """Name of the first exposure/association risk among ``judges`` whose detector flags the image."""
+    for judge in judges:
+        if judge.kind in FLAGGING_KINDS and judge.carries_risk(scores, record):
+            return judge.name
+    return None
+
+
 def make_judge(name: str, cfg: RiskConfig) -> RiskJudge:
     return RiskJudge(name=name, kind=cfg.kind or name, cfg=cfg)

@@ -10,6 +10,11 @@
 The training caption is always the original benign prompt. Round r uses seeds ``r*N .. r*N+N-1`` of
 every prompt; pairs are ordered by (round, prompt, seed) and the first ``target_pairs`` are kept, so
 the result depends only on the config and the model, never on interruptions.
+
+Cross-risk check: a preferred image must also pass the detectors of the *other* exposure/association
+risks (``others``). Without it a pair can prefer an image that carries another risk: on the synthetic
+world 30 of 160 stereotype pairs preferred an affected-group figure beside a negative symbol over a
+clean one, teaching the very association another risk's pairs remove.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 from data_curation.config import CorrectiveVariant, RiskConfig
 from data_curation.generation import GenerationSpec, derive_seed
 from data_curation.prompts import PromptRecord
-from data_curation.risks import RiskJudge
+from data_curation.risks import RiskJudge, flagged_by
 from data_curation.workspace import Candidate, Workspace
 
 
@@ -100,7 +105,8 @@ def corrective_spec(
 
 
 def best_of_n_round(
-    ws: Workspace, judge: RiskJudge, originals: list[tuple[tuple, PromptRecord, Candidate]]
+    ws: Workspace, judge: RiskJudge, originals: list[tuple[tuple, PromptRecord, Candidate]],
+    others: list[RiskJudge] = (),
 ) -> list[Pair]:
     """Pick (preferred, rejected) among each prompt's N images of this round."""
     by_prompt: dict[tuple, list[tuple[tuple, PromptRecord, Candidate]]] = {}
@@ -119,6 +125,7 @@ def best_of_n_round(
         safe = [
             (o, c) for o, c in valid
             if judge.is_safe(c.scores, record, wanted) and judge.is_aligned(c.scores, {**record.slots, **({"group": wanted} if wanted else {})})
+            and flagged_by(c.scores, record, others) is None
         ]
         rejected_order, rejected = max(risky, key=lambda oc: (judge.risk_score(oc[1].scores, record), -oc[0][2]))
         safe = [(o, c) for o, c in safe if c.key != rejected.key]
@@ -138,12 +145,12 @@ def best_of_n_round(
 
 def minimal_pair_round(
     ws: Workspace, judge: RiskJudge, originals: list[tuple[tuple, PromptRecord, Candidate]],
-    outcomes: Counter | None = None,
+    outcomes: Counter | None = None, others: list[RiskJudge] = (),
 ) -> list[Pair]:
     """Correct each risky original with the variants in order; keep the confirmed pairs.
 
     ``outcomes`` counts why corrective images were refused (``still_risky``, ``not_aligned``,
-    ``too_different``) per variant, for the card.
+    ``too_different``, ``flagged_<other risk>``) per variant, for the card.
     """
     outcomes = Counter() if outcomes is None else outcomes
     pending = []
@@ -165,13 +172,16 @@ def minimal_pair_round(
         for (order, record, cand, wanted), (spec, wanted_slots), preferred in zip(pending, planned, fixed):
             safe = judge.is_safe(preferred.scores, record, wanted)
             aligned = safe and judge.is_aligned(preferred.scores, wanted_slots)
-            similarity = pixel_similarity(ws.image(preferred.key), ws.image(cand.key)) if aligned else float("nan")
-            if aligned and similarity >= judge.cfg.min_similarity:
+            other_risk = flagged_by(preferred.scores, record, others) if aligned else None
+            similarity = (pixel_similarity(ws.image(preferred.key), ws.image(cand.key))
+                          if aligned and other_risk is None else float("nan"))
+            if aligned and other_risk is None and similarity >= judge.cfg.min_similarity:
                 note = {"variant": variant_index, **({"preferred_group": wanted} if wanted else {})}
                 pairs.append(Pair(judge.name, "minimal_pair", record.prompt, preferred, cand, order, similarity, note, record))
                 outcomes[f"variant{variant_index}:confirmed"] += 1
             else:
-                reason = "still_risky" if not safe else "not_aligned" if not aligned else "too_different"
+                reason = ("still_risky" if not safe else "not_aligned" if not aligned
+                          else f"flagged_{other_risk}" if other_risk else "too_different")
                 outcomes[f"variant{variant_index}:{reason}"] += 1
                 still.append((order, record, cand, wanted))
         pending = still
@@ -185,8 +195,10 @@ def curate_risk(
     base: GenerationSpec,
     base_seed: int,
     default_groups: list[str] | None = None,
+    others: list[RiskJudge] = (),
 ) -> tuple[list[Pair], dict[str, Any]]:
-    """All rounds for one risk; returns the first ``target_pairs`` pairs and what it took."""
+    """All rounds for one risk; returns the first ``target_pairs`` pairs and what it took.
+    ``others``: the other risks' judges, whose detectors every preferred image must pass."""
     cfg: RiskConfig = judge.cfg
     pairs: list[Pair] = []
     rounds_run = 0
@@ -204,9 +216,9 @@ def curate_risk(
         originals_seen += len(originals)
         risky_seen += sum(1 for _, r, c in originals if judge.is_valid(c.scores) and judge.carries_risk(c.scores, r))
         if cfg.strategy == "best_of_n":
-            pairs += best_of_n_round(ws, judge, originals)
+            pairs += best_of_n_round(ws, judge, originals, others)
         else:
-            pairs += minimal_pair_round(ws, judge, originals, outcomes)
+            pairs += minimal_pair_round(ws, judge, originals, outcomes, others)
         rounds_run += 1
         if len(pairs) >= cfg.target_pairs:
             break

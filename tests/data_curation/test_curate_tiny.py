@@ -22,6 +22,9 @@ def write_config(tmp_path, model, **extra_curate):
         "work_dir": str(tmp_path / "work"),
         "generation": {"steps": 2, "batch_size": 4},
         "scorers": {"nudenet": {}},
+        # Threshold 0 makes every image risky, so the cross-risk check would refuse every preferred
+        # image; it is tested on exact fakes in test_strategies.py.
+        "cross_risk_check": False,
         "risks": {
             "exposure": {
                 "prompts": {

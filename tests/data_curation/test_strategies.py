@@ -19,7 +19,7 @@ class FakeWorkspace:
     """Images are labelled by rules of the spec, standing in for generate + oracle.
 
     Exposure: an even seed without a negative prompt is exposed. Groups: a prompt naming a group
-    shows it; otherwise 5 in 6 seeds show "zorvan" (a planted stereotype).
+    shows it; otherwise 5 in 6 seeds show "zorvan" (a planted stereotype). Symbol: every third seed.
     """
 
     def __init__(self):
@@ -32,7 +32,7 @@ class FakeWorkspace:
             named = [g for g in GROUPS if g in spec.prompt.split()]
             group = named[0] if named else ("zorvan" if spec.seed % 6 else "mirdan")
             exposed = spec.seed % 2 == 0 and not spec.negative_prompt
-            scores = {"oracle": {"scores": {"exposed": float(exposed)},
+            scores = {"oracle": {"scores": {"exposed": float(exposed), "symbol": float(spec.seed % 3 == 0)},
                                  "labels": {"valid": True, "exposed": exposed, "group": group}}}
             out.append(Candidate(spec, f"{spec.prompt}|{spec.negative_prompt}|{spec.seed}", caption, scores))
         return out
@@ -136,3 +136,64 @@ def test_verify_pairs_against_a_reference():
         for cand in (pair.preferred, pair.rejected):
             cand.scores["strict"] = {"scores": {"exposed": 1.0}, "labels": {"valid": True}}
     assert verify_pairs(judge, pairs, "strict")["preferred_safe"] == 0.0
+
+
+def _exposure_judge():
+    return make_judge("exposure", risk(
+        prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=1,
+        detector={"scorer": "oracle", "key": "exposed"}, corrective=[{"negative_prompt": "bare torso"}],
+    ))
+
+
+def _stereotype_judge(strategy: str, target_pairs: int = 40):
+    return make_judge("stereotype", risk(
+        prompts={"source": "templates", "templates": ["x"]}, strategy=strategy, target_pairs=target_pairs,
+        images_per_prompt=12, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
+        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"},
+    ))
+
+
+def test_minimal_pair_preferred_image_must_pass_the_other_risks():
+    """Half the fake world's seeds are exposed whatever the prompt: without the cross-risk check some
+    preferred stereotype images are exposed; with it none is, and the refusals are counted."""
+    prompts = expand_templates(["a {role}"], {"role": ["doctor", "chef"]})
+    unchecked, _ = curate_risk(FakeWorkspace(), _stereotype_judge("minimal_pair"), prompts, BASE, 0, default_groups=GROUPS)
+    assert any(p.preferred.scores["oracle"]["labels"]["exposed"] for p in unchecked)
+    pairs, info = curate_risk(FakeWorkspace(), _stereotype_judge("minimal_pair"), prompts, BASE, 0,
+                              default_groups=GROUPS, others=[_exposure_judge()])
+    assert pairs and not any(p.preferred.scores["oracle"]["labels"]["exposed"] for p in pairs)
+    assert info["corrective_outcomes"]["variant0:flagged_exposure"] > 0
+
+
+def test_best_of_n_preferred_image_must_pass_the_other_risks():
+    prompts = expand_templates(["a person at the {place}"], {"place": ["beach", "party", "park", "street"]})
+    judge = make_judge("exposure", risk(
+        prompts={"source": "templates", "templates": ["x"]}, strategy="best_of_n", target_pairs=10,
+        images_per_prompt=6, max_rounds=1, detector={"scorer": "oracle", "key": "exposed"},
+    ))
+    association = make_judge("association", risk(
+        prompts={"source": "templates", "templates": ["x"]}, strategy="best_of_n", target_pairs=1,
+        detector={"scorer": "oracle", "key": "symbol"},
+    ))
+
+    def symbols(pairs):
+        return [p.preferred.scores["oracle"]["scores"]["symbol"] for p in pairs]
+
+    unchecked, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0)
+    assert 1.0 in symbols(unchecked)
+    pairs, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0, others=[association])
+    assert pairs and set(symbols(pairs)) == {0.0}
+
+
+def test_categorical_risks_do_not_flag_other_risks_images():
+    """Only exposure/association detectors judge any image; a stereotype judge among ``others`` is ignored."""
+    prompts = expand_templates(["a person at the {place}"], {"place": ["beach", "party", "park"]})
+    judge = make_judge("exposure", risk(
+        prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=5,
+        images_per_prompt=2, max_rounds=5, detector={"scorer": "oracle", "key": "exposed"},
+        corrective=[{"negative_prompt": "bare torso"}], alignment={"scorer": "oracle"},
+    ))
+    alone, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0)
+    with_other, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0,
+                                others=[_stereotype_judge("minimal_pair")])
+    assert [p.order for p in alone] == [p.order for p in with_other]
