@@ -87,14 +87,20 @@ def bench_generation(cfg, name: str, model_dir: Path, device: str) -> dict:
     return record
 
 
+def train_points(arch) -> list:
+    """The ``TrainPoint`` of each configured ``train_points`` entry of ``arch`` (ArchSettings), in order."""
+    from benchmarks.train_bench import TrainPoint
+
+    return [TrainPoint(p.micro_batch, p.gradient_checkpointing, p.path, p.regional_compile, p.channels_last,
+                       p.full_compile) for p in arch.train_points]
+
+
 def bench_training(cfg, name: str, model_dir: Path, data_dir: Path, work: Path, device: str,
                    unet_fwd_flops: float, peak_flops: float, on_progress=lambda summary: None) -> dict:
     from benchmarks.train_bench import TrainPoint, add_throughput_figures, count_step_flops_per_pair, time_point
 
-    arch = cfg.arch(name)
     trainer_work = work / "train" / f"{name}-{cfg.scale}"
-    points = [TrainPoint(p.micro_batch, p.gradient_checkpointing, p.path, p.regional_compile, p.channels_last)
-              for p in arch.train_points]
+    points = train_points(cfg.arch(name))
     # Configured order, except that a fast point without checkpointing goes first: it builds the latent
     # cache that later points and the fast-path FLOP count reuse (its peak memory includes the cache
     # build; no other measurement does).

@@ -11,19 +11,26 @@ from benchmarks.generation_bench import GenerationBenchSettings
 PARTS = ("train", "generation", "scaling")
 
 
+def _check_one_compile_mode(settings) -> None:
+    if settings.regional_compile and settings.full_compile:
+        raise ValueError("regional_compile and full_compile are two compile modes; set one")
+
+
 @dataclass
 class PointSettings:
     micro_batch: int
     gradient_checkpointing: bool = False
     path: Literal["fast", "simple"] = "fast"
-    regional_compile: bool = False
+    regional_compile: bool = False  # trainer compile_unet=regions
     # fast path only (the simple path is always NCHW). Off by default: measured 11% slower in eager on
     # H200 (docs/performance.md, v1).
     channels_last: bool = False
+    full_compile: bool = False  # trainer compile_unet=full (the whole UNet, one graph per adapter state)
 
     def validate(self) -> None:
         if self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        _check_one_compile_mode(self)
 
 
 @dataclass
@@ -71,9 +78,11 @@ class ScalingSettings:
     micro_batch: int = 16  # per process (weak scaling: the global batch grows with the GPU count)
     gradient_checkpointing: bool = False
     regional_compile: bool = False
+    full_compile: bool = False
     accelerate_config: str = "configs/accelerate/ddp.yaml"
 
     def validate(self) -> None:
+        _check_one_compile_mode(self)
         if self.arch not in ARCHS:
             raise ValueError(f"scaling.arch must be one of {sorted(ARCHS)}, got {self.arch!r}")
         if not self.gpus or min(self.gpus) < 1:

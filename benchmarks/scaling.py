@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.train_bench import TrainPoint, interval_rates, trainer_overrides, trainer_supports
+from benchmarks.train_bench import TrainPoint, interval_rates, trainer_overrides
 
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -54,13 +54,11 @@ def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path, output_dir: st
 
     settings = cfg.scaling
     available = torch.cuda.device_count()
-    point = TrainPoint(settings.micro_batch, settings.gradient_checkpointing, "fast", settings.regional_compile)
+    point = TrainPoint(settings.micro_batch, settings.gradient_checkpointing, "fast", settings.regional_compile,
+                       full_compile=settings.full_compile)
     work_dir = work / "scaling" / settings.arch
     steps = cfg.log_every * (1 + cfg.timed_intervals)
     section = trainer_overrides(point, model_dir, data_dir, work_dir, steps, cfg.log_every, dict(cfg.trainer_extra))
-    if settings.regional_compile and not trainer_supports("compile_regions"):
-        # `accelerate launch -m training.train` cannot take the bench's injected hook.
-        section.pop("compile_regions", None)
     config_file = work_dir / "scaling_train.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump({"train": section}, sort_keys=False))

@@ -16,7 +16,6 @@ counted by FlopCounterMode), over the bf16 matmul peak measured on the same GPU.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import traceback
@@ -35,8 +34,16 @@ class TrainPoint:
     micro_batch: int
     gradient_checkpointing: bool
     path: str  # "fast" (cached latents, the trainer's fast config) or "simple" (VAE + text each step)
-    regional_compile: bool = False
+    regional_compile: bool = False  # trainer compile_unet=regions
     channels_last: bool = False  # fast path only
+    full_compile: bool = False  # trainer compile_unet=full
+
+    @property
+    def compile_unet(self) -> str:
+        """The trainer's ``compile_unet`` for this point."""
+        if self.regional_compile and self.full_compile:
+            raise ValueError("a train point is either regional_compile or full_compile, not both")
+        return "full" if self.full_compile else "regions" if self.regional_compile else "none"
 
     @property
     def flops_key(self) -> str:
@@ -48,8 +55,7 @@ class TrainPoint:
         parts = [self.path, f"mb{self.micro_batch}"]
         if self.gradient_checkpointing:
             parts.append("ckpt")
-        if self.regional_compile:
-            parts.append("compile")
+        parts += {"regions": ["compile"], "full": ["fullcompile"]}.get(self.compile_unet, [])
         if self.path == "fast" and self.channels_last:
             parts.append("cl")
         return "-".join(parts)
@@ -75,40 +81,10 @@ def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_d
         "tensorboard": False,
         "progress_bar": False,
     }
-    if point.regional_compile:
-        section["compile_regions"] = True
+    if point.compile_unet != "none":
+        section["compile_unet"] = point.compile_unet
     section.update(extra)
     return section
-
-
-def trainer_supports(option: str) -> bool:
-    import dataclasses
-
-    from training.config import TrainConfig
-
-    return option in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-@contextlib.contextmanager
-def injected_regional_compile(backend: str = "inductor"):
-    """Until the trainer has a ``compile_regions`` option: compile LoRA-free regions right after
-    ``add_lora`` inside ``training.train.train`` (exactly where the option would do it). Results
-    measured this way are marked ``injected`` in the results file."""
-    import training.train as trainer_module
-    from training.regional_compile import compile_lora_free_regions
-
-    original = trainer_module.add_lora
-
-    def add_lora_then_compile(unet, settings):
-        params = original(unet, settings)
-        compile_lora_free_regions(unet, backend=backend)
-        return params
-
-    trainer_module.add_lora = add_lora_then_compile
-    try:
-        yield
-    finally:
-        trainer_module.add_lora = original
 
 
 def run_trainer(section: dict) -> dict:
@@ -116,13 +92,7 @@ def run_trainer(section: dict) -> dict:
     from training.config import TrainConfig
     from training.train import train
 
-    section = dict(section)
-    inject = bool(section.get("compile_regions")) and not trainer_supports("compile_regions")
-    if inject:
-        section.pop("compile_regions")
-    cfg = config_from_dict(TrainConfig, section, where="train")
-    with injected_regional_compile() if inject else contextlib.nullcontext():
-        return train(cfg)
+    return train(config_from_dict(TrainConfig, dict(section), where="train"))
 
 
 def interval_rates(work_dir: Path) -> list[float]:
@@ -138,8 +108,6 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
     steps = log_every * (1 + timed_intervals)
     section = trainer_overrides(point, model_dir, data_dir, work_dir, steps, log_every, extra)
     record = {"label": point.label, **point.__dict__, "steps": steps, "log_every": log_every}
-    if point.regional_compile and not trainer_supports("compile_regions"):
-        record["injected"] = "training.regional_compile after add_lora (trainer option compile_regions pending)"
     try:
         with peak_memory(device) as mem:
             summary = run_trainer(section)
@@ -168,7 +136,7 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
 def count_step_flops_per_pair(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Path,
                               extra: dict) -> float:
     """FLOPs of one real trainer step with 1 pair (FlopCounterMode; uncompiled, same maths)."""
-    one = TrainPoint(1, point.gradient_checkpointing, point.path, regional_compile=False)
+    one = TrainPoint(1, point.gradient_checkpointing, point.path)
     section = trainer_overrides(one, model_dir, data_dir, work_dir, steps=1, log_every=1, extra=extra)
     flops = count_flops(lambda: run_trainer(section))
     free_device_memory()

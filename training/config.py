@@ -111,11 +111,21 @@ class TrainConfig:
     cache_latents: bool = True  # VAE latents + text embeddings encoded once (False = every step)
     gradient_checkpointing: bool = False
     channels_last: bool = False
-    # torch.compile only the UNet regions that hold no LoRA layer (training/regional_compile.py), so
-    # switching adapters off for the reference pass stays exact. Measured on an H200: +30% pairs/s on
-    # SD1.5 at 512 px, +18% on SDXL at 1024 px (docs/performance.md). Off by default: compiling costs
-    # a minute up front, which only pays on long GPU runs.
-    compile_regions: bool = False
+    # torch.compile of the UNet (training/compile.py). Off by default: compiling costs a minute or more
+    # up front, which only pays on long GPU runs. Both modes keep the reference pass (adapters off) exact:
+    # "regions": only the ResNet blocks and feed-forwards that hold no LoRA layer; the adapter switch stays
+    #   eager. Measured on an H200: +30% pairs/s on SD1.5 at 512 px, +18% on SDXL at 1024 px
+    #   (docs/performance.md, v1).
+    # "full": the whole UNet forward, one graph per adapter state (policy, reference), keyed on the state
+    #   explicitly; exactness checked on CPU in tests/training/test_compile.py. Adds what regions leave
+    #   eager (attention blocks, LoRA layers, layer-norms, the glue between blocks). Not yet measured on a
+    #   GPU: predictions in docs/performance.md (v2).
+    # ("none", not "off": YAML reads off as false.)
+    compile_unet: Literal["none", "regions", "full"] = "none"
+    compile_regions: bool = False  # older spelling of compile_unet=regions, kept so existing configs load
+    # torch.compile backend. "aot_eager" traces and runs autograd like inductor but without code generation
+    # (no speed-up): for CPU tests and for telling a dynamo problem from an inductor one.
+    compile_backend: str = "inductor"
     allow_tf32: bool = True
 
     # --- bookkeeping -----------------------------------------------------------------------------
@@ -152,8 +162,25 @@ class TrainConfig:
                 raise ValueError(f"risk_repeats.{risk} must be a whole number >= 0, got {repeats!r}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
+        self._validate_compile()
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
+
+    def unet_compile_mode(self) -> str:
+        """``compile_unet`` with the older ``compile_regions: true`` folded in ("none", "regions", "full")."""
+        return "regions" if self.compile_regions and self.compile_unet == "none" else self.compile_unet
+
+    def _validate_compile(self) -> None:
+        if self.compile_regions and self.compile_unet == "full":
+            raise ValueError("compile_regions: true (= compile_unet: regions) contradicts compile_unet: full; "
+                             "set only compile_unet")
+        if self.unet_compile_mode() != "none":
+            import torch._dynamo
+
+            try:
+                torch._dynamo.lookup_backend(self.compile_backend)
+            except Exception as exc:  # dynamo's InvalidBackend, or a backend that fails to import
+                raise ValueError(f"compile_backend {self.compile_backend!r}: {exc}") from exc
 
 
 def resolve_paths(cfg: TrainConfig, run_name: str) -> TrainConfig:

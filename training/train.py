@@ -27,6 +27,7 @@ from training.cache import (
 )
 from training.card import render_model_card
 from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from training.compile import compile_unet
 from training.config import TrainConfig, resolve_paths
 from training.data import load_pairs, load_retain, model_resolution
 from training.lora import add_lora, export_merged_unet, save_lora
@@ -40,8 +41,10 @@ class TrainingDiverged(PipelineError):
 
 
 # Fields that do not change what is trained; a checkpoint may be resumed under different values.
+# compile_unet / compile_backend change kernels (rounding), not the objective; leaving them out also keeps
+# the digest of checkpoints written before they existed. (compile_regions predates this and stays in.)
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
-                "export_merged_unet", "output_dir", "work_dir"}
+                "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend"}
 
 
 def config_digest(cfg: TrainConfig) -> str:
@@ -182,12 +185,11 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         unet.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
     params = add_lora(unet, cfg.lora)
-    if cfg.compile_regions:
-        from training.regional_compile import compile_lora_free_regions
-
-        compile_lora_free_regions(unet)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP
+    # forward (policy) and the unwrapped module (reference) then both reach the compiled code.
+    compile_unet(unet, cfg.unet_compile_mode(), cfg.compile_backend)
     unet.train()
     optimizer, lr_scheduler = _build_optimizer(cfg, params, device)
     unet, optimizer = accelerator.prepare(unet, optimizer)

@@ -44,6 +44,35 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, capsys):
     assert "train_point" in capsys.readouterr().err
 
 
+def test_bench_yaml_compile_points_and_trainer_keys(tmp_path):
+    """configs/bench.yaml: the whole-UNet compile points come right after the regional-compile ones, and
+    each point hands the trainer its compile_unet mode."""
+    from benchmarks.bench import DEFAULT_CONFIG, train_points
+    from benchmarks.config import BenchConfig
+    from benchmarks.train_bench import trainer_overrides
+    from core.config import config_from_dict, load_stage_config
+    from training.config import TrainConfig
+
+    cfg = load_stage_config(BenchConfig, DEFAULT_CONFIG, "bench")
+    for arch, full in {"sd15": ["fast-mb16-fullcompile", "fast-mb32-fullcompile"],
+                       "sdxl": ["fast-mb4-fullcompile"]}.items():
+        points = train_points(cfg.arch(arch))
+        labels = [p.label for p in points]
+        last_regional = max(i for i, p in enumerate(points) if p.regional_compile)
+        assert labels[last_regional + 1:last_regional + 1 + len(full)] == full, labels
+        for point in points:
+            section = trainer_overrides(point, tmp_path, tmp_path, tmp_path, steps=1, log_every=1, extra={})
+            trainer_cfg = config_from_dict(TrainConfig, section, where="train")
+            assert trainer_cfg.unet_compile_mode() == ("full" if point.full_compile else
+                                                       "regions" if point.regional_compile else "none")
+
+
+def test_bench_point_with_two_compile_modes_is_a_config_error(tmp_path, capsys):
+    both = "sd15.train_points=[{micro_batch: 2, regional_compile: true, full_compile: true}]"
+    assert main(["--smoke", f"work_dir={tmp_path}", both]) == 2
+    assert "regional_compile and full_compile" in capsys.readouterr().err
+
+
 def test_architectures_match_published_sizes():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

@@ -44,33 +44,39 @@ def test_sdxl_lora_trains_and_loads_in_stock_pipeline(tiny_sdxl_path, tiny_set, 
     assert abs(generate() - before).max() > 1e-4
 
 
-def test_two_process_gloo_matches_single_process(tiny_sd15_path, tiny_set, tmp_path):
-    """accelerate launch with configs/accelerate/ddp.yaml on CPU (gloo): 2 × micro 2 == 1 × micro 4."""
-    settings = {"adam_epsilon": 1.0, "learning_rate": 0.05, "beta": 100.0}  # see test_train._assert_same_run
-    single = tmp_path / "single"
-    train(tiny_config(tiny_sd15_path, tiny_set, single, "micro_batch_size=4",
-                      *(f"{k}={v}" for k, v in settings.items())))
+EQUIVALENCE_SETTINGS = {"adam_epsilon": 1.0, "learning_rate": 0.05, "beta": 100.0}  # see test_train._assert_same_run
 
-    ddp = tmp_path / "ddp"
-    config = tmp_path / "ddp.yaml"
+
+def train_two_processes(model: Path, data: Path, run: Path, port: int, **extra) -> None:
+    """accelerate launch with configs/accelerate/ddp.yaml on CPU (gloo): 2 processes x micro-batch 2,
+    3 steps, ``EQUIVALENCE_SETTINGS`` plus ``extra`` train: keys; output under ``run``."""
+    config = run / "ddp.yaml"
     train_section = {
-        "model": str(tiny_sd15_path), "data": str(tiny_set), "output_dir": str(ddp / "lora"),
-        "work_dir": str(ddp / "work"), "mixed_precision": "fp32", "micro_batch_size": 2, "max_train_steps": 3,
+        "model": str(model), "data": str(data), "output_dir": str(run / "lora"),
+        "work_dir": str(run / "work"), "mixed_precision": "fp32", "micro_batch_size": 2, "max_train_steps": 3,
         "lr_warmup_steps": 0, "log_every": 1, "progress_bar": False, "tensorboard": False,
-        "lora": {"rank": 4, "alpha": 4.0}, **settings,
+        "lora": {"rank": 4, "alpha": 4.0}, **EQUIVALENCE_SETTINGS, **extra,
     }
+    run.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump({"train": train_section}))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     accelerate = Path(sys.executable).with_name("accelerate")
     result = subprocess.run(
         [str(accelerate), "launch", "--config_file", str(REPO / "configs/accelerate/ddp.yaml"), "--num_processes", "2",
-         "--main_process_port", "29517", "-m", "training.train", "--config", str(config)],
+         "--main_process_port", str(port), "-m", "training.train", "--config", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = yaml.safe_load((ddp / "lora" / "training_summary.json").read_text())
+    summary = yaml.safe_load((run / "lora" / "training_summary.json").read_text())
     assert summary["processes"] == 2 and summary["pairs_per_step"] == 4
 
+
+def train_one_process_micro_4(model: Path, data: Path, run: Path) -> None:
+    """The single-process run that :func:`train_two_processes` must reproduce."""
+    train(tiny_config(model, data, run, "micro_batch_size=4", *(f"{k}={v}" for k, v in EQUIVALENCE_SETTINGS.items())))
+
+
+def assert_same_as_single_process(single: Path, ddp: Path) -> None:
     def metric(run, name):
         return {r["step"]: r[name] for r in read_metrics(run / "lora" / "metrics.jsonl")}
 
@@ -82,3 +88,10 @@ def test_two_process_gloo_matches_single_process(tiny_sd15_path, tiny_set, tmp_p
     b = load_file(str(ddp / "lora" / LORA_WEIGHT_NAME))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_two_process_gloo_matches_single_process(tiny_sd15_path, tiny_set, tmp_path):
+    """2 processes x micro-batch 2 == 1 process x micro-batch 4."""
+    train_one_process_micro_4(tiny_sd15_path, tiny_set, tmp_path / "single")
+    train_two_processes(tiny_sd15_path, tiny_set, tmp_path / "ddp", port=29517)
+    assert_same_as_single_process(tmp_path / "single", tmp_path / "ddp")
