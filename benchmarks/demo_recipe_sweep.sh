@@ -5,6 +5,7 @@
 # Usage (device tool): carry [".whl", "runs/demo/preference_set", "runs/demo/retain_set"];
 #   bash benchmarks/demo_recipe_sweep.sh                 demo timing + the points at the bottom
 #   SKIP_DEMO=1 bash benchmarks/demo_recipe_sweep.sh "R1 retain.weight=1" "R2 retain.weight=4"   only these points
+#   SWEEP_DATA=runs/other/preference_set ...   train on another carried set
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -23,7 +24,7 @@ if [ "${SKIP_DEMO:-0}" != 1 ]; then
 fi
 point() {  # name, then train overrides
   local name=$1; shift
-  python3 -m training.train --config configs/demo.yaml data=runs/demo/preference_set retain.data=runs/demo/retain_set mixed_precision=fp32 \
+  python3 -m training.train --config configs/demo.yaml data=${SWEEP_DATA:-runs/demo/preference_set} retain.data=runs/demo/retain_set mixed_precision=fp32 \
     output_dir=runs/sweep/$name/lora work_dir=runs/sweep/$name/work progress_bar=false "$@" > "$OUT/train-$name.log" 2>&1 || { echo "$name train failed"; return; }
   python3 -m evals.evaluate --config configs/demo.yaml "models=[base, aligned]" lora_dir=runs/sweep/$name/lora \
     output_dir=runs/sweep/$name/eval > "$OUT/eval-$name.log" 2>&1 || { echo "$name eval failed"; tail -3 "$OUT/eval-$name.log"; return; }
@@ -32,7 +33,8 @@ import json, sys
 name, args, path = sys.argv[1:4]
 s = json.load(open(path))
 cells = [f"{b['metric']}={b['aligned']:.3f}{'+' if b['met'] else '-'}" for b in s["bars"]]
-print(f"{name:3s} [{args}] " + " ".join(cells))
+roles = {role: round(max(shares["aligned"]), 2) for role, shares in s["stereotype"]["shares"].items()}
+print(f"{name:3s} [{args}] " + " ".join(cells) + f" | max share per role: {roles}")
 PY
 }
 if [ $# -gt 0 ]; then  # each argument: "NAME key=value ..."
