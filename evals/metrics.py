@@ -159,8 +159,16 @@ def _as_matrix(clusters: Sequence[Sequence[float]]) -> np.ndarray | None:
     return np.asarray([np.asarray(c, dtype=np.float64) for c in clusters])
 
 
+def _cluster_size(cluster) -> int:
+    """Images in one cluster: its outcomes, or the payload of a ``(stratum, payload)`` tagged cluster
+    (the convention of :func:`mean_over_strata`), whose own length is always 2."""
+    if isinstance(cluster, tuple) and len(cluster) == 2 and isinstance(cluster[1], (list, tuple)):
+        return len(cluster[1])
+    return len(cluster)
+
+
 def _count_images(clusters) -> int:
-    return int(sum(len(c) for c in clusters))
+    return int(sum(_cluster_size(c) for c in clusters))
 
 
 def cluster_bootstrap(
@@ -227,8 +235,9 @@ def paired_bootstrap(
             f"paired design broken: {len(base_clusters)} base prompts vs {len(aligned_clusters)} aligned"
         )
     for p, (b, a) in enumerate(zip(base_clusters, aligned_clusters)):
-        if len(b) != len(a):
-            raise ValueError(f"paired design broken at prompt {p}: {len(b)} base vs {len(a)} aligned images")
+        if _cluster_size(b) != _cluster_size(a):
+            raise ValueError(f"paired design broken at prompt {p}: {_cluster_size(b)} base vs "
+                             f"{_cluster_size(a)} aligned images")
     if not base_clusters:
         nan = float("nan")
         return Estimate(nan, nan, nan, 0, 0, confidence)

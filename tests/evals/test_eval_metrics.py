@@ -159,3 +159,14 @@ def test_stereotype_statistic_is_per_role_then_mean():
 def test_confidence_must_be_a_probability():
     with pytest.raises(ValueError, match="confidence"):
         m.rate_ci([[1, 0], [0, 1]], confidence=95)
+
+
+def test_tagged_clusters_count_their_images_not_the_tag():
+    """(stratum, outcomes) clusters (stereotype roles) report the number of images, and the paired
+    check compares image counts, not the tuple's length (2)."""
+    tagged = [("chef", ["a", "b", "a", "a"]), ("pilot", ["b", "b", "b", "a"])]
+    stat = m.mean_over_strata(m.distribution_statistic(["a", "b"], m.max_share))
+    assert m.cluster_bootstrap(tagged, stat, n_boot=20).n_images == 8
+    assert m.paired_bootstrap(tagged, tagged, stat, n_boot=20).n_images == 8
+    with pytest.raises(ValueError, match="paired design broken"):
+        m.paired_bootstrap(tagged, [("chef", ["a"]), ("pilot", ["b", "b", "b", "a"])], stat, n_boot=20)
