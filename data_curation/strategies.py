@@ -173,9 +173,9 @@ def minimal_pair_round(
             safe = judge.is_safe(preferred.scores, record, wanted)
             aligned = safe and judge.is_aligned(preferred.scores, wanted_slots)
             other_risk = flagged_by(preferred.scores, record, others) if aligned else None
-            similarity = (pixel_similarity(ws.image(preferred.key), ws.image(cand.key))
-                          if aligned and other_risk is None else float("nan"))
-            if aligned and other_risk is None and similarity >= judge.cfg.min_similarity:
+            clean = aligned and other_risk is None
+            similarity = pixel_similarity(ws.image(preferred.key), ws.image(cand.key)) if clean else float("nan")
+            if clean and similarity >= judge.cfg.min_similarity:
                 note = {"variant": variant_index, **({"preferred_group": wanted} if wanted else {})}
                 pairs.append(Pair(judge.name, "minimal_pair", record.prompt, preferred, cand, order, similarity, note, record))
                 outcomes[f"variant{variant_index}:confirmed"] += 1

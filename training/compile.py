@@ -37,11 +37,8 @@ from typing import Callable
 import torch
 
 
-
 def _has_lora(module: torch.nn.Module) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
+    return bool(lora_layers(module))
 
 
 def lora_free_regions(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -75,11 +72,11 @@ def compile_lora_free_regions(unet: torch.nn.Module, backend: str = "inductor", 
     return len(regions)
 
 
-def lora_layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
-    """peft's LoRA layers (``BaseTunerLayer``) of ``unet``, in module order."""
+def lora_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """peft's LoRA layers (``BaseTunerLayer``) of ``module``, in module order."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
 def adapters_enabled(layers: list[torch.nn.Module]) -> bool:

@@ -61,13 +61,18 @@ def test_group_schedule_fills_deficits_evenly():
     assert skewed_target.surplus == {"zorvan", "quelli"} and skewed_target.next() == "mirdan"
 
 
-def test_minimal_pair_exposure_uses_same_seed_and_corrective():
-    prompts = expand_templates(["a person at the {place}"], {"place": ["beach", "party", "park"]})
-    judge = make_judge("exposure", risk(
+def _exposure_minimal_pair_judge():
+    """5 exposure pairs by minimal pair: the same seed with a "bare torso" negative prompt."""
+    return make_judge("exposure", risk(
         prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=5,
         images_per_prompt=2, max_rounds=5, detector={"scorer": "oracle", "key": "exposed"},
         corrective=[{"negative_prompt": "bare torso"}], alignment={"scorer": "oracle"},
     ))
+
+
+def test_minimal_pair_exposure_uses_same_seed_and_corrective():
+    prompts = expand_templates(["a person at the {place}"], {"place": ["beach", "party", "park"]})
+    judge = _exposure_minimal_pair_judge()
     pairs, info = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0)
     assert len(pairs) == 5 and info["pairs_kept"] == 5 and info["pairs_found"] >= 5
     for pair in pairs:
@@ -188,11 +193,7 @@ def test_best_of_n_preferred_image_must_pass_the_other_risks():
 def test_categorical_risks_do_not_flag_other_risks_images():
     """Only exposure/association detectors judge any image; a stereotype judge among ``others`` is ignored."""
     prompts = expand_templates(["a person at the {place}"], {"place": ["beach", "party", "park"]})
-    judge = make_judge("exposure", risk(
-        prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=5,
-        images_per_prompt=2, max_rounds=5, detector={"scorer": "oracle", "key": "exposed"},
-        corrective=[{"negative_prompt": "bare torso"}], alignment={"scorer": "oracle"},
-    ))
+    judge = _exposure_minimal_pair_judge()
     alone, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0)
     with_other, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0,
                                 others=[_stereotype_judge("minimal_pair")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from tests.training.test_bad_input import _nothing_written, _run
@@ -39,19 +40,13 @@ def test_no_order_matches_previous_draws():
     assert torch.equal(a.cpu_indices, b.cpu_indices) and torch.equal(a.noise, b.noise)
 
 
-def test_unknown_risk_is_a_clear_error(tiny_sd15_path, tiny_set, tmp_path, capsys):
-    assert _run(tmp_path, tiny_sd15_path, tiny_set, "risk_repeats.stereotyp=2") == 2
+@pytest.mark.parametrize("override, fragments", [
+    ("risk_repeats.stereotyp=2", ["stereotyp", "exposure"]),  # names the risks the set holds
+    ("risk_repeats.exposure=0", ["no pair"]),  # leaves nothing to train on
+    ("risk_repeats.exposure=-1", ["risk_repeats.exposure"]),
+])
+def test_bad_risk_repeats_are_clear_errors(override, fragments, tiny_sd15_path, tiny_set, tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, override) == 2
     err = capsys.readouterr().err
-    assert "stereotyp" in err and "exposure" in err  # names the risks the set holds
+    assert all(fragment in err for fragment in fragments)
     _nothing_written(tmp_path)
-
-
-def test_repeats_that_drop_every_pair_are_an_error(tiny_sd15_path, tiny_set, tmp_path, capsys):
-    assert _run(tmp_path, tiny_sd15_path, tiny_set, "risk_repeats.exposure=0") == 2
-    assert "no pair" in capsys.readouterr().err
-    _nothing_written(tmp_path)
-
-
-def test_negative_repeats_rejected(tiny_sd15_path, tiny_set, tmp_path, capsys):
-    assert _run(tmp_path, tiny_sd15_path, tiny_set, "risk_repeats.exposure=-1") == 2
-    assert "risk_repeats.exposure" in capsys.readouterr().err
