@@ -197,7 +197,10 @@ KNOWN_SECTIONS = ("run", "world", "curate", "train", "eval", "annotate", "bench"
 
 
 def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = ()) -> T:
-    """Load ``section`` of the YAML file at ``path`` into ``cls``; overrides are relative to it."""
+    """Load ``section`` of the YAML file at ``path`` into ``cls``; overrides are relative to it, with or
+    without the section's prefix (``steps=10`` or ``eval.steps=10``)."""
+    prefix = f"{section}."
+    overrides = [o[len(prefix):] if o.startswith(prefix) else o for o in overrides]
     data = read_yaml(path) if path is not None else {}
     unknown_sections = sorted(set(data) - set(KNOWN_SECTIONS))
     if unknown_sections:

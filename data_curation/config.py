@@ -140,12 +140,18 @@ class BalanceConfig:
     ``values`` lists the attribute's values (defaults to the world's groups); ``stratify_by`` names
     the prompt slot within which the distribution is measured (e.g. role: each role has its own bias;
     ``prompt``: each prompt on its own; null: the whole risk at once).
+
+    ``every_deficit_group`` (minimal pair only): correct each risky image once per under-represented
+    group, one pair each, instead of once with the group the schedule hands out. Every scene then
+    prefers all the deficit groups equally over the same rejected image, and a group whose corrections
+    are often refused (e.g. flagged by another risk's detector) is not left short.
     """
 
     attribute: str = "group"
     values: list[str] = field(default_factory=list)
     target: dict[str, float] = field(default_factory=dict)
     stratify_by: Optional[str] = "role"
+    every_deficit_group: bool = False
 
     def validate(self) -> None:
         if self.target:
@@ -176,6 +182,8 @@ class RiskConfig:
             raise ConfigError(f"target_pairs must be >= 1, got {self.target_pairs}")
         if self.images_per_prompt < 1 or self.max_rounds < 1:
             raise ConfigError("images_per_prompt and max_rounds must be >= 1")
+        if self.strategy == "best_of_n" and self.balance.every_deficit_group:
+            raise ConfigError("balance.every_deficit_group applies to strategy minimal_pair only")
         if self.strategy == "best_of_n" and self.images_per_prompt < 2:
             raise ConfigError("best_of_n needs images_per_prompt >= 2")
         if self.strategy == "minimal_pair" and not self.corrective:
@@ -190,7 +198,7 @@ class RetainConfig:
 
     prompts: Optional[PromptSourceConfig] = None
     images_per_prompt: int = 1
-    output_dir: Optional[str] = None  # None: runs/<config name>/retain_set
+    output_dir: Optional[str] = None  # None: retain_set beside the preference set (runs/<config name>/retain_set)
     # Drop images that carry an exposure/association risk by that risk's own detector, and invalid
     # images: anchoring to a base-model failure would fight the pairs.
     drop_risky: bool = True

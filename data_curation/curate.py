@@ -43,7 +43,11 @@ def output_folders(cfg: CurateConfig, config_path: str) -> tuple[Path, Path]:
 
 
 def retain_folder(cfg: CurateConfig, config_path: str) -> Path:
-    return Path(cfg.retain.output_dir or Path("runs") / config_name(config_path) / "retain_set")
+    """``retain.output_dir``, else ``retain_set`` beside the preference set (runs/<config>/retain_set by
+    default): a run that moves its preference set elsewhere never overwrites the default run's retain set."""
+    if cfg.retain.output_dir:
+        return Path(cfg.retain.output_dir)
+    return output_folders(cfg, config_path)[0].parent / "retain_set"
 
 
 def balance_values(risk, kind: str) -> list[str]:

@@ -39,7 +39,7 @@ class Pair:
     caption: str  # the original benign prompt: the training caption
     preferred: Candidate
     rejected: Candidate
-    order: tuple  # (round, prompt index, seed index): the deterministic pair order
+    order: tuple  # (round, prompt index, seed index[, group index]): the deterministic pair order
     similarity: float = float("nan")
     note: dict[str, Any] = field(default_factory=dict)
     record: PromptRecord | None = None  # the original prompt's record (slots, template)
@@ -143,6 +143,18 @@ def best_of_n_round(
     return pairs
 
 
+def _wanted_groups(judge: RiskJudge, record: PromptRecord) -> list[str | None]:
+    """The groups a risky image is corrected to: [None] for risks other than stereotype; the next group
+    of the stratum's schedule, or every deficit group (``balance.every_deficit_group``); [] if none."""
+    if judge.kind != "stereotype":
+        return [None]
+    schedule = judge.schedule_for(record)
+    if judge.cfg.balance.every_deficit_group:
+        return schedule.deficit_groups()
+    wanted = schedule.next()
+    return [] if wanted is None else [wanted]
+
+
 def minimal_pair_round(
     ws: Workspace, judge: RiskJudge, originals: list[tuple[tuple, PromptRecord, Candidate]],
     outcomes: Counter | None = None, others: list[RiskJudge] = (),
@@ -157,10 +169,8 @@ def minimal_pair_round(
     for order, record, cand in originals:
         if not (judge.is_valid(cand.scores) and judge.carries_risk(cand.scores, record)):
             continue
-        wanted = judge.schedule_for(record).next() if judge.kind == "stereotype" else None
-        if judge.kind == "stereotype" and wanted is None:
-            continue
-        pending.append((order, record, cand, wanted))
+        for k, wanted in enumerate(_wanted_groups(judge, record)):
+            pending.append(((*order, k), record, cand, wanted))
     pairs = []
     for variant_index, variant in enumerate(judge.cfg.corrective):
         if not pending:

@@ -35,10 +35,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML config with an eval: section")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the eval: section")
-    args = parser.parse_args(argv)
-    # Accept both `steps=10` and `eval.steps=10`.
-    args.overrides = [o[len("eval."):] if o.startswith("eval.") else o for o in args.overrides]
-    return args
+    return parser.parse_args(argv)  # overrides: `steps=10` or `eval.steps=10` (core.config)
 
 
 def resolve_device(name: str) -> str:

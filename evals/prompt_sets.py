@@ -35,6 +35,11 @@ def world_eval_records(families: Sequence[str], per_family: int) -> list[dict]:
             affected = [r for r in pool if r.get("slots", {}).get("group") == ASSOCIATION_GROUP]
             others = [r for r in pool if r.get("slots", {}).get("group") != ASSOCIATION_GROUP]
             out += _spread(affected, per_family) + _spread(others, max(1, per_family // 2))
+        elif family == "stereotype":
+            # The stereotype metric is a mean over roles of each role's max group share: give every role
+            # the same number of prompts (spread over the whole family, 4 pilot prompts against 10 doctor
+            # ones left the pilot share resting on 16 images).
+            out += _spread_by_slot(pool, per_family, "role")
         else:
             out += _spread(pool, per_family)
     return out
@@ -44,6 +49,22 @@ def _spread(pool: list[dict], count: int) -> list[dict]:
     """``count`` records taken every k-th over the pool (covers many templates and slot combinations)."""
     step = max(1, len(pool) // count)
     return pool[::step][:count]
+
+
+def _spread_by_slot(pool: list[dict], count: int, slot: str) -> list[dict]:
+    """``count`` records split as evenly as possible over the values of ``slot`` (the first
+    ``count % k`` values in sorted order get one more), each value's share taken by :func:`_spread`."""
+    strata: dict[str, list[dict]] = {}
+    for record in pool:
+        strata.setdefault(str(record.get("slots", {}).get(slot)), []).append(record)
+    values = sorted(strata)
+    base, extra = divmod(count, len(values))
+    out = []
+    for i, value in enumerate(values):
+        share = base + (1 if i < extra else 0)
+        if share:
+            out += _spread(strata[value], share)
+    return out
 
 
 def world_curation_records(families: Sequence[str]) -> list[dict]:

@@ -82,6 +82,12 @@ class TrainConfig:
     # (default 1; 0 leaves that risk out). A risk that needs a whole distribution moved (stereotypes)
     # can get more optimiser updates without more curated pairs or more steps.
     risk_repeats: dict[str, int] = field(default_factory=dict)
+    # Conservative DPO (training/loss.py): trust each label with probability 1 - ε, so a pair stops pulling
+    # at a finite margin log((1-ε)/ε). `label_smoothing` is ε for every pair, `label_smoothing_per_risk`
+    # overrides it per risk. For a risk whose target is a distribution (stereotypes: uniform over groups,
+    # not "never the majority group"), hard labels push the majority group below its target share.
+    label_smoothing: float = 0.0
+    label_smoothing_per_risk: dict[str, float] = field(default_factory=dict)
 
     retain: RetainSettings = field(default_factory=RetainSettings)
 
@@ -162,11 +168,20 @@ class TrainConfig:
         for risk, repeats in self.risk_repeats.items():
             if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
                 raise ValueError(f"risk_repeats.{risk} must be a whole number >= 0, got {repeats!r}")
+        for name, eps in [("label_smoothing", self.label_smoothing),
+                          *((f"label_smoothing_per_risk.{r}", e) for r, e in self.label_smoothing_per_risk.items())]:
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 0.5:
+                raise ValueError(f"{name} must be a number in [0, 0.5), got {eps!r}")
+        if self.loss_type != "sigmoid" and self.uses_label_smoothing():
+            raise ValueError(f"label smoothing applies to loss_type sigmoid only, not {self.loss_type!r}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
         self._validate_compile()
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
+
+    def uses_label_smoothing(self) -> bool:
+        return self.label_smoothing > 0 or any(e > 0 for e in self.label_smoothing_per_risk.values())
 
     def unet_compile_mode(self) -> str:
         """``compile_unet`` with the older ``compile_regions: true`` folded in ("none", "regions", "full")."""

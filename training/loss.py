@@ -29,6 +29,11 @@ Loss types (the trl DPO vocabulary, with the diffusion log-ratio z = h / β = -1
   1/(4β²); its minimum is at a margin z = 1/(2β), not at infinity, which is the point of IPO;
 * ``sft``:     err(θ, w) only: supervised fine-tuning on the preferred images (a baseline; needs no
   reference pass and ignores the loser).
+
+Label smoothing (``sigmoid`` only; conservative DPO, Mitchell 2023, trl's ``label_smoothing``): each pair's
+label is trusted with probability 1 - ε, so loss = -(1 - ε) log σ(h) - ε log σ(-h). For ε > 0 the loss has
+its minimum at a finite margin h* = log((1 - ε) / ε) instead of pushing h to infinity: a pair stops pulling
+once the policy prefers its winner by that much. ε may differ per pair (per risk: training/config.py).
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return diff.pow(2).mean(dim=tuple(range(1, diff.ndim)))
 
 
+def _any_smoothing(label_smoothing: torch.Tensor | float) -> bool:
+    """True unless ε is the float 0 (a tensor counts as smoothing: checking its values would sync)."""
+    return isinstance(label_smoothing, torch.Tensor) or label_smoothing != 0.0
+
+
 def diffusion_dpo_loss(
     model_err_w: torch.Tensor,
     model_err_l: torch.Tensor,
@@ -55,11 +65,13 @@ def diffusion_dpo_loss(
     ref_err_l: torch.Tensor | None,
     beta: float,
     loss_type: LossType = "sigmoid",
+    label_smoothing: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss over the batch and per-batch metric tensors (0-dim, still on device: no host sync).
 
     All error inputs are (B,) per-pair mean squared errors (see :func:`per_sample_mse`). ``ref_err_*``
-    may be ``None`` only for ``sft``.
+    may be ``None`` only for ``sft``. ``label_smoothing``: ε, a float or a (B,) tensor in [0, 0.5)
+    (``sigmoid`` only; see the module docstring).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {list(LOSS_TYPES)}")
@@ -78,6 +90,8 @@ def diffusion_dpo_loss(
         return loss, metrics
     if ref_err_w is None or ref_err_l is None:
         raise ValueError(f"loss_type {loss_type!r} needs the reference errors")
+    if loss_type != "sigmoid" and _any_smoothing(label_smoothing):
+        raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {loss_type!r}")
     ref_err_w = ref_err_w.float()
     ref_err_l = ref_err_l.float()
 
@@ -87,6 +101,9 @@ def diffusion_dpo_loss(
     margin = chosen_rewards - rejected_rewards  # h = -β/2 (Δθ - Δref)
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(margin)
+        if _any_smoothing(label_smoothing):
+            eps = torch.as_tensor(label_smoothing, dtype=margin.dtype, device=margin.device)
+            losses = (1.0 - eps) * losses - eps * F.logsigmoid(-margin)
     elif loss_type == "hinge":
         losses = torch.relu(1.0 - margin)
     else:  # ipo, on the un-scaled log-ratio z = h / β

@@ -70,8 +70,25 @@ def _check_inputs(cfg: TrainConfig):
     resolution = model_resolution(cfg.model)
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
     order = _sampling_order(cfg, pairs)
+    smoothing = _label_smoothing(cfg, pairs)
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
-    return family, resolution, pairs, order, retain
+    return family, resolution, pairs, order, smoothing, retain
+
+
+def _check_risks_present(option: str, named: list[str], pairs, data: str) -> None:
+    present = sorted(set(pairs.risks()))
+    unknown = sorted(set(named) - set(present))
+    if unknown:
+        raise ConfigError(f"train.{option} names risk(s) {unknown} that {data} does not hold; its risks: {present}")
+
+
+def _label_smoothing(cfg: TrainConfig, pairs) -> torch.Tensor | None:
+    """(N,) ε of every pair (``label_smoothing``, overridden per risk), or None when all are 0."""
+    if not cfg.uses_label_smoothing():
+        return None
+    _check_risks_present("label_smoothing_per_risk", list(cfg.label_smoothing_per_risk), pairs, cfg.data)
+    return torch.tensor([cfg.label_smoothing_per_risk.get(risk, cfg.label_smoothing) for risk in pairs.risks()],
+                        dtype=torch.float32)
 
 
 def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
@@ -79,13 +96,8 @@ def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
     or repeats that leave nothing to train on."""
     if not cfg.risk_repeats:
         return None
-    risks = pairs.risks()
-    present = sorted(set(risks))
-    unknown = sorted(set(cfg.risk_repeats) - set(present))
-    if unknown:
-        raise ConfigError(f"train.risk_repeats names risk(s) {unknown} that {cfg.data} does not hold; "
-                          f"its risks: {present}")
-    order = risk_sampling_order(risks, cfg.risk_repeats)
+    _check_risks_present("risk_repeats", list(cfg.risk_repeats), pairs, cfg.data)
+    order = risk_sampling_order(pairs.risks(), cfg.risk_repeats)
     if len(order) == 0:
         raise ConfigError(f"train.risk_repeats {cfg.risk_repeats} leaves no pair of {cfg.data} to train on")
     return order
@@ -112,7 +124,8 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
 
 
 def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
-                    accumulator: MetricAccumulator, retain_source=None, retain_draws=None) -> torch.Tensor:
+                    accumulator: MetricAccumulator, retain_source=None, retain_draws=None,
+                    smoothing: torch.Tensor | None = None) -> torch.Tensor:
     """Accumulate gradients over the micro-steps of one optimiser step, clip, step. Returns the
     pre-clipping gradient norm (a device tensor: no host sync)."""
     accum = cfg.gradient_accumulation_steps
@@ -130,6 +143,7 @@ def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, 
             loss, metrics = dpo_loss_on_batch(
                 unet, unwrapped, source.batch(part), part, schedule, cfg.beta, cfg.loss_type,
                 accelerator.autocast, cfg.channels_last, retain, cfg.retain.weight, cfg.retain.target,
+                smoothing[part.indices] if smoothing is not None else 0.0,
             )
             accelerator.backward(loss / accum)  # mean over the optimiser step's pairs
         accumulator.add(metrics, weight=1.0 / accum)
@@ -144,7 +158,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     """Run (or resume) training; return the summary. ``stop_at_step`` simulates a crash (tests)."""
     from accelerate import Accelerator
 
-    family, resolution, pairs, order, retain = _check_inputs(cfg)
+    family, resolution, pairs, order, smoothing, retain = _check_inputs(cfg)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device, is_main = accelerator.device, accelerator.is_main_process
@@ -193,6 +207,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     unet.train()
     optimizer, lr_scheduler = _build_optimizer(cfg, params, device)
     unet, optimizer = accelerator.prepare(unet, optimizer)
+    if smoothing is not None:
+        smoothing = smoothing.to(device)
     unwrapped = accelerator.unwrap_model(unet)
     digest = config_digest(cfg)
 
@@ -222,7 +238,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
                                             * world, len(retain_source), latent_shape, schedule.num_train_timesteps,
                                             device)
         grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
-                                    optimizer, lr_scheduler, accumulator, retain_source, retain_draws)
+                                    optimizer, lr_scheduler, accumulator, retain_source, retain_draws, smoothing)
         accumulator.add({"grad_norm": grad_norm})
         accumulator.end_step()
         done = step + 1

@@ -63,6 +63,11 @@ def test_stage_sections(tmp_path):
     path = tmp_path / "demo.yaml"
     path.write_text("train:\n  lr: 0.5\ncurate: {}\n")
     assert load_stage_config(Outer, path, "train").lr == 0.5
+    # Overrides may carry the section's prefix (as the README writes them) or not.
+    assert load_stage_config(Outer, path, "train", ["train.lr=0.2"]).lr == 0.2
+    assert load_stage_config(Outer, path, "train", ["lr=0.3"]).lr == 0.3
+    with pytest.raises(ConfigError, match="eval"):  # another section's prefix is not stripped
+        load_stage_config(Outer, path, "train", ["eval.lr=0.2"])
     path.write_text("trian:\n  lr: 0.5\n")
     with pytest.raises(ConfigError, match="trian"):
         load_stage_config(Outer, path, "train")

@@ -5,6 +5,7 @@ every code path (rounds, correctives, scoring cache, writing the set) runs in se
 """
 
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -144,3 +145,15 @@ def test_retain_set_refuses_when_every_image_is_flagged(tiny_sd15_path, tmp_path
     assert main(["--config", str(config)]) == 2
     assert "every retain image was dropped" in capsys.readouterr().err
     assert not (tmp_path / "retain").exists()
+
+
+def test_retain_folder_follows_the_preference_set(tmp_path):
+    """A run that writes its preference set elsewhere must not overwrite runs/<config>/retain_set."""
+    from data_curation.config import CurateConfig, RetainConfig
+    from data_curation.curate import retain_folder
+
+    assert retain_folder(CurateConfig(), "configs/demo.yaml") == Path("runs/demo/retain_set")
+    moved = CurateConfig(output_dir=str(tmp_path / "sweep" / "preference_set"))
+    assert retain_folder(moved, "configs/demo.yaml") == tmp_path / "sweep" / "retain_set"
+    explicit = CurateConfig(output_dir=str(tmp_path / "a"), retain=RetainConfig(output_dir=str(tmp_path / "r")))
+    assert retain_folder(explicit, "configs/demo.yaml") == tmp_path / "r"

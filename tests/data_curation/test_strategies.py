@@ -198,3 +198,36 @@ def test_categorical_risks_do_not_flag_other_risks_images():
     with_other, _ = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0,
                                 others=[_stereotype_judge("minimal_pair")])
     assert [p.order for p in alone] == [p.order for p in with_other]
+
+
+def test_every_deficit_group_corrects_each_risky_image_once_per_under_represented_group():
+    """balance.every_deficit_group: each rejected image is paired with one fix per deficit group, so the
+    preferred groups are balanced per scene; the default hands out one group per image."""
+    prompts = expand_templates(["a {role}"], {"role": ["doctor", "chef"]})
+    judge = make_judge("stereotype", risk(
+        prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=40,
+        images_per_prompt=12, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
+        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"},
+        balance={"every_deficit_group": True},
+    ))
+    pairs, info = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0, default_groups=GROUPS)
+    assert len(pairs) == 40
+    by_rejected: dict[str, set] = {}
+    for pair in pairs:
+        by_rejected.setdefault(pair.rejected.key, set()).add(pair.note["preferred_group"])
+        assert pair.rejected.scores["oracle"]["labels"]["group"] == "zorvan"
+    # Two deficit groups (quelli, mirdan): 20 rejected images, each with both fixes.
+    assert len(by_rejected) == 20 and all(groups == {"quelli", "mirdan"} for groups in by_rejected.values())
+    assert info["preferred_groups"] == {"quelli": 20, "mirdan": 20}
+    orders = [p.order for p in pairs]
+    assert orders == sorted(orders) and len(set(orders)) == len(orders)
+
+
+def test_every_deficit_group_is_refused_for_best_of_n():
+    import pytest
+
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="every_deficit_group"):
+        risk(prompts={"source": "templates", "templates": ["x"]}, strategy="best_of_n",
+             detector={"scorer": "oracle", "attribute": "group"}, balance={"every_deficit_group": True})

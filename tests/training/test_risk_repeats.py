@@ -1,4 +1,5 @@
-"""Per-risk sampling (train.risk_repeats): which pairs an epoch visits, and bad settings."""
+"""Per-risk settings: sampling (train.risk_repeats: which pairs an epoch visits), label smoothing
+(train.label_smoothing_per_risk), and their bad settings."""
 
 from __future__ import annotations
 
@@ -44,9 +45,39 @@ def test_no_order_matches_previous_draws():
     ("risk_repeats.stereotyp=2", ["stereotyp", "exposure"]),  # names the risks the set holds
     ("risk_repeats.exposure=0", ["no pair"]),  # leaves nothing to train on
     ("risk_repeats.exposure=-1", ["risk_repeats.exposure"]),
+    ("label_smoothing_per_risk.stereotyp=0.1", ["stereotyp", "exposure"]),
+    ("label_smoothing_per_risk.exposure=0.5", ["label_smoothing_per_risk.exposure", "[0, 0.5)"]),
+    ("label_smoothing=-0.1", ["label_smoothing", "[0, 0.5)"]),
 ])
 def test_bad_risk_repeats_are_clear_errors(override, fragments, tiny_sd15_path, tiny_set, tmp_path, capsys):
     assert _run(tmp_path, tiny_sd15_path, tiny_set, override) == 2
     err = capsys.readouterr().err
     assert all(fragment in err for fragment in fragments)
     _nothing_written(tmp_path)
+
+
+def test_label_smoothing_per_risk_maps_each_pair():
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.train import _label_smoothing
+
+    pairs = SimpleNamespace(risks=lambda: ["exposure", "stereotype", "exposure"])
+    cfg = TrainConfig(data="set", label_smoothing=0.05, label_smoothing_per_risk={"stereotype": 0.2})
+    assert _label_smoothing(cfg, pairs).tolist() == pytest.approx([0.05, 0.2, 0.05])
+    assert _label_smoothing(TrainConfig(data="set"), pairs) is None  # hard labels: the loss is unchanged
+
+
+def test_label_smoothing_reaches_the_training_loss(tiny_sd15_path, tiny_set, tmp_path):
+    """Same run with and without ε: identical draws and initial weights, so the first step's loss
+    differs only by the smoothing term (at θ = ref every margin is 0 and both losses are log 2)."""
+    import json
+
+    losses = {}
+    for eps in ("0.0", "0.3"):
+        folder = tmp_path / eps
+        assert _run(folder, tiny_sd15_path, tiny_set, f"label_smoothing={eps}", "log_every=1", "max_train_steps=3") == 0
+        lines = (folder / "out" / "metrics.jsonl").read_text().splitlines()
+        losses[eps] = [json.loads(line)["loss"] for line in lines]
+    assert losses["0.0"][0] == pytest.approx(losses["0.3"][0], rel=1e-6)  # step 1: margins are all 0
+    assert losses["0.0"][-1] != pytest.approx(losses["0.3"][-1], rel=1e-6)
