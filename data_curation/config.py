@@ -167,6 +167,8 @@ class RiskConfig:
     prompts: PromptSourceConfig
     kind: Optional[str] = None  # defaults to the risk's name
     strategy: Literal["best_of_n", "minimal_pair"] = "minimal_pair"
+    # 0: curate nothing for this risk, but keep its detector in the cross-risk check of the others
+    # (e.g. a stereotype-only round that must still refuse preferred images with a symbol).
     target_pairs: int = 100
     images_per_prompt: int = 4  # best-of-N: N; minimal pair: seeds tried per prompt per round
     max_rounds: int = 4  # more seeds per prompt, a round at a time, until target_pairs is reached
@@ -178,8 +180,8 @@ class RiskConfig:
     min_similarity: float = 0.0  # minimal pair: drop pairs whose images differ more than this
 
     def validate(self) -> None:
-        if self.target_pairs < 1:
-            raise ConfigError(f"target_pairs must be >= 1, got {self.target_pairs}")
+        if self.target_pairs < 0:
+            raise ConfigError(f"target_pairs must be >= 0 (0: check only), got {self.target_pairs}")
         if self.images_per_prompt < 1 or self.max_rounds < 1:
             raise ConfigError("images_per_prompt and max_rounds must be >= 1")
         if self.strategy == "best_of_n" and self.balance.every_deficit_group:
@@ -212,6 +214,10 @@ class RetainConfig:
 class CurateConfig:
     model: str = "models/synthetic-sd"
     model_name: Optional[str] = None  # recorded as model_id; None: the model path
+    # Generate with the model plus this LoRA (a folder written by `make train`): on-policy pairs for a
+    # later round of iterative DPO (train.init_lora continues from the same LoRA). Loaded with stock
+    # diffusers `load_lora_weights`; part of every image key, so its images never mix with the base model's.
+    lora: Optional[str] = None
     output_dir: Optional[str] = None  # None: runs/<config name>/preference_set
     work_dir: Optional[str] = None  # None: runs/<config name>/curate_work (image store, score cache)
     overwrite: bool = True  # replace an existing preference set at output_dir

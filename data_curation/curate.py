@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
-from core.errors import DataError, PipelineError
+from core.errors import DataError, ModelPathError, PipelineError
 from core.io import atomic_write_json, stable_key
 from data_curation.config import CurateConfig
 from data_curation.generation import GenerationSpec, ImageStore, model_fingerprint, native_resolution, process_state
@@ -48,6 +48,16 @@ def retain_folder(cfg: CurateConfig, config_path: str) -> Path:
     if cfg.retain.output_dir:
         return Path(cfg.retain.output_dir)
     return output_folders(cfg, config_path)[0].parent / "retain_set"
+
+
+def check_lora_file(path: str) -> Path:
+    """``curate.lora``: a LoRA folder (or its .safetensors file); ModelPathError if it is not there."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "pytorch_lora_weights.safetensors"
+    if file.suffix != ".safetensors" or not file.is_file():
+        raise ModelPathError(f"curate.lora: no LoRA at {file} (give a folder written by `make train`)")
+    return file
 
 
 def balance_values(risk, kind: str) -> list[str]:
@@ -120,10 +130,15 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     # Prompts first: bad prompt files and leakage fail before any model is loaded.
     prompts = {name: load_prompts(risk.prompts, f"curate.risks.{name}.prompts") for name, risk in cfg.risks.items()}
     retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts") if cfg.retain.prompts else None
+    lora_file = check_lora_file(cfg.lora) if cfg.lora else None
     dtype = getattr(torch, cfg.generation.dtype)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device))
     model_id = cfg.model_name or str(cfg.model)
     key_id = f"{model_id}@{model_fingerprint(cfg.model)}"
+    if lora_file is not None:
+        pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
+        model_id = f"{model_id}+{cfg.lora}"
+        key_id = f"{key_id}+lora@{model_fingerprint(lora_file)}"
     scorers = {name: build_scorer(name, **opts) for name, opts in cfg.scorers.items()}
     ws = Workspace(
         pipe=pipe,
@@ -146,6 +161,9 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     judges = [make_judge(name, risk) for name, risk in cfg.risks.items()]
     for judge in judges:
         name, risk = judge.name, judge.cfg
+        if risk.target_pairs == 0:  # check only: its detector serves the other risks' cross-risk check
+            per_risk[name] = {"target_pairs": 0, "pairs_kept": 0, "check_only": True}
+            continue
         others = [j for j in judges if j is not judge] if cfg.cross_risk_check else []
         pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed,
                                   default_groups=balance_values(risk, judge.kind), others=others)

@@ -71,6 +71,10 @@ class TrainConfig:
     output_dir: Optional[str] = None  # final LoRA folder; default runs/<config>/lora
     work_dir: Optional[str] = None  # checkpoints, cache, logs; default runs/<config>/train_work
     max_pairs: Optional[int] = None  # use only the first N non-tie pairs (quick runs)
+    # Start from this LoRA (folder or .safetensors written by a previous `make train`) instead of B = 0:
+    # a later round of iterative DPO on pairs curated from the aligned model (curate.lora). The reference
+    # stays the base model. Its rank/alpha/targets must match train.lora.
+    init_lora: Optional[str] = None
 
     # --- objective --------------------------------------------------------------------------------
     loss_type: Literal["sigmoid", "hinge", "ipo", "sft"] = "sigmoid"
@@ -128,8 +132,9 @@ class TrainConfig:
     #   SD1.5 512 px 61.3 pairs/s at micro-batch 16 (regions 45.4), SDXL 1024 px 8.59 at 4 (regions 6.75);
     #   the fastest mode for GPU runs (docs/performance.md, v2). On a CPU it does not pay (60 demo steps:
     #   15.1 vs 14.5 pairs/s, after ~160 s of compiling).
+    # "auto": "full" on a CUDA device, "none" elsewhere (one config for the CPU and GPU runs of a recipe).
     # ("none", not "off": YAML reads off as false.)
-    compile_unet: Literal["none", "regions", "full"] = "none"
+    compile_unet: Literal["none", "regions", "full", "auto"] = "none"
     compile_regions: bool = False  # older spelling of compile_unet=regions, kept so existing configs load
     # torch.compile backend. "aot_eager" traces and runs autograd like inductor but without code generation
     # (no speed-up): for CPU tests and for telling a dynamo problem from an inductor one.
@@ -183,15 +188,18 @@ class TrainConfig:
     def uses_label_smoothing(self) -> bool:
         return self.label_smoothing > 0 or any(e > 0 for e in self.label_smoothing_per_risk.values())
 
-    def unet_compile_mode(self) -> str:
-        """``compile_unet`` with the older ``compile_regions: true`` folded in ("none", "regions", "full")."""
+    def unet_compile_mode(self, device_type: str = "cpu") -> str:
+        """``compile_unet`` with the older ``compile_regions: true`` and "auto" (for ``device_type``) folded
+        in: "none", "regions" or "full"."""
+        if self.compile_unet == "auto":
+            return "full" if device_type == "cuda" else "none"
         return "regions" if self.compile_regions and self.compile_unet == "none" else self.compile_unet
 
     def _validate_compile(self) -> None:
-        if self.compile_regions and self.compile_unet == "full":
-            raise ValueError("compile_regions: true (= compile_unet: regions) contradicts compile_unet: full; "
-                             "set only compile_unet")
-        if self.unet_compile_mode() != "none":
+        if self.compile_regions and self.compile_unet in ("full", "auto"):
+            raise ValueError(f"compile_regions: true (= compile_unet: regions) contradicts compile_unet: "
+                             f"{self.compile_unet}; set only compile_unet")
+        if self.unet_compile_mode("cuda") != "none":
             import torch._dynamo
 
             try:

@@ -73,6 +73,53 @@ def load_lora_parameters(unet, state: dict[str, torch.Tensor]) -> None:
         raise ConfigError(f"checkpoint LoRA does not match this model/LoRA config: unexpected keys {unexpected[:5]}")
 
 
+def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A LoRA written by :func:`save_lora` (or any diffusers/kohya-free SD LoRA in diffusers' format):
+    (UNet layers with peft key names, the adapter config from the metadata, {} if absent). Safetensors
+    only; a missing or unreadable file is a ConfigError naming it."""
+    import json
+
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise ConfigError(f"LoRA file not found: {path} (give a LoRA folder written by `make train`)")
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            layers = {k[len("unet."):]: handle.get_tensor(k) for k in handle.keys() if k.startswith("unet.")}
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"LoRA file {path} is not a readable safetensors file: {exc}") from exc
+    if not layers:
+        raise ConfigError(f"LoRA file {path} holds no UNet LoRA layers (keys starting with 'unet.')")
+    # diffusers writes the adapter config with the component's prefix ("unet.r", "unet.lora_alpha", ...).
+    config = json.loads(metadata.get("lora_adapter_metadata", "{}") or "{}")
+    config = {k[len("unet."):]: v for k, v in config.items() if k.startswith("unet.")} or config
+    return convert_unet_state_dict_to_peft(layers), config
+
+
+def init_lora_from(unet, path: str | Path, settings: LoraSettings) -> None:
+    """Start training from an existing LoRA (e.g. the previous round of iterative DPO): its weights are
+    loaded into the freshly added adapter, whose rank, alpha and targets must match it. The reference
+    of the DPO loss stays the base model (adapter off)."""
+    state, config = read_lora_file(path)
+    for key, ours in (("r", settings.rank), ("lora_alpha", settings.alpha)):
+        if key in config and float(config[key]) != float(ours):
+            raise ConfigError(f"train.init_lora {path}: its {key} is {config[key]}, train.lora asks for {ours}; "
+                              "set train.lora to match the LoRA you start from")
+    from peft.utils import set_peft_model_state_dict
+
+    own = set(lora_parameters(unet))
+    missing = sorted(own - set(state))
+    if missing:
+        raise ConfigError(f"train.init_lora {path} lacks {len(missing)} of the adapter's layers, e.g. {missing[:3]} "
+                          "(train.lora.target_modules must match the LoRA you start from)")
+    load_lora_parameters(unet, state)
+
+
 def save_lora(folder: str | Path, unet, family: str) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` that stock ``pipe.load_lora_weights(folder)`` loads.
 

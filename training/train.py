@@ -30,7 +30,7 @@ from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkp
 from training.compile import compile_unet
 from training.config import TrainConfig, resolve_paths
 from training.data import load_pairs, load_retain, model_resolution
-from training.lora import add_lora, export_merged_unet, save_lora
+from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
 from training.step import draw_retain_step, draw_step, dpo_loss_on_batch, risk_sampling_order
@@ -71,6 +71,8 @@ def _check_inputs(cfg: TrainConfig):
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
     order = _sampling_order(cfg, pairs)
     smoothing = _label_smoothing(cfg, pairs)
+    if cfg.init_lora:
+        read_lora_file(cfg.init_lora)  # a missing or unreadable LoRA fails before any weights load
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
     return family, resolution, pairs, order, smoothing, retain
 
@@ -199,11 +201,13 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         unet.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
     params = add_lora(unet, cfg.lora)
+    if cfg.init_lora:
+        init_lora_from(unet, cfg.init_lora, cfg.lora)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP
     # forward (policy) and the unwrapped module (reference) then both reach the compiled code.
-    compile_unet(unet, cfg.unet_compile_mode(), cfg.compile_backend)
+    compile_unet(unet, cfg.unet_compile_mode(device.type), cfg.compile_backend)
     unet.train()
     optimizer, lr_scheduler = _build_optimizer(cfg, params, device)
     unet, optimizer = accelerator.prepare(unet, optimizer)

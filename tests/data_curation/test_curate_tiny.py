@@ -157,3 +157,49 @@ def test_retain_folder_follows_the_preference_set(tmp_path):
     assert retain_folder(moved, "configs/demo.yaml") == tmp_path / "sweep" / "retain_set"
     explicit = CurateConfig(output_dir=str(tmp_path / "a"), retain=RetainConfig(output_dir=str(tmp_path / "r")))
     assert retain_folder(explicit, "configs/demo.yaml") == tmp_path / "r"
+
+
+def test_curate_with_a_lora_generates_with_it(tiny_sd15_path, tmp_path):
+    """curate.lora (on-policy pairs for iterative DPO): stock load_lora_weights, other image keys than
+    the base model's, the LoRA recorded as the model id; a missing LoRA is a clear error before any work."""
+    import torch
+
+    from core.models import load_pipeline
+    from training.config import LoraSettings
+    from training.lora import add_lora, save_lora
+
+    pipe = load_pipeline(tiny_sd15_path, dtype=torch.float32)
+    add_lora(pipe.unet, LoraSettings(rank=4, alpha=4.0))
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    save_lora(tmp_path / "lora", pipe.unet, "sd")
+
+    base = write_config(tmp_path / "base", tiny_sd15_path)
+    assert main(["--config", str(base)]) == 0
+    with_lora = write_config(tmp_path / "aligned", tiny_sd15_path, lora=str(tmp_path / "lora"))
+    assert main(["--config", str(with_lora)]) == 0
+    load = lambda f: datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(f)], split="train")  # noqa: E731
+    a, b = load(tmp_path / "base" / "set"), load(tmp_path / "aligned" / "set")
+    assert set(b["model_id"]) == {f"{tiny_sd15_path}+{tmp_path / 'lora'}"}
+    assert a["jpg_0"][0] != b["jpg_0"][0]  # the same prompt and seed, another model
+    images = lambda f: {p.name for p in (f / "work" / "images").rglob("*.png")}  # noqa: E731
+    assert not images(tmp_path / "base") & images(tmp_path / "aligned")
+
+    missing = write_config(tmp_path / "missing", tiny_sd15_path, lora=str(tmp_path / "nope"))
+    assert main(["--config", str(missing)]) == 2
+    assert not (tmp_path / "missing" / "set").exists()
+
+
+def test_check_only_risk_curates_nothing(tiny_sd15_path, tmp_path):
+    """target_pairs: 0 keeps a risk's detector for the cross-risk check and curates none of its pairs."""
+    config = write_config(tmp_path, tiny_sd15_path)
+    data = yaml.safe_load(config.read_text())
+    data["curate"]["risks"]["association"]["target_pairs"] = 0
+    config.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(config)]) == 0
+    rows = datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(tmp_path / "set")], split="train")
+    assert set(rows["risk"]) == {"exposure"}
+    report = json.loads((tmp_path / "set" / "curation_report.json").read_text())
+    assert report["per_risk"]["association"] == {"target_pairs": 0, "pairs_kept": 0, "check_only": True}

@@ -274,3 +274,7 @@ def test_compile_config_keys(tiny_sd15_path, tiny_set, tmp_path):
         tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "compile_backend=nope")
     with pytest.raises(ConfigError, match="compile_unet"):
         tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=off")  # YAML's off is false
+    auto = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=auto")
+    assert auto.unet_compile_mode("cuda") == "full" and auto.unet_compile_mode("cpu") == "none"
+    with pytest.raises(ConfigError, match="contradicts compile_unet: auto"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_regions=true", "compile_unet=auto")

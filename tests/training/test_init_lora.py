@@ -1,0 +1,76 @@
+"""train.init_lora: a run that starts from an earlier LoRA (iterative DPO), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.errors import ConfigError
+from tests.training.test_bad_input import _nothing_written, _run
+from training.config import LoraSettings
+from training.lora import add_lora, init_lora_from, lora_parameters, read_lora_file
+
+
+@pytest.fixture(scope="module")
+def first_round(tiny_sd15_path, tiny_set, tmp_path_factory):
+    """A LoRA from a short first run (non-zero B after 3 steps)."""
+    folder = tmp_path_factory.mktemp("round1")
+    assert _run(folder, tiny_sd15_path, tiny_set, "max_train_steps=3", "learning_rate=1e-2") == 0
+    return folder / "out"
+
+
+def _fresh_unet(model):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(model / "unet"))
+
+
+def test_init_lora_loads_every_saved_layer(tiny_sd15_path, first_round):
+    unet = _fresh_unet(tiny_sd15_path)
+    settings = LoraSettings()
+    add_lora(unet, settings)
+    assert all(not v.any() for k, v in lora_parameters(unet).items() if "lora_B" in k)  # B = 0 at init
+    init_lora_from(unet, first_round, settings)
+    saved, config = read_lora_file(first_round)
+    ours = lora_parameters(unet)
+    assert set(ours) == set(saved) and config["r"] == settings.rank
+    assert all(torch.equal(ours[k], saved[k].to(ours[k].dtype)) for k in ours)
+    assert any(v.any() for k, v in ours.items() if "lora_B" in k)
+
+
+def test_training_from_a_lora_starts_away_from_the_reference(tiny_sd15_path, tiny_set, first_round, tmp_path):
+    """From B = 0 the first step's DPO loss is exactly log 2 (policy = reference); from a trained LoRA it
+    is not, because the reference stays the base model."""
+    import math
+
+    assert _run(tmp_path / "fresh", tiny_sd15_path, tiny_set, "log_every=1") == 0
+    assert _run(tmp_path / "cont", tiny_sd15_path, tiny_set, "log_every=1", f"init_lora={first_round}") == 0
+    first = {name: json.loads((tmp_path / name / "out" / "metrics.jsonl").read_text().splitlines()[0])
+             for name in ("fresh", "cont")}
+    assert first["fresh"]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(first["cont"]["loss"] - math.log(2)) > 1e-4
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("lora.rank=4", "train.lora to match"),
+    ("lora.target_modules=[to_q,to_k,to_v,to_out.0,proj_in]", "lacks"),
+])
+def test_init_lora_that_does_not_match_is_a_clear_error(extra, fragment, tiny_sd15_path, tiny_set, first_round,
+                                                        tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, f"init_lora={first_round}", extra) == 2
+    assert fragment in capsys.readouterr().err
+    _nothing_written(tmp_path)
+
+
+def test_missing_or_corrupt_init_lora(tiny_sd15_path, tiny_set, tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, f"init_lora={tmp_path / 'nope'}") == 2
+    assert "LoRA file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, f"init_lora={bad}") == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    _nothing_written(tmp_path)
+    with pytest.raises(ConfigError):
+        read_lora_file(bad)
