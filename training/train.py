@@ -47,8 +47,17 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
                 "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend"}
 
 
+# Objective fields added after checkpoints were first written: at their default they stay out of the digest,
+# so those checkpoints still resume (a non-default value does change what is trained and is included).
+_LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None}
+
+
 def config_digest(cfg: TrainConfig) -> str:
-    return stable_key({k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING})
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING}
+    for key, default in _LATER_DEFAULTS.items():
+        if fields.get(key) == default:
+            del fields[key]
+    return stable_key(fields)
 
 
 def resolve_mixed_precision(setting: str) -> str:

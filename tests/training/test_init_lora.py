@@ -74,3 +74,23 @@ def test_missing_or_corrupt_init_lora(tiny_sd15_path, tiny_set, tmp_path, capsys
     _nothing_written(tmp_path)
     with pytest.raises(ConfigError):
         read_lora_file(bad)
+
+
+def test_digest_ignores_later_options_at_their_defaults():
+    """Checkpoints written before label smoothing / init_lora existed keep resuming; setting them changes
+    the objective and therefore the digest."""
+    import dataclasses
+
+    from training.config import TrainConfig
+    from training.train import _LATER_DEFAULTS, config_digest
+
+    cfg = TrainConfig(data="set")
+    assert all(getattr(cfg, k) == v for k, v in _LATER_DEFAULTS.items())
+    from core.config import to_dict
+    from core.io import stable_key
+    from training.train import _BOOKKEEPING
+
+    before = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING and k not in _LATER_DEFAULTS}
+    assert config_digest(cfg) == stable_key(before)
+    assert config_digest(dataclasses.replace(cfg, label_smoothing=0.1)) != config_digest(cfg)
+    assert config_digest(dataclasses.replace(cfg, init_lora="x")) != config_digest(cfg)
