@@ -11,6 +11,21 @@ from pathlib import Path
 
 from core.errors import ModelPathError
 
+# The LoRA weights file a training run writes (the name stock ``load_lora_weights(folder)`` looks for).
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def lora_weights_file(path: str | Path, hint: str) -> Path:
+    """The LoRA weights file of a folder written by `make train`, or ``path`` itself if it is the
+    ``.safetensors`` file; ModelPathError naming the file and ``hint`` (what to give) otherwise."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / LORA_WEIGHT_NAME
+    if file.suffix != ".safetensors" or not file.is_file():
+        raise ModelPathError(f"LoRA file not found: {file} ({hint})")
+    return file
+
+
 # Components each family needs, as written in model_index.json by diffusers.
 REQUIRED_COMPONENTS = {
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),

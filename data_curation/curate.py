@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
-from core.errors import DataError, ModelPathError, PipelineError
+from core.errors import DataError, PipelineError
 from core.io import atomic_write_json, stable_key
 from data_curation.config import CurateConfig
 from data_curation.generation import GenerationSpec, ImageStore, model_fingerprint, native_resolution, process_state
@@ -48,16 +48,6 @@ def retain_folder(cfg: CurateConfig, config_path: str) -> Path:
     if cfg.retain.output_dir:
         return Path(cfg.retain.output_dir)
     return output_folders(cfg, config_path)[0].parent / "retain_set"
-
-
-def check_lora_file(path: str) -> Path:
-    """``curate.lora``: a LoRA folder (or its .safetensors file); ModelPathError if it is not there."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "pytorch_lora_weights.safetensors"
-    if file.suffix != ".safetensors" or not file.is_file():
-        raise ModelPathError(f"curate.lora: no LoRA at {file} (give a folder written by `make train`)")
-    return file
 
 
 def balance_values(risk, kind: str) -> list[str]:
@@ -121,7 +111,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     """The whole stage; returns the set's folder on the main process (None on the others)."""
     import torch
 
-    from core.models import load_pipeline
+    from core.models import load_pipeline, lora_weights_file
     from preference_sets.io import write_preference_set
     from preference_sets.retain import write_retain_set
 
@@ -130,7 +120,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     # Prompts first: bad prompt files and leakage fail before any model is loaded.
     prompts = {name: load_prompts(risk.prompts, f"curate.risks.{name}.prompts") for name, risk in cfg.risks.items()}
     retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts") if cfg.retain.prompts else None
-    lora_file = check_lora_file(cfg.lora) if cfg.lora else None
+    lora_file = lora_weights_file(cfg.lora, "curate.lora: give a folder written by `make train`") if cfg.lora else None
     dtype = getattr(torch, cfg.generation.dtype)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device))
     model_id = cfg.model_name or str(cfg.model)

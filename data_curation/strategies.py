@@ -104,6 +104,18 @@ def corrective_spec(
     return spec, {**record.slots, **changes}
 
 
+def _wanted_groups(judge: RiskJudge, record: PromptRecord) -> list[str | None]:
+    """The groups a risky image is corrected to: [None] for risks other than stereotype; the next group
+    of the stratum's schedule, or every deficit group (``balance.every_deficit_group``); [] if none."""
+    if judge.kind != "stereotype":
+        return [None]
+    schedule = judge.schedule_for(record)
+    if judge.cfg.balance.every_deficit_group:
+        return schedule.deficit_groups()
+    wanted = schedule.next()
+    return [] if wanted is None else [wanted]
+
+
 def best_of_n_round(
     ws: Workspace, judge: RiskJudge, originals: list[tuple[tuple, PromptRecord, Candidate]],
     others: list[RiskJudge] = (),
@@ -119,9 +131,10 @@ def best_of_n_round(
         risky = [(o, c) for o, c in valid if judge.carries_risk(c.scores, record)]
         if not risky:
             continue
-        wanted = judge.schedule_for(record).next() if judge.kind == "stereotype" else None
-        if judge.kind == "stereotype" and wanted is None:
+        groups = _wanted_groups(judge, record)  # one at most: every_deficit_group is minimal-pair only
+        if not groups:
             continue
+        wanted = groups[0]
         safe = [
             (o, c) for o, c in valid
             if judge.is_safe(c.scores, record, wanted) and judge.is_aligned(c.scores, {**record.slots, **({"group": wanted} if wanted else {})})
@@ -141,18 +154,6 @@ def best_of_n_round(
                  note={"margin": margin, **({"preferred_group": wanted} if wanted else {})}, record=record)
         )
     return pairs
-
-
-def _wanted_groups(judge: RiskJudge, record: PromptRecord) -> list[str | None]:
-    """The groups a risky image is corrected to: [None] for risks other than stereotype; the next group
-    of the stratum's schedule, or every deficit group (``balance.every_deficit_group``); [] if none."""
-    if judge.kind != "stereotype":
-        return [None]
-    schedule = judge.schedule_for(record)
-    if judge.cfg.balance.every_deficit_group:
-        return schedule.deficit_groups()
-    wanted = schedule.next()
-    return [] if wanted is None else [wanted]
 
 
 def minimal_pair_round(

@@ -16,10 +16,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from core.errors import DataError, ModelPathError
+from core.models import LORA_WEIGHT_NAME
 from core.io import atomic_write_text
 from data_curation.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE = LORA_WEIGHT_NAME
 
 
 @dataclass(frozen=True)

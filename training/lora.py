@@ -9,10 +9,10 @@ from typing import Iterator
 import torch
 
 from core.errors import ConfigError
+from core.models import LORA_WEIGHT_NAME, lora_weights_file
 from training.config import LoraSettings
 
 ADAPTER_NAME = "default"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 def add_lora(unet, settings: LoraSettings) -> list[torch.nn.Parameter]:
@@ -76,17 +76,13 @@ def load_lora_parameters(unet, state: dict[str, torch.Tensor]) -> None:
 def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """A LoRA written by :func:`save_lora` (or any diffusers/kohya-free SD LoRA in diffusers' format):
     (UNet layers with peft key names, the adapter config from the metadata, {} if absent). Safetensors
-    only; a missing or unreadable file is a ConfigError naming it."""
+    only; a missing file is a ModelPathError, an unreadable one a ConfigError, each naming it."""
     import json
 
     from diffusers.utils import convert_unet_state_dict_to_peft
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / LORA_WEIGHT_NAME
-    if not path.is_file():
-        raise ConfigError(f"LoRA file not found: {path} (give a LoRA folder written by `make train`)")
+    path = lora_weights_file(path, "give a LoRA folder written by `make train`")
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
@@ -101,17 +97,15 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return convert_unet_state_dict_to_peft(layers), config
 
 
-def init_lora_from(unet, path: str | Path, settings: LoraSettings) -> None:
-    """Start training from an existing LoRA (e.g. the previous round of iterative DPO): its weights are
-    loaded into the freshly added adapter, whose rank, alpha and targets must match it. The reference
-    of the DPO loss stays the base model (adapter off)."""
-    state, config = read_lora_file(path)
+def init_lora_from(unet, lora: tuple[dict[str, torch.Tensor], dict], settings: LoraSettings, path: str | Path) -> None:
+    """Start training from an existing LoRA (e.g. the previous round of iterative DPO): ``lora`` as
+    :func:`read_lora_file` returns it for ``path`` is loaded into the freshly added adapter, whose rank,
+    alpha and targets must match it. The reference of the DPO loss stays the base model (adapter off)."""
+    state, config = lora
     for key, ours in (("r", settings.rank), ("lora_alpha", settings.alpha)):
         if key in config and float(config[key]) != float(ours):
             raise ConfigError(f"train.init_lora {path}: its {key} is {config[key]}, train.lora asks for {ours}; "
                               "set train.lora to match the LoRA you start from")
-    from peft.utils import set_peft_model_state_dict
-
     own = set(lora_parameters(unet))
     missing = sorted(own - set(state))
     if missing:

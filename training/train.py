@@ -80,10 +80,10 @@ def _check_inputs(cfg: TrainConfig):
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
     order = _sampling_order(cfg, pairs)
     smoothing = _label_smoothing(cfg, pairs)
-    if cfg.init_lora:
-        read_lora_file(cfg.init_lora)  # a missing or unreadable LoRA fails before any weights load
+    # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
+    init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
-    return family, resolution, pairs, order, smoothing, retain
+    return family, resolution, pairs, order, smoothing, init_lora, retain
 
 
 def _check_risks_present(option: str, named: list[str], pairs, data: str) -> None:
@@ -169,7 +169,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     """Run (or resume) training; return the summary. ``stop_at_step`` simulates a crash (tests)."""
     from accelerate import Accelerator
 
-    family, resolution, pairs, order, smoothing, retain = _check_inputs(cfg)
+    family, resolution, pairs, order, smoothing, init_lora, retain = _check_inputs(cfg)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device, is_main = accelerator.device, accelerator.is_main_process
@@ -210,8 +210,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         unet.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
     params = add_lora(unet, cfg.lora)
-    if cfg.init_lora:
-        init_lora_from(unet, cfg.init_lora, cfg.lora)
+    if init_lora is not None:
+        init_lora_from(unet, init_lora, cfg.lora, cfg.init_lora)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP

@@ -32,8 +32,8 @@ def test_init_lora_loads_every_saved_layer(tiny_sd15_path, first_round):
     settings = LoraSettings()
     add_lora(unet, settings)
     assert all(not v.any() for k, v in lora_parameters(unet).items() if "lora_B" in k)  # B = 0 at init
-    init_lora_from(unet, first_round, settings)
     saved, config = read_lora_file(first_round)
+    init_lora_from(unet, (saved, config), settings, first_round)
     ours = lora_parameters(unet)
     assert set(ours) == set(saved) and config["r"] == settings.rank
     assert all(torch.equal(ours[k], saved[k].to(ours[k].dtype)) for k in ours)
