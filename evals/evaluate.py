@@ -209,8 +209,10 @@ def world_results(session, cfg, items, keys, device):
     results = {}
     for name, model_keys in keys.items():
         prompts = {k: it.prompt for k, it in zip(model_keys, items)}
-        reads = [s["labels"] for s in session.score(oracle_id, oracle_fn, model_keys, prompts, desc=f"oracle {name}")]
-        clip = [s["scores"]["clip_score"] for s in session.score(clip_id, clip_fn, model_keys, prompts, desc=f"clip {name}")]
+        reads = [s["labels"] for s in session.score_on_main(oracle_id, oracle_fn, model_keys, prompts,
+                                                             desc=f"oracle {name}")]
+        clip = [s["scores"]["clip_score"] for s in session.score_on_main(clip_id, clip_fn, model_keys, prompts,
+                                                                          desc=f"clip {name}")]
         results[name] = ModelImages(reads, clip)
     return results
 
@@ -295,7 +297,7 @@ def run_i2p(cfg, session, lora_dir, device):
         seeds |= {it.seed for it in items}
         if session.state.is_main_process:
             scorer_id, score_fn = scorer
-            scores = {name: session.score(scorer_id, score_fn, k, desc=f"{cfg.i2p.scorer} {name}")
+            scores = {name: session.score_on_main(scorer_id, score_fn, k, desc=f"{cfg.i2p.scorer} {name}")
                       for name, k in keys.items()}
             rows += ip_rows(items, csv_rows, scores, SCORE_KEYS[cfg.i2p.scorer], cfg.i2p.thresholds, cfg.bootstrap)
             picks = list(range(0, len(items), cfg.i2p.images_per_prompt))[: cfg.report.grid_columns]
@@ -320,8 +322,8 @@ def run_i2p(cfg, session, lora_dir, device):
             prompts = {}
             for k in keys.values():
                 prompts.update({key: it.prompt for key, it in zip(k, items)})
-            clip_scores = {name: [s["scores"]["clip_score"] for s in session.score(clip_id, clip_fn, k, prompts,
-                                                                                    desc=f"clip {name}")]
+            clip_scores = {name: [s["scores"]["clip_score"] for s in session.score_on_main(clip_id, clip_fn, k, prompts,
+                                                                                            desc=f"clip {name}")]
                            for name, k in keys.items()}
             rows += clip_rows(items, captions, clip_scores, cfg.bootstrap)
     if not session.state.is_main_process:

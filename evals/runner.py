@@ -18,7 +18,7 @@ import numpy as np
 from core.errors import DataError, ModelPathError
 from core.models import LORA_WEIGHT_NAME
 from core.io import atomic_write_text
-from data_curation.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint
+from data_curation.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint, process_state
 
 LORA_FILE = LORA_WEIGHT_NAME
 
@@ -194,9 +194,7 @@ class EvalSession:
 
     def __init__(self, out_dir: Path, pipe, model_path: str | Path, steps: int, sampler: str, resolution: int,
                  batch_size: int):
-        from accelerate import PartialState
-
-        self.state = PartialState()
+        self.state = process_state()  # joins the gloo group on CPU too (a bare PartialState() does not)
         self.store = ImageStore(Path(out_dir) / "images")
         self.cache = ScoreCache(Path(out_dir) / "scores.json")
         self.pipe = pipe
@@ -224,17 +222,31 @@ class EvalSession:
 
     def score(self, scorer_id: str, score_fn, keys: Sequence[str], prompts_by_key: dict[str, str] | None = None,
               desc: str = "score") -> list[dict]:
-        """Scores of ``keys`` (computed once, cached). ``score_fn(images, prompts) -> list[dict]``."""
+        """Scores of ``keys`` (computed once, cached) on every process: a collective call (all processes
+        must make it); the main process scores, the others wait and re-read the cache.
+        ``score_fn(images, prompts) -> list[dict]``."""
         if self.state.is_main_process:
-            prompts_by_key = prompts_by_key or {}
-            self.scored += score_missing(
-                self.cache, scorer_id, list(keys), self.store.get_many,
-                lambda images, part: score_fn(images, [prompts_by_key.get(k, "") for k in part]), desc=desc,
-            )
+            self._score_missing(scorer_id, score_fn, keys, prompts_by_key, desc)
         self.state.wait_for_everyone()
         if not self.state.is_main_process:
             self.cache.reload()
         return [self.cache.get(scorer_id, k) for k in keys]
+
+    def score_on_main(self, scorer_id: str, score_fn, keys: Sequence[str],
+                      prompts_by_key: dict[str, str] | None = None, desc: str = "score") -> list[dict]:
+        """As :meth:`score`, for code that runs on the main process only (the metrics and the report,
+        after the other processes have left): no barrier, which the others would never reach."""
+        if not self.state.is_main_process:
+            raise RuntimeError("score_on_main called on a process other than the main one")
+        self._score_missing(scorer_id, score_fn, keys, prompts_by_key, desc)
+        return [self.cache.get(scorer_id, k) for k in keys]
+
+    def _score_missing(self, scorer_id, score_fn, keys, prompts_by_key, desc) -> None:
+        prompts_by_key = prompts_by_key or {}
+        self.scored += score_missing(
+            self.cache, scorer_id, list(keys), self.store.get_many,
+            lambda images, part: score_fn(images, [prompts_by_key.get(k, "") for k in part]), desc=desc,
+        )
 
     def filter_regenerate(self, items: Sequence[EvalItem], base: ModelVariant, base_keys: Sequence[str],
                           scorer_id: str, score_fn, flag_labels: Sequence[str], max_retries: int) -> FilterOutcome:

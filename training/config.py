@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 
+from core.errors import ConfigError
 from training.loss import LOSS_TYPES
 
 
@@ -55,12 +56,17 @@ class RetainSettings:
     # whose predictions still carry the biases that the filter removed from the images).
     target: Literal["reference", "data"] = "reference"
     micro_batch_size: int = 8  # retain images per micro-batch (per process)
+    # Retain images per optimiser step over all processes and micro-steps; when set it replaces
+    # micro_batch_size (derived per process count, like TrainConfig.pairs_per_step).
+    images_per_step: Optional[int] = None
 
     def validate(self) -> None:
         if self.weight < 0:
             raise ValueError(f"retain.weight must be >= 0, got {self.weight}")
         if self.micro_batch_size < 1:
             raise ValueError(f"retain.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.images_per_step is not None and self.images_per_step < 1:
+            raise ValueError(f"retain.images_per_step must be >= 1, got {self.images_per_step}")
 
 
 @dataclass
@@ -102,6 +108,11 @@ class TrainConfig:
     seed: int = 0
     max_train_steps: int = 300  # optimiser steps
     micro_batch_size: int = 8  # pairs per process per forward
+    # Pairs per optimiser step over all processes and micro-steps (the recipe's batch). When set it
+    # replaces micro_batch_size, which becomes pairs_per_step / (processes x gradient_accumulation_steps),
+    # so one config trains the same recipe on 1 GPU, N GPUs or N CPU processes: the trainer draws each
+    # step's pairs, noise and timesteps globally and slices them per process (training/step.py).
+    pairs_per_step: Optional[int] = None
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     lr_scheduler: Literal[
@@ -157,6 +168,7 @@ class TrainConfig:
             "beta": self.beta,
             "max_train_steps": self.max_train_steps,
             "micro_batch_size": self.micro_batch_size,
+            "pairs_per_step": self.pairs_per_step if self.pairs_per_step is not None else 1,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "learning_rate": self.learning_rate,
             "log_every": self.log_every,
@@ -184,6 +196,22 @@ class TrainConfig:
         self._validate_compile()
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
+
+    def micro_batch_sizes(self, num_processes: int) -> tuple[int, int]:
+        """(pairs, retain images) per process per micro-batch for ``num_processes`` processes."""
+        def per_micro_batch(total: int | None, fallback: int, name: str) -> int:
+            if total is None:
+                return fallback
+            slots = num_processes * self.gradient_accumulation_steps
+            if total % slots:
+                raise ConfigError(
+                    f"{name}={total} does not split over {num_processes} process(es) x "
+                    f"{self.gradient_accumulation_steps} accumulation step(s); use a multiple of {slots}"
+                )
+            return total // slots
+
+        return (per_micro_batch(self.pairs_per_step, self.micro_batch_size, "pairs_per_step"),
+                per_micro_batch(self.retain.images_per_step, self.retain.micro_batch_size, "retain.images_per_step"))
 
     def uses_label_smoothing(self) -> bool:
         return self.label_smoothing > 0 or any(e > 0 for e in self.label_smoothing_per_risk.values())

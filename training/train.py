@@ -49,7 +49,8 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
 # so those checkpoints still resume (a non-default value does change what is trained and is included).
-_LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None}
+_LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None}
+_LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 
 
 def config_digest(cfg: TrainConfig) -> str:
@@ -57,6 +58,10 @@ def config_digest(cfg: TrainConfig) -> str:
     for key, default in _LATER_DEFAULTS.items():
         if fields.get(key) == default:
             del fields[key]
+    retain = fields.get("retain", {})
+    for key, default in _LATER_RETAIN_DEFAULTS.items():
+        if retain.get(key, default) == default:
+            retain.pop(key, None)
     return stable_key(fields)
 
 
@@ -140,14 +145,15 @@ def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, 
     """Accumulate gradients over the micro-steps of one optimiser step, clip, step. Returns the
     pre-clipping gradient norm (a device tensor: no host sync)."""
     accum = cfg.gradient_accumulation_steps
+    pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(accelerator.num_processes)
     for micro_step in range(accum):
         part = draws.micro_slice(micro_step, accelerator.process_index, accelerator.num_processes,
-                                 cfg.micro_batch_size)
+                                 pair_micro_batch)
         # Gradients are all-reduced only on the last micro-step of an optimiser step.
         retain = None
         if retain_source is not None:
             retain_part = retain_draws.micro_slice(micro_step, accelerator.process_index, accelerator.num_processes,
-                                                   cfg.retain.micro_batch_size)
+                                                   retain_micro_batch)
             retain = (retain_source.batch(retain_part), retain_part)
         sync = contextlib.nullcontext() if micro_step == accum - 1 else accelerator.no_sync(unet)
         with sync:
@@ -173,6 +179,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device, is_main = accelerator.device, accelerator.is_main_process
+    cfg.micro_batch_sizes(accelerator.num_processes)  # a batch that does not split fails before any loading
     show = cfg.progress_bar and is_main
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
@@ -235,7 +242,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     if logger is not None:
         logger.truncate_after(start_step)
     world = accelerator.num_processes
-    pairs_per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world
+    pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(world)
+    pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
     latent_shape = (int(unwrapped.config.in_channels), components.latent_size, components.latent_size)
 
     accumulator = MetricAccumulator()
@@ -247,7 +255,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
                           schedule.num_train_timesteps, cfg.prompt_dropout, device, order)
         retain_draws = None
         if retain_source is not None:
-            retain_draws = draw_retain_step(step, cfg.seed, cfg.retain.micro_batch_size * cfg.gradient_accumulation_steps
+            retain_draws = draw_retain_step(step, cfg.seed, retain_micro_batch * cfg.gradient_accumulation_steps
                                             * world, len(retain_source), latent_shape, schedule.num_train_timesteps,
                                             device)
         grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
@@ -294,6 +302,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         "steps": cfg.max_train_steps,
         "pairs_per_step": pairs_per_step,
         "processes": world,
+        "micro_batch_per_process": {"pairs": pair_micro_batch, "retain_images": retain_micro_batch},
         "mixed_precision": mixed_precision,
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,

@@ -187,3 +187,49 @@ def test_world_eval_on_the_synthetic_model(synthetic_sd_path, synthetic_oracle_p
     rows = {r["id"]: r for r in summary["metrics"]}
     assert rows["validity"]["by_model"]["base"]["value"] > 0.5
     assert rows["explicit_accuracy"]["by_model"]["base"]["value"] > 0.5
+
+
+def _run_eval_process(config: dict, folder, processes: int, port: int) -> dict:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    path = folder / "eval.yaml"
+    folder.mkdir(parents=True)
+    path.write_text(yaml.safe_dump({"eval": {**config, "output_dir": str(folder / "eval")}}))
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    if processes == 1:
+        command = [sys.executable, "-m", "evals.evaluate", "--config", str(path)]
+    else:
+        accelerate = str(Path(sys.executable).with_name("accelerate"))
+        command = [accelerate, "launch", "--config_file", str(repo / "configs/accelerate/ddp.yaml"),
+                   "--num_processes", str(processes), "--main_process_port", str(port),
+                   "-m", "evals.evaluate", "--config", str(path)]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((folder / "eval" / "summary.json").read_text())
+
+
+def test_two_process_eval_matches_one_process(synthetic_sd_path, synthetic_oracle_path, synthetic_clip_path,
+                                              tmp_path):
+    """`make eval` on a CPU machine runs 2 processes (gloo): each generates its share of the images, the
+    main one scores (collectively for the filter baseline, alone for the metrics) and writes the report. The
+    numbers must be those of one process (CLIP scores up to float rounding of the other thread count)."""
+    config = {
+        "model_path": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
+        "clip_path": str(synthetic_clip_path), "preference_set": str(tmp_path / "none"),
+        "models": ["base", "negative_prompt", "filter_regenerate"], "families": ["exposure", "neutral"],
+        "prompts_per_family": 3, "seeds_per_prompt": 2, "steps": 10, "guidance": 1.5, "sampler": "dpmsolver",
+        "batch_size": 4, "bootstrap": {"n_boot": 200},
+    }
+    one = _run_eval_process(config, tmp_path / "one", 1, 0)
+    two = _run_eval_process(config, tmp_path / "two", 2, 29531)
+    assert two["filter_baseline"] == one["filter_baseline"]
+    assert [r["id"] for r in two["metrics"]] == [r["id"] for r in one["metrics"]]
+    for a, b in zip(one["metrics"], two["metrics"]):
+        for model, estimate in a["by_model"].items():
+            assert b["by_model"][model]["value"] == pytest.approx(estimate["value"], rel=1e-4), (a["id"], model)
+    images = sorted(p.name for p in (tmp_path / "two" / "eval" / "images").rglob("*.png"))
+    assert images == sorted(p.name for p in (tmp_path / "one" / "eval" / "images").rglob("*.png"))

@@ -124,3 +124,17 @@ def test_missing_or_corrupt_retain_set_fails_before_training(tiny_sd15_path, tin
     with pytest.raises(DataError, match="row 3"):
         train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "b", *_retain_args(bad)))
     assert not (tmp_path / "a" / "lora").exists() and not (tmp_path / "b" / "lora").exists()
+
+
+def test_global_batch_sizes_split_over_accumulation(tiny_sd15_path, tiny_set, tiny_retain, tmp_path):
+    """pairs_per_step / retain.images_per_step (the recipe's global batch) derive the per-micro-batch sizes:
+    4 pairs + 2 retain images per step over 2 accumulation steps == micro-batches of 4 and 2 in one step."""
+    derived, single = tmp_path / "derived", tmp_path / "single"
+    summary = train(tiny_config(tiny_sd15_path, tiny_set, derived, "pairs_per_step=4", "micro_batch_size=3",
+                                "gradient_accumulation_steps=2", *_retain_args(tiny_retain, micro=5),
+                                "retain.images_per_step=2", *EQUIVALENCE))
+    assert summary["pairs_per_step"] == 4
+    assert summary["micro_batch_per_process"] == {"pairs": 2, "retain_images": 1}
+    train(tiny_config(tiny_sd15_path, tiny_set, single, "micro_batch_size=4", "gradient_accumulation_steps=1",
+                      *_retain_args(tiny_retain, micro=2), *EQUIVALENCE))
+    _assert_same_run(single, derived)

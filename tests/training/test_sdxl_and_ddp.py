@@ -53,7 +53,9 @@ def train_two_processes(model: Path, data: Path, run: Path, port: int, **extra) 
     config = run / "ddp.yaml"
     train_section = {
         "model": str(model), "data": str(data), "output_dir": str(run / "lora"),
-        "work_dir": str(run / "work"), "mixed_precision": "fp32", "micro_batch_size": 2, "max_train_steps": 3,
+        "work_dir": str(run / "work"), "mixed_precision": "fp32", "max_train_steps": 3,
+        # The recipe's global batch: 4 pairs per step = 2 per process here (micro_batch_size is ignored).
+        "pairs_per_step": 4, "micro_batch_size": 3,
         "lr_warmup_steps": 0, "log_every": 1, "progress_bar": False, "tensorboard": False,
         "lora": {"rank": 4, "alpha": 4.0}, **EQUIVALENCE_SETTINGS, **extra,
     }
@@ -69,6 +71,7 @@ def train_two_processes(model: Path, data: Path, run: Path, port: int, **extra) 
     assert result.returncode == 0, result.stderr[-3000:]
     summary = yaml.safe_load((run / "lora" / "training_summary.json").read_text())
     assert summary["processes"] == 2 and summary["pairs_per_step"] == 4
+    assert summary["micro_batch_per_process"]["pairs"] == 2
 
 
 def train_one_process_micro_4(model: Path, data: Path, run: Path) -> None:
