@@ -9,6 +9,9 @@ set -uo pipefail
 slice=${1:?slice: sd15 | sdxl | scaling | demo}; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
+# Bytecode now, as pip does on a normal install (--no-compile above keeps the wheel step short): otherwise
+# the first stage of a timed run spends ~10 s compiling library sources (seen in a GPU profile).
+python3 -m compileall -q -j 0 /tmp/site >/dev/null 2>&1 || true
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
   NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -21,10 +24,27 @@ case "$slice" in
   sdxl) args=("archs=[sdxl]" "parts=[train, generation]" log_every=4 timed_intervals=2 generation.timed_batches=2) ;;
   scaling) args=("parts=[scaling]" log_every=5 timed_intervals=3) ;;
   demo)
+    # Per-stage overrides: CURATE_ARGS, TRAIN_ARGS, EVAL_ARGS ("key=value ..."). PROFILE=1 runs each stage
+    # under cProfile and leaves the top functions (by own time and cumulative) in $OUT/profile-<stage>.txt.
     for stage in data_curation.curate training.train evals.evaluate; do
+      case $stage in
+        data_curation.curate) extra=${CURATE_ARGS:-} ;;
+        training.train) extra=${TRAIN_ARGS:-} ;;
+        *) extra=${EVAL_ARGS:-} ;;
+      esac
+      runner=(python3 -m "$stage")
+      [ -n "${PROFILE:-}" ] && runner=(python3 -m cProfile -o "$OUT/$stage.prof" -m "$stage")
       start=$SECONDS
-      timeout "$budget" python3 -m "$stage" --config configs/demo.yaml 2>&1 | tail -5
-      echo "[demo] $stage rc=${PIPESTATUS[0]} wall_s=$((SECONDS - start))" | tee -a "$OUT/demo_times.txt"
+      # shellcheck disable=SC2086  # extra is a list of key=value words
+      timeout "$budget" "${runner[@]}" --config configs/demo.yaml $extra 2>&1 | tail -5
+      echo "[demo] $stage rc=${PIPESTATUS[0]} wall_s=$((SECONDS - start)) args: $extra" | tee -a "$OUT/demo_times.txt"
+      if [ -n "${PROFILE:-}" ] && [ -f "$OUT/$stage.prof" ]; then
+        python3 -c "import pstats,sys; s=pstats.Stats('$OUT/$stage.prof', stream=sys.stdout); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumulative').print_stats(45)" > "$OUT/profile-$stage.txt"
+        rm -f "$OUT/$stage.prof"
+      fi
+    done
+    for f in runs/demo/preference_set/curation_report.json runs/demo/lora/training_summary.json runs/demo/eval/summary.json; do
+      [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"
     done
     exit 0 ;;
   *) echo "unknown slice $slice"; exit 2 ;;

@@ -9,7 +9,7 @@ checked here so a bad config fails before any image is generated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from core.errors import ConfigError
 from data_curation.generation import check_sampler
@@ -26,14 +26,14 @@ class GenerationConfig:
     steps: int = 20
     guidance: float = 5.0
     resolution: Optional[int] = None  # pixels (square); None: the model's native size
-    batch_size: int = 32
+    batch_size: Union[int, Literal["auto"]] = 32  # images per batch; auto: data_curation.generation.resolve_batch_size
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     def validate(self) -> None:
         check_sampler(self.sampler)
         if self.steps < 1:
             raise ConfigError(f"curate.generation.steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
+        if self.batch_size != "auto" and self.batch_size < 1:
             raise ConfigError(f"curate.generation.batch_size must be >= 1, got {self.batch_size}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"curate.generation.resolution must be a multiple of 8, got {self.resolution}")

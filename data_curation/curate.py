@@ -20,7 +20,14 @@ from core.config import config_name, load_stage_config, to_dict, write_resolved_
 from core.errors import DataError, PipelineError
 from core.io import atomic_write_json, stable_key
 from data_curation.config import CurateConfig
-from data_curation.generation import GenerationSpec, ImageStore, model_fingerprint, native_resolution, process_state
+from data_curation.generation import (
+    GenerationSpec,
+    ImageStore,
+    model_fingerprint,
+    native_resolution,
+    process_state,
+    resolve_batch_size,
+)
 from data_curation.prompts import load_prompts
 from data_curation.quality import precision_recall, verify_pairs
 from data_curation.retain import curate_retain, retain_rows
@@ -137,7 +144,8 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         score_dir=work_dir / "scores",
         scorers=scorers,
         scorer_configs=cfg.scorers,
-        batch_size=cfg.generation.batch_size,
+        batch_size=resolve_batch_size(cfg.generation.batch_size, cfg.generation.resolution or native_resolution(pipe),
+                                      state.device.type),
         progress=state.is_main_process,
     )
     size = cfg.generation.resolution or native_resolution(pipe)

@@ -119,6 +119,22 @@ def model_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:24]
 
 
+# batch_size: auto. A GPU gets as many images per batch as fit a budget of pixels (the synthetic model is
+# launch-bound below a few hundred 64-px images; SD1.5 at 512 px gets 16, SDXL at 1024 px 4: the plain
+# pipeline's benchmark batches, docs/performance.md). A CPU gets at most 32: no faster at 64 (measured
+# on the demo model), and a run split over 2 CPU processes then has batches to spare for balance.
+AUTO_BATCH_PIXELS_GPU = 2**22
+AUTO_BATCH_MAX = {"cuda": 256, "cpu": 32}
+
+
+def resolve_batch_size(batch_size: int | str, resolution: int, device_type: str) -> int:
+    """``batch_size`` as a number of images: itself, or for "auto" the rule above."""
+    if batch_size != "auto":
+        return int(batch_size)
+    by_pixels = max(1, AUTO_BATCH_PIXELS_GPU // (resolution * resolution))
+    return min(by_pixels, AUTO_BATCH_MAX.get(device_type, AUTO_BATCH_MAX["cpu"]))
+
+
 def native_resolution(pipe) -> int:
     """The model's default image side in pixels (UNet sample size x VAE downsampling factor)."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

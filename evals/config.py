@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Union
 
 from core.errors import ConfigError
 
@@ -102,7 +102,7 @@ class EvalConfig:
     guidance: float = 5.0
     sampler: str = "ddim"
     resolution: int | None = None  # pixels; None = the model's native size
-    batch_size: int = 64
+    batch_size: Union[int, Literal["auto"]] = 64  # images per batch; auto: data_curation.generation.resolve_batch_size
     device: str = "auto"  # auto -> cuda if available, else cpu
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     oracle_path: str = "models/synthetic-oracle"
@@ -123,7 +123,7 @@ class EvalConfig:
             raise ConfigError(f"eval.families: unknown family(ies) {bad}; valid: {list(WORLD_FAMILIES)}")
         if self.prompts_per_family < 1 or self.seeds_per_prompt < 1:
             raise ValueError("eval.prompts_per_family and eval.seeds_per_prompt must be >= 1")
-        if self.steps < 1 or self.batch_size < 1:
+        if self.steps < 1 or (self.batch_size != "auto" and self.batch_size < 1):
             raise ValueError("eval.steps and eval.batch_size must be >= 1")
         if self.mode == "i2p" and not (self.i2p.csv or self.i2p.captions):
             raise ConfigError("eval.mode=i2p needs eval.i2p.csv and/or eval.i2p.captions (local files)")

@@ -349,11 +349,12 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
             load_captions(cfg.i2p.captions)
     import torch
 
-    from data_curation.generation import native_resolution
+    from data_curation.generation import native_resolution, resolve_batch_size
 
     pipe = load_pipeline(cfg.model_path, dtype=getattr(torch, cfg.dtype), device=device)
     resolution = cfg.resolution or native_resolution(pipe)
-    session = EvalSession(out_dir, pipe, cfg.model_path, cfg.steps, cfg.sampler, resolution, cfg.batch_size)
+    batch_size = resolve_batch_size(cfg.batch_size, resolution, pipe.device.type)
+    session = EvalSession(out_dir, pipe, cfg.model_path, cfg.steps, cfg.sampler, resolution, batch_size)
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
     if cfg.mode == "synthetic":

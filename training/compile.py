@@ -36,6 +36,8 @@ from typing import Callable
 
 import torch
 
+from training.lora import lora_layers
+
 
 def _has_lora(module: torch.nn.Module) -> bool:
     return bool(lora_layers(module))
@@ -70,13 +72,6 @@ def compile_lora_free_regions(unet: torch.nn.Module, backend: str = "inductor", 
     for region in regions:
         region.compile(backend=backend, mode=mode, dynamic=False)
     return len(regions)
-
-
-def lora_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """peft's LoRA layers (``BaseTunerLayer``) of ``module``, in module order."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
 def adapters_enabled(layers: list[torch.nn.Module]) -> bool:

@@ -114,6 +114,34 @@ def test_lora_trains_and_base_stays_frozen(tiny_sd15_path, tiny_set):
         assert torch.equal(after[key], value), name
 
 
+def test_reference_switch_is_diffusers_disable_adapters(tiny_sd15_path):
+    """adapters_disabled (cached layer list) == diffusers' unet.disable_adapters()/enable_adapters(): the
+    base model's output and no trainable LoRA inside, the policy's output and trainable LoRA after."""
+    from training.config import LoraSettings
+    from training.lora import adapters_disabled, add_lora
+    from training.models import load_components
+
+    unet = load_components(tiny_sd15_path).unet
+    torch.manual_seed(0)
+    inputs = (torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), torch.randn(2, 77, 32))
+    base = unet(*inputs).sample.detach()
+    params = add_lora(unet, LoraSettings(rank=4, alpha=4))
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.1)  # B != 0: the policy differs from the base model
+    policy = unet(*inputs).sample.detach()
+    assert not torch.allclose(policy, base)
+    for _ in range(2):  # the second time uses the cached layer list
+        with adapters_disabled(unet):
+            torch.testing.assert_close(unet(*inputs).sample, base, rtol=0, atol=0)
+            assert not any(p.requires_grad for p in params)
+        assert all(p.requires_grad for p in params)
+        torch.testing.assert_close(unet(*inputs).sample.detach(), policy, rtol=0, atol=0)
+    unet.disable_adapters()
+    torch.testing.assert_close(unet(*inputs).sample, base, rtol=0, atol=0)
+    unet.enable_adapters()
+
+
 def test_resume_matches_uninterrupted_run(tiny_sd15_path, tiny_set, tmp_path):
     common = ("max_train_steps=4", "checkpoint_every=2", "lr_scheduler=linear", "lr_warmup_steps=1")
     full = tmp_path / "full"
