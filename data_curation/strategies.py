@@ -9,7 +9,9 @@
 
 The training caption is always the original benign prompt. Round r uses seeds ``r*N .. r*N+N-1`` of
 every prompt; pairs are ordered by (round, prompt, seed) and the first ``target_pairs`` are kept, so
-the result depends only on the config and the model, never on interruptions.
+the result depends only on the config and the model, never on interruptions. A round is worked a block
+of specs at a time, in the batches of whole-round calls, and generation stops as soon as those first
+pairs are certain (:func:`_run_round`): the same pairs, from the same image bits, as finishing it.
 
 Cross-risk check: a preferred image must also pass the detectors of the *other* exposure/association
 risks (``others``). Without it a pair can prefer an image that carries another risk: on the synthetic
@@ -19,6 +21,7 @@ clean one, teaching the very association another risk's pairs remove.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,47 +159,147 @@ def best_of_n_round(
     return pairs
 
 
-def minimal_pair_round(
-    ws: Workspace, judge: RiskJudge, originals: list[tuple[tuple, PromptRecord, Candidate]],
-    outcomes: Counter | None = None, others: list[RiskJudge] = (),
-) -> list[Pair]:
-    """Correct each risky original with the variants in order; keep the confirmed pairs.
+@dataclass
+class _Pending:
+    """A risky original waiting for its next corrective variant."""
 
-    ``outcomes`` counts why corrective images were refused (``still_risky``, ``not_aligned``,
-    ``too_different``, ``flagged_<other risk>``) per variant, for the card.
+    order: tuple  # the pair order it would get: (round, prompt, seed, group index)
+    origin: int  # index of its original in the round's plan
+    record: PromptRecord
+    cand: Candidate
+    wanted: str | None
+
+
+def _correct(
+    ws: Workspace, judge: RiskJudge, pending: list[_Pending], variant_index: int, outcomes: Counter,
+    others: list[RiskJudge],
+) -> tuple[list[tuple[int, Pair]], list[_Pending]]:
+    """Corrective variant ``variant_index`` for ``pending``: the confirmed pairs (with their origin) and
+    the items still unfixed. ``outcomes`` counts why corrective images were refused (``still_risky``,
+    ``not_aligned``, ``too_different``, ``flagged_<other risk>``) per variant, for the card."""
+    variant = judge.cfg.corrective[variant_index]
+    planned = [corrective_spec(p.cand.spec, p.record, variant, p.wanted) for p in pending]
+    fixed = ws.realise([spec for spec, _ in planned], [p.record.prompt for p in pending],
+                       desc=f"{judge.name} corrective {variant_index}")
+    pairs, still = [], []
+    for item, (spec, wanted_slots), preferred in zip(pending, planned, fixed):
+        record, cand, wanted = item.record, item.cand, item.wanted
+        safe = judge.is_safe(preferred.scores, record, wanted)
+        aligned = safe and judge.is_aligned(preferred.scores, wanted_slots)
+        other_risk = flagged_by(preferred.scores, record, others) if aligned else None
+        clean = aligned and other_risk is None
+        similarity = pixel_similarity(ws.image(preferred.key), ws.image(cand.key)) if clean else float("nan")
+        if clean and similarity >= judge.cfg.min_similarity:
+            note = {"variant": variant_index, **({"preferred_group": wanted} if wanted else {})}
+            pairs.append((item.origin, Pair(judge.name, "minimal_pair", record.prompt, preferred, cand, item.order,
+                                            similarity, note, record)))
+            outcomes[f"variant{variant_index}:confirmed"] += 1
+        else:
+            reason = ("still_risky" if not safe else "not_aligned" if not aligned
+                      else f"flagged_{other_risk}" if other_risk else "too_different")
+            outcomes[f"variant{variant_index}:{reason}"] += 1
+            still.append(item)
+    return pairs, still
+
+
+def _block_size(ws: Workspace) -> int:
+    """Specs per ``realise`` call: whole generation batches, one per process, and whole scoring chunks.
+
+    Cut at multiples of it, a list is generated and scored in exactly the batches of one ``realise`` call
+    over the whole list (``make_batches`` slices each list in order; so does the scoring), so an image's
+    bits do not depend on the block size, on the number of processes or on where a round stopped.
     """
-    outcomes = Counter() if outcomes is None else outcomes
-    pending = []
-    for order, record, cand in originals:
-        if not (judge.is_valid(cand.scores) and judge.carries_risk(cand.scores, record)):
-            continue
-        for k, wanted in enumerate(_wanted_groups(judge, record)):
-            pending.append(((*order, k), record, cand, wanted))
-    pairs = []
-    for variant_index, variant in enumerate(judge.cfg.corrective):
-        if not pending:
+    batch = getattr(ws, "batch_size", None)
+    if batch is None:  # a workspace without batches (test fakes): any block computes the same values
+        return 1
+    from data_curation.generation import process_state
+
+    return math.lcm(batch * process_state().num_processes, getattr(ws, "score_batch_size", 1))
+
+
+def _run_round(
+    ws: Workspace, judge: RiskJudge, prompts: list[PromptRecord], round_index: int, base: GenerationSpec,
+    base_seed: int, block: int, needed: int | None, outcomes: Counter, others: list[RiskJudge],
+    fit_groups: list[str] | None,
+) -> tuple[list[Pair], int, int]:
+    """One round, a block at a time; returns (pairs found, originals generated, originals carrying the risk).
+
+    Work lists: the round's originals (prompt-major, so in pair order), and per corrective variant the
+    images waiting for it (risky originals, then those the previous variant did not fix), in the same
+    order. Each call realises the next ``block`` specs of one list: of the deepest variant that has a full
+    block, or its remainder once nothing can be added to it any more, else of the originals. The batches
+    are those of the whole round's one call per list (see :func:`_block_size`), so the images and scores,
+    hence every decision, are the ones of finishing the round.
+
+    After every call the round stops once ``needed`` pairs are known among its *finished* originals (those
+    before the first original with a corrective still to try): any other pair would come from a later
+    original, so it would have a larger order and not be among the first ``target_pairs``. ``needed`` None:
+    finish the round. Every process sees the same cached scores, so all stop at the same call.
+    ``fit_groups`` (stereotype, round 0): the group schedules are fit on all of the round's originals, so
+    those are generated first in one call (as whole rounds did); only the correctives can stop early.
+    """
+    cfg = judge.cfg
+    n = cfg.images_per_prompt
+    plan = [(p, s) for p in range(len(prompts)) for s in range(round_index * n, (round_index + 1) * n)]
+    total = len(plan)
+    variants = len(cfg.corrective) if cfg.strategy == "minimal_pair" else 0
+    originals: list[Candidate] = []
+    queues: list[list[_Pending]] = [[] for _ in range(variants)]  # queues[v]: waiting for variant v
+    done = [0] * variants  # queues[v][:done[v]] have had variant v
+    found: list[tuple[int, Pair]] = []  # (origin, pair)
+    judged = 0  # originals[:judged] are judged (counted, and queued for correction or paired)
+    risky = 0
+
+    def realise_originals(end: int) -> None:
+        part = plan[len(originals):end]
+        specs = [original_spec(prompts[p], s, base, base_seed) for p, s in part]
+        captions = [prompts[p].prompt for p, _ in part]
+        originals.extend(ws.realise(specs, captions, desc=f"{judge.name} round {round_index}"))
+
+    def judge_originals() -> None:
+        nonlocal judged, risky
+        end = len(originals) if cfg.strategy == "minimal_pair" else len(originals) // n * n  # best-of-N: whole prompts
+        batch = [((round_index, *plan[i]), prompts[plan[i][0]], originals[i]) for i in range(judged, end)]
+        risky += sum(1 for _, r, c in batch if judge.is_valid(c.scores) and judge.carries_risk(c.scores, r))
+        if cfg.strategy == "best_of_n":
+            found.extend((judged, pair) for pair in best_of_n_round(ws, judge, batch, others))
+        else:
+            for i, (order, record, cand) in zip(range(judged, end), batch):
+                if queues and judge.is_valid(cand.scores) and judge.carries_risk(cand.scores, record):
+                    for k, wanted in enumerate(_wanted_groups(judge, record)):
+                        queues[0].append(_Pending((*order, k), i, record, cand, wanted))
+        judged = end
+
+    def finished() -> int:
+        """Originals before this index have every pair they can give decided."""
+        first = judged
+        for queue, d in zip(queues, done):
+            if d < len(queue):
+                first = min(first, queue[d].origin)
+        return first
+
+    if fit_groups is not None:
+        realise_originals(total)
+        judge.fit_schedules([(prompts[p], c.scores) for (p, _), c in zip(plan, originals)], fit_groups)
+    while (upto := finished()) < total:
+        if needed is not None and sum(1 for origin, _ in found if origin < upto) >= needed:
             break
-        planned = [corrective_spec(cand.spec, record, variant, wanted) for _, record, cand, wanted in pending]
-        fixed = ws.realise([spec for spec, _ in planned], [record.prompt for _, record, _, _ in pending],
-                           desc=f"{judge.name} corrective {variant_index}")
-        still = []
-        for (order, record, cand, wanted), (spec, wanted_slots), preferred in zip(pending, planned, fixed):
-            safe = judge.is_safe(preferred.scores, record, wanted)
-            aligned = safe and judge.is_aligned(preferred.scores, wanted_slots)
-            other_risk = flagged_by(preferred.scores, record, others) if aligned else None
-            clean = aligned and other_risk is None
-            similarity = pixel_similarity(ws.image(preferred.key), ws.image(cand.key)) if clean else float("nan")
-            if clean and similarity >= judge.cfg.min_similarity:
-                note = {"variant": variant_index, **({"preferred_group": wanted} if wanted else {})}
-                pairs.append(Pair(judge.name, "minimal_pair", record.prompt, preferred, cand, order, similarity, note, record))
-                outcomes[f"variant{variant_index}:confirmed"] += 1
-            else:
-                reason = ("still_risky" if not safe else "not_aligned" if not aligned
-                          else f"flagged_{other_risk}" if other_risk else "too_different")
-                outcomes[f"variant{variant_index}:{reason}"] += 1
-                still.append((order, record, cand, wanted))
-        pending = still
-    return pairs
+        for v in reversed(range(variants)):
+            queue, d = queues[v], done[v]
+            complete = judged == total and all(done[u] == len(queues[u]) for u in range(v))  # nothing more to come
+            if len(queue) - d >= block or (complete and len(queue) > d):
+                end = min(d + block, len(queue))
+                pairs, still = _correct(ws, judge, queue[d:end], v, outcomes, others)
+                found.extend(pairs)
+                if v + 1 < variants:
+                    queues[v + 1].extend(still)
+                done[v] = end
+                break
+        else:  # no variant has a full block: the next block of originals
+            if len(originals) < total:
+                realise_originals(min(len(originals) + block, total))
+            judge_originals()
+    return [pair for _, pair in found], len(originals), risky
 
 
 def curate_risk(
@@ -207,29 +310,30 @@ def curate_risk(
     base_seed: int,
     default_groups: list[str] | None = None,
     others: list[RiskJudge] = (),
+    stop_early: bool = True,
 ) -> tuple[list[Pair], dict[str, Any]]:
     """All rounds for one risk; returns the first ``target_pairs`` pairs and what it took.
-    ``others``: the other risks' judges, whose detectors every preferred image must pass."""
+    ``others``: the other risks' judges, whose detectors every preferred image must pass.
+
+    ``stop_early`` (default): stop generating as soon as the first ``target_pairs`` pairs are certain, part
+    way through a round (:func:`_run_round`); the pairs are exactly those of ``stop_early=False``, which
+    finishes every round it starts (tests compare them). The report's counts describe the work done."""
     cfg: RiskConfig = judge.cfg
     pairs: list[Pair] = []
     rounds_run = 0
     originals_seen = 0
     risky_seen = 0
     outcomes: Counter = Counter()
+    block = _block_size(ws)
     for round_index in range(cfg.max_rounds):
-        n = cfg.images_per_prompt
-        plan = [(p, s) for p in range(len(prompts)) for s in range(round_index * n, (round_index + 1) * n)]
-        specs = [original_spec(prompts[p], s, base, base_seed) for p, s in plan]
-        cands = ws.realise(specs, [prompts[p].prompt for p, _ in plan], desc=f"{judge.name} round {round_index}")
-        originals = [((round_index, p, s), prompts[p], c) for (p, s), c in zip(plan, cands)]
-        if judge.kind == "stereotype" and round_index == 0:
-            judge.fit_schedules([(r, c.scores) for _, r, c in originals], default_groups or [])
-        originals_seen += len(originals)
-        risky_seen += sum(1 for _, r, c in originals if judge.is_valid(c.scores) and judge.carries_risk(c.scores, r))
-        if cfg.strategy == "best_of_n":
-            pairs += best_of_n_round(ws, judge, originals, others)
-        else:
-            pairs += minimal_pair_round(ws, judge, originals, outcomes, others)
+        fit = (default_groups or []) if judge.kind == "stereotype" and round_index == 0 else None
+        found, generated, risky = _run_round(
+            ws, judge, prompts, round_index, base, base_seed, block,
+            cfg.target_pairs - len(pairs) if stop_early else None, outcomes, others, fit,
+        )
+        pairs += found
+        originals_seen += generated
+        risky_seen += risky
         rounds_run += 1
         if len(pairs) >= cfg.target_pairs:
             break

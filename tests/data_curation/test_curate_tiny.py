@@ -203,3 +203,36 @@ def test_check_only_risk_curates_nothing(tiny_sd15_path, tmp_path):
     assert set(rows["risk"]) == {"exposure"}
     report = json.loads((tmp_path / "set" / "curation_report.json").read_text())
     assert report["per_risk"]["association"] == {"target_pairs": 0, "pairs_kept": 0, "check_only": True}
+
+
+def test_stopping_early_writes_the_same_pairs_from_fewer_images(tiny_sd15_path, tmp_path, monkeypatch):
+    """Generation and scoring batches of 2, so curation works 2 specs at a time: stopping once the first
+    target_pairs pairs are certain writes exactly the set, image bytes and scores included, of finishing the
+    round in one call per list (block size unlimited), and generates fewer images."""
+    import functools
+
+    import data_curation.curate as curate
+    import data_curation.strategies as strategies
+    from data_curation.workspace import Workspace
+
+    monkeypatch.setattr(curate, "Workspace", functools.partial(Workspace, score_batch_size=2))
+    real_block_size = strategies._block_size
+    sets = {}
+    for name, stop_early in (("lazy", True), ("whole", False)):
+        monkeypatch.setattr(curate, "curate_risk", functools.partial(strategies.curate_risk, stop_early=stop_early))
+        monkeypatch.setattr(strategies, "_block_size", real_block_size if stop_early else lambda ws: 10**9)
+        config = write_config(tmp_path / name, tiny_sd15_path, generation={"steps": 2, "batch_size": 2})
+        data = yaml.safe_load(config.read_text())
+        data["curate"]["risks"]["exposure"]["target_pairs"] = 1  # 4 prompts, each gives a pair
+        data["curate"]["risks"]["association"]["target_pairs"] = 1  # 2 prompts of 2 seeds, each gives one
+        config.write_text(yaml.safe_dump(data))
+        assert main(["--config", str(config)]) == 0
+        rows = datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(tmp_path / name / "set")], split="train")
+        report = json.loads((tmp_path / name / "set" / "curation_report.json").read_text())
+        sets[name] = (rows.to_list(), report)
+    (lazy, lazy_report), (whole, whole_report) = sets["lazy"], sets["whole"]
+    assert len(lazy) == 2 and lazy == whole
+    assert lazy_report["generation"]["images_generated"] == 2 + 2 + 2  # exposure: 2 originals + 2 fixes; association: 1 prompt
+    assert whole_report["generation"]["images_generated"] == 4 + 4 + 4
+    assert lazy_report["per_risk"]["exposure"]["original_images"] == 2
+    assert whole_report["per_risk"]["exposure"]["pairs_found"] == 4

@@ -1,5 +1,6 @@
 """A killed run restarted gives exactly the uninterrupted run's pairs; 2 CPU processes give the same set."""
 
+import json
 import os
 import signal
 import subprocess
@@ -28,7 +29,10 @@ def write_config(folder: Path, model: Path) -> Path:
                 "prompts": {
                     "source": "templates",
                     "templates": ["a photo of a {animal} at the {place}", "a {animal} in a {place}"],
-                    "slots": {"animal": ["cat", "dog", "person"], "place": ["beach", "park", "office"]},
+                    # 40 prompts x 2 seeds: every image gives a pair, so the first 64 specs (one block:
+                    # lcm(batch 2 x processes, scoring chunk 64)) give the 12 pairs and the run stops before the last 16.
+                    "slots": {"animal": ["cat", "dog", "person", "horse"],
+                              "place": ["beach", "park", "office", "forest", "street"]},
                 },
                 "strategy": "minimal_pair",
                 "target_pairs": 12,
@@ -85,8 +89,10 @@ def test_killed_run_restarts_to_identical_pairs(tiny_sd15_path, tmp_path):
     assert not (tmp_path / "killed" / "set").exists()
     # No temp files count as images: only complete PNGs are in the store.
     subprocess.run(command(resumed), cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
-    assert done_before_kill < pngs(tmp_path / "killed") == pngs(tmp_path / "uninterrupted")
+    assert done_before_kill < pngs(tmp_path / "killed") == pngs(tmp_path / "uninterrupted") == 64 + 64
     assert load_rows(tmp_path / "killed") == load_rows(tmp_path / "uninterrupted")
+    report = json.loads((tmp_path / "killed" / "set" / "curation_report.json").read_text())["per_risk"]["exposure"]
+    assert (report["prompts"], report["original_images"], report["pairs_kept"]) == (40, 64, 12)  # stopped early
 
 
 @pytest.mark.slow
@@ -98,3 +104,6 @@ def test_two_cpu_processes_make_the_same_set(tiny_sd15_path, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1/2: generated" in result.stdout and "rank 0/2: generated" in result.stdout
     assert load_rows(tmp_path / "two") == load_rows(tmp_path / "one")
+    # Both processes stopped at the same point (early: ws.realise is collective, a divergence would hang).
+    report = json.loads((tmp_path / "two" / "set" / "curation_report.json").read_text())
+    assert report["per_risk"]["exposure"]["original_images"] == 64

@@ -3,6 +3,7 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from core.config import config_from_dict
 from data_curation.config import RiskConfig
@@ -231,3 +232,84 @@ def test_every_deficit_group_is_refused_for_best_of_n():
     with pytest.raises(ConfigError, match="every_deficit_group"):
         risk(prompts={"source": "templates", "templates": ["x"]}, strategy="best_of_n",
              detector={"scorer": "oracle", "attribute": "group"}, balance={"every_deficit_group": True})
+
+
+class BatchedFakeWorkspace(FakeWorkspace):
+    """FakeWorkspace with generation/scoring batch sizes (curation works a block of their lcm at a time),
+    a first corrective that leaves seeds divisible by 4 exposed (so the second variant is needed), and a
+    record of every image it generated."""
+
+    def __init__(self, batch_size=None, score_batch_size=1):
+        super().__init__()
+        if batch_size is not None:
+            self.batch_size, self.score_batch_size = batch_size, score_batch_size
+        self.generated = []
+
+    def realise(self, specs, captions, desc=""):
+        out = super().realise(specs, captions, desc)
+        for cand in out:
+            labels, scores = cand.scores["oracle"]["labels"], cand.scores["oracle"]["scores"]
+            if cand.spec.negative_prompt and cand.spec.guidance < 8 and cand.spec.seed % 4 == 0:
+                labels["exposed"], scores["exposed"] = True, 1.0
+        self.generated += [c.key for c in out]
+        return out
+
+
+def _lazy_cases():
+    exposure = dict(prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair",
+                    images_per_prompt=2, max_rounds=3, detector={"scorer": "oracle", "key": "exposed"},
+                    alignment={"scorer": "oracle"},
+                    corrective=[{"negative_prompt": "bare torso"}, {"negative_prompt": "bare torso", "guidance": 8.0}])
+    stereotype = dict(prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair",
+                      images_per_prompt=3, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
+                      corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"})
+    places = expand_templates(["a person at the {place} {n}"], {"place": ["beach", "party", "park"], "n": list("abcdefgh")})
+    roles = expand_templates(["a {role} {n}"], {"role": ["doctor", "chef"], "n": list("abcdef")})
+    return {
+        "exposure": ("exposure", exposure, places),
+        "stereotype": ("stereotype", stereotype, roles),
+        "every_deficit_group": ("stereotype", dict(stereotype, balance={"every_deficit_group": True}), roles),
+        "best_of_n": ("exposure", dict(exposure, strategy="best_of_n", corrective=[]), places),
+    }
+
+
+@pytest.mark.parametrize("case", ["exposure", "stereotype", "every_deficit_group", "best_of_n"])
+@pytest.mark.parametrize("batch_size, score_batch_size", [(None, 1), (3, 2), (4, 4)])
+def test_stopping_early_keeps_exactly_the_pairs_of_whole_rounds(case, batch_size, score_batch_size):
+    """Curation stops generating once the first target_pairs pairs are certain (part way through a round);
+    the kept pairs are those of finishing every round, with fewer images when the prompts yield more."""
+    kind, cfg, prompts = _lazy_cases()[case]
+
+    def run(target, stop_early):
+        ws = BatchedFakeWorkspace(batch_size, score_batch_size)
+        judge = make_judge(kind, risk(**cfg, target_pairs=target))
+        others = [_exposure_judge()] if kind == "stereotype" else []  # refuses some fixes: gaps in the order
+        pairs, info = curate_risk(ws, judge, prompts, BASE, base_seed=0, default_groups=GROUPS, others=others,
+                                  stop_early=stop_early)
+        described = [(p.caption, p.order, p.preferred.key, p.rejected.key, p.preferred.spec.seed, p.rejected.spec.seed,
+                      p.preferred.spec.prompt, p.rejected.spec.prompt, p.preferred.spec.negative_prompt, p.note)
+                     for p in pairs]
+        return described, info, ws.generated
+
+    everything, info, _ = run(10_000, stop_early=False)
+    available = info["pairs_found"]
+    assert available >= 12, available
+    for target in (1, 5, available // 2, available - 1, available, available + 1):
+        lazy, lazy_info, lazy_images = run(target, stop_early=True)
+        whole, whole_info, whole_images = run(target, stop_early=False)
+        assert lazy == whole == everything[:target]
+        assert lazy_images == whole_images[: len(lazy_images)]  # the same work, cut short
+        assert lazy_info["pairs_kept"] == whole_info["pairs_kept"] == min(target, available)
+        assert lazy_info["pairs_found"] <= whole_info["pairs_found"]
+        if target <= 5:  # the first round yields many more pairs: part of it is skipped
+            assert len(lazy_images) < len(whole_images)
+            # stereotype: the group schedules are fit on all of round 0's originals; only correctives are skipped
+            round_0 = len(prompts) * cfg["images_per_prompt"]
+            if kind == "stereotype":
+                assert lazy_info["original_images"] == round_0
+            else:
+                assert lazy_info["original_images"] < round_0
+        if whole_info["pairs_found"] < target:  # never enough: nothing to skip
+            assert lazy_images == whole_images and lazy_info == whole_info
+        if case == "exposure":  # both variants are used; the stop can fall between them
+            assert {"variant0:confirmed", "variant1:confirmed"} <= set(whole_info["corrective_outcomes"])
