@@ -137,6 +137,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         model_id = f"{model_id}+{cfg.lora}"
         key_id = f"{key_id}+lora@{model_fingerprint(lora_file)}"
     scorers = {name: build_scorer(name, **opts) for name, opts in cfg.scorers.items()}
+    size = cfg.generation.resolution or native_resolution(pipe)
     ws = Workspace(
         pipe=pipe,
         model_id=key_id,
@@ -144,11 +145,9 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         score_dir=work_dir / "scores",
         scorers=scorers,
         scorer_configs=cfg.scorers,
-        batch_size=resolve_batch_size(cfg.generation.batch_size, cfg.generation.resolution or native_resolution(pipe),
-                                      state.device.type),
+        batch_size=resolve_batch_size(cfg.generation.batch_size, size, state.device.type),
         progress=state.is_main_process,
     )
-    size = cfg.generation.resolution or native_resolution(pipe)
     base = GenerationSpec(
         prompt="", steps=cfg.generation.steps, guidance=cfg.generation.guidance,
         height=size, width=size, sampler=cfg.generation.sampler,

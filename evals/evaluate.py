@@ -18,11 +18,10 @@ from pathlib import Path
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_write_json, stable_key
-from core.models import check_model_dir, load_pipeline
+from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
 from evals.config import EvalConfig
 from evals.report import ImageGrid, console_table, write_report
 from evals.runner import (
-    LORA_FILE,
     EvalSession,
     ModelVariant,
     check_lora_dir,
@@ -129,7 +128,8 @@ def build_variants(cfg: EvalConfig, lora_dir: Path | None) -> dict[str, ModelVar
     if "negative_prompt" in cfg.models:
         variants["negative_prompt"] = ModelVariant("negative_prompt", negative_prompt=", ".join(cfg.negative_prompts))
     if "aligned" in cfg.models:
-        variants["aligned"] = ModelVariant("aligned", lora_dir, adapter_id=model_fingerprint(lora_dir / LORA_FILE))
+        variants["aligned"] = ModelVariant("aligned", lora_dir,
+                                           adapter_id=model_fingerprint(lora_dir / LORA_WEIGHT_NAME))
     return variants
 
 

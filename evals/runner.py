@@ -16,11 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from core.errors import DataError, ModelPathError
-from core.models import LORA_WEIGHT_NAME
 from core.io import atomic_write_text
+from core.models import LORA_WEIGHT_NAME
 from data_curation.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint, process_state
 
-LORA_FILE = LORA_WEIGHT_NAME
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,9 @@ def make_items(prompts: Sequence[str], seeds_per_prompt: int, base_seed: int, gu
 def check_lora_dir(path: str | Path) -> Path:
     """The LoRA folder the trainer writes; missing folder or file -> ModelPathError."""
     path = Path(path)
-    if not (path / LORA_FILE).is_file():
+    if not (path / LORA_WEIGHT_NAME).is_file():
         raise ModelPathError(
-            f"LoRA not found: {path / LORA_FILE} does not exist (run `make train`, set eval.lora_dir, "
+            f"LoRA not found: {path / LORA_WEIGHT_NAME} does not exist (run `make train`, set eval.lora_dir, "
             "or drop 'aligned' from eval.models)"
         )
     return path

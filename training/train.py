@@ -140,12 +140,13 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
 
 
 def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
-                    accumulator: MetricAccumulator, retain_source=None, retain_draws=None,
-                    smoothing: torch.Tensor | None = None) -> torch.Tensor:
-    """Accumulate gradients over the micro-steps of one optimiser step, clip, step. Returns the
+                    accumulator: MetricAccumulator, micro_batches: tuple[int, int], retain_source=None,
+                    retain_draws=None, smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """Accumulate gradients over the micro-steps of one optimiser step, clip, step. ``micro_batches``:
+    (pairs, retain images) per process per micro-step (``TrainConfig.micro_batch_sizes``). Returns the
     pre-clipping gradient norm (a device tensor: no host sync)."""
     accum = cfg.gradient_accumulation_steps
-    pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(accelerator.num_processes)
+    pair_micro_batch, retain_micro_batch = micro_batches
     for micro_step in range(accum):
         part = draws.micro_slice(micro_step, accelerator.process_index, accelerator.num_processes,
                                  pair_micro_batch)
@@ -179,7 +180,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device, is_main = accelerator.device, accelerator.is_main_process
-    cfg.micro_batch_sizes(accelerator.num_processes)  # a batch that does not split fails before any loading
+    # Derived here, so a batch that does not split over the processes fails before any loading.
+    pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(accelerator.num_processes)
     show = cfg.progress_bar and is_main
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
@@ -242,7 +244,6 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     if logger is not None:
         logger.truncate_after(start_step)
     world = accelerator.num_processes
-    pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(world)
     pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
     latent_shape = (int(unwrapped.config.in_channels), components.latent_size, components.latent_size)
 
@@ -259,7 +260,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
                                             * world, len(retain_source), latent_shape, schedule.num_train_timesteps,
                                             device)
         grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
-                                    optimizer, lr_scheduler, accumulator, retain_source, retain_draws, smoothing)
+                                    optimizer, lr_scheduler, accumulator, (pair_micro_batch, retain_micro_batch),
+                                    retain_source, retain_draws, smoothing)
         accumulator.add({"grad_norm": grad_norm})
         accumulator.end_step()
         done = step + 1
