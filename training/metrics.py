@@ -18,24 +18,48 @@ class MetricAccumulator:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        # add_vector's running sum: (M,) float32 for the names in vector_names.
+        self.vector_names: tuple[str, ...] = ()
+        self.vector_sum: torch.Tensor | None = None
 
     def add(self, metrics: dict[str, torch.Tensor], weight: float = 1.0) -> None:
         for name, value in metrics.items():
             value = value.detach().float() * weight
             self.sums[name] = self.sums[name] + value if name in self.sums else value
 
+    def add_vector(self, names: tuple[str, ...], values: torch.Tensor) -> None:
+        """Add one step's metrics given as one (M,) tensor, ``values[i]`` being metric ``names[i]``.
+
+        For the CUDA-graph step (training/graph.py), whose metrics are a static output that the next replay
+        overwrites: the values are added into a sum of our own (one kernel per step instead of one per
+        metric, no host sync). Equal to ``add(dict(zip(names, values)))`` element for element."""
+        names = tuple(names)
+        if self.vector_sum is None:
+            self.vector_names, self.vector_sum = names, values.detach().float().clone()
+            return
+        if names != self.vector_names:
+            raise ValueError(f"metric names changed between steps: {self.vector_names} -> {names}")
+        self.vector_sum.add_(values.detach().float())
+
     def end_step(self) -> None:
         self.count += 1
 
     def reduce(self, accelerator) -> dict[str, float]:
         """Global means since the last call (one host sync); resets the sums."""
-        if not self.sums or self.count == 0:
+        if (not self.sums and self.vector_sum is None) or self.count == 0:
             return {}
-        names = sorted(self.sums)
-        local = torch.stack([self.sums[n] for n in names]) / self.count
+        sums = dict(self.sums)
+        if self.vector_sum is not None:
+            overlap = set(sums) & set(self.vector_names)
+            if overlap:
+                raise ValueError(f"metrics {sorted(overlap)} were added both per name and as a vector")
+            sums.update(zip(self.vector_names, self.vector_sum.unbind()))
+        names = sorted(sums)
+        local = torch.stack([sums[n] for n in names]) / self.count
         reduced = accelerator.reduce(local, reduction="mean") if accelerator.num_processes > 1 else local
         values = reduced.cpu().tolist()
         self.sums, self.count = {}, 0
+        self.vector_names, self.vector_sum = (), None
         return dict(zip(names, values))
 
 

@@ -62,6 +62,35 @@ class StepDraws:
         return StepDraws(self.indices[w], self.cpu_indices[w], self.noise[w], self.timesteps[w], self.drop_prompt[w])
 
 
+def static_draws_like(draws: StepDraws, device) -> StepDraws:
+    """Static input tensors of a captured step (training/graph.py), shaped like ``draws``: the device fields on
+    ``device``, ``cpu_indices`` on the host. Filled per step by :func:`copy_draws_`."""
+    device = torch.device(device)
+    return StepDraws(
+        torch.empty_like(draws.indices, device=device), torch.empty_like(draws.cpu_indices, device="cpu"),
+        torch.empty_like(draws.noise, device=device), torch.empty_like(draws.timesteps, device=device),
+        torch.empty_like(draws.drop_prompt, device=device),
+    )
+
+
+def copy_draws_(static: StepDraws, draws: StepDraws) -> None:
+    """Copy one step's draws into the static inputs of a captured step, in place (the graph reads those
+    addresses). Host tensors go through pinned memory, so the copies are queued on the stream like kernels
+    (no host sync), after the previous replay that read the buffers and before the next one.
+
+    A captured graph sees only device memory: ``cpu_indices`` is kept in step for the eager static form, but a
+    source that gathers on the host (``CachedPairSource`` with ``on_device`` False) is never captured (graph.py)."""
+    for name in ("indices", "cpu_indices", "noise", "timesteps", "drop_prompt"):
+        dst, src = getattr(static, name), getattr(draws, name)
+        if dst.shape != src.shape or dst.dtype != src.dtype:
+            # copy_ would broadcast a smaller source silently.
+            raise ValueError(f"draws.{name} {tuple(src.shape)} {src.dtype} does not fit the static "
+                             f"{tuple(dst.shape)} {dst.dtype}")
+        if src.device.type == "cpu" and dst.device.type == "cuda":
+            src = src.pin_memory()
+        dst.copy_(src, non_blocking=True)
+
+
 def to_device_async(tensor: torch.Tensor, device) -> torch.Tensor:
     """Host -> device copy that does not stall the host: a copy from pageable memory synchronises the
     stream first, one from pinned memory is queued like a kernel."""

@@ -30,6 +30,9 @@ from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkp
 from training.compile import compile_unet
 from training.config import TrainConfig, resolve_paths
 from training.data import load_pairs, load_retain, model_resolution
+from training.graph import (
+    CapturedStep, graph_blockers, optimizer_flags, resolve_cuda_graph, restore_optimizer_flags, source_blockers,
+)
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
@@ -41,10 +44,11 @@ class TrainingDiverged(PipelineError):
 
 
 # Fields that do not change what is trained; a checkpoint may be resumed under different values.
-# compile_unet / compile_backend change kernels (rounding), not the objective; leaving them out also keeps
-# the digest of checkpoints written before they existed. (compile_regions predates this and stays in.)
+# compile_unet / compile_backend / cuda_graph change kernels or how they are launched (rounding at most), not the
+# objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a run
+# resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.)
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
-                "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend"}
+                "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph"}
 
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
@@ -119,7 +123,9 @@ def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
     return order
 
 
-def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
+def _build_optimizer(cfg: TrainConfig, params, device: torch.device, capturable: bool = False):
+    """AdamW (fused on CUDA unless ``fused_optimizer`` says otherwise) and the LR scheduler. ``capturable``:
+    for a CUDA-graph step (training/graph.py), which torch refuses to capture otherwise."""
     from diffusers.optimization import get_scheduler
 
     fused = cfg.fused_optimizer if cfg.fused_optimizer is not None else device.type == "cuda"
@@ -130,6 +136,7 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
         weight_decay=cfg.adam_weight_decay,
         eps=cfg.adam_epsilon,
         fused=fused,
+        capturable=capturable,
     )
     # Stepped by us once per optimiser step (not prepared by accelerate, which would step it once per
     # process): the LR curve is then the same for any number of processes.
@@ -139,12 +146,14 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device):
     return optimizer, lr_scheduler
 
 
-def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
-                    accumulator: MetricAccumulator, micro_batches: tuple[int, int], retain_source=None,
-                    retain_draws=None, smoothing: torch.Tensor | None = None) -> torch.Tensor:
-    """Accumulate gradients over the micro-steps of one optimiser step, clip, step. ``micro_batches``:
-    (pairs, retain images) per process per micro-step (``TrainConfig.micro_batch_sizes``). Returns the
-    pre-clipping gradient norm (a device tensor: no host sync)."""
+def _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer,
+                         micro_batches: tuple[int, int], retain_source, retain_draws, smoothing: torch.Tensor | None,
+                         on_metrics) -> torch.Tensor:
+    """Accumulate gradients over the micro-steps of one optimiser step, clip, ``optimizer.step()``.
+    ``micro_batches``: (pairs, retain images) per process per micro-step (``TrainConfig.micro_batch_sizes``).
+    ``on_metrics(metrics, weight)`` receives each micro-step's metric tensors and 1/accumulation. Returns the
+    pre-clipping gradient norm (a 0-dim device tensor: no host sync). The eager step and the CUDA-graph step
+    (training/graph.py) both run this; neither the LR scheduler nor zero_grad is in here."""
     accum = cfg.gradient_accumulation_steps
     pair_micro_batch, retain_micro_batch = micro_batches
     for micro_step in range(accum):
@@ -164,22 +173,64 @@ def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, 
                 smoothing[part.indices] if smoothing is not None else 0.0,
             )
             accelerator.backward(loss / accum)  # mean over the optimiser step's pairs
-        accumulator.add(metrics, weight=1.0 / accum)
+        on_metrics(metrics, 1.0 / accum)
     grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
     optimizer.step()
+    return grad_norm
+
+
+def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
+                    accumulator: MetricAccumulator, micro_batches: tuple[int, int], retain_source=None,
+                    retain_draws=None, smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """The eager optimiser step: :func:`_accumulate_and_step`, then the LR scheduler and zero_grad. Returns the
+    pre-clipping gradient norm (a device tensor: no host sync)."""
+    grad_norm = _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer,
+                                     micro_batches, retain_source, retain_draws, smoothing,
+                                     lambda metrics, weight: accumulator.add(metrics, weight=weight))
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
-def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
-    """Run (or resume) training; return the summary. ``stop_at_step`` simulates a crash (tests)."""
+def _static_step_body(cfg, accelerator, unet, unwrapped, source, schedule, params, optimizer,
+                      micro_batches: tuple[int, int], retain_source, smoothing: torch.Tensor | None):
+    """The step that training/graph.py captures: :func:`_accumulate_and_step` on the static draws, its metrics
+    (weighted by 1/accumulation and summed over micro-steps, as MetricAccumulator.add does) and the
+    pre-clipping gradient norm stacked into one (M,) float32 tensor, the graph's static output."""
+
+    def body(draws, retain_draws):
+        collected: list[tuple[dict[str, torch.Tensor], float]] = []
+        grad_norm = _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
+                                         optimizer, micro_batches, retain_source, retain_draws, smoothing,
+                                         lambda metrics, weight: collected.append((metrics, weight)))
+        names = tuple(collected[0][0])
+        total = None
+        for metrics, weight in collected:
+            part = torch.stack([metrics[name].detach().float() for name in names]) * weight  # (M - 1,)
+            total = part if total is None else total + part
+        return names + ("grad_norm",), torch.cat([total, grad_norm.detach().float().view(1)])  # (M,)
+
+    return body
+
+
+def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool = False) -> dict:
+    """Run (or resume) training; return the summary. ``stop_at_step`` simulates a crash (tests).
+    ``static_step`` (tests): where the step is not CUDA-graph captured, run the graph path's static-input step
+    eagerly anyway (training/graph.py with capture off), to compare it with the eager step on a CPU."""
     from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
 
     family, resolution, pairs, order, smoothing, init_lora, retain = _check_inputs(cfg)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    graph_setting = cfg.cuda_graph_setting()
+    # A cast cached by autocast while capturing would be a graph-pool tensor reused outside the graph; without
+    # the cache the same casts run every forward, with the same values (training/graph.py).
+    handlers = [AutocastKwargs(cache_enabled=False)] if graph_setting != "off" else []
+    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
     device, is_main = accelerator.device, accelerator.is_main_process
+    blockers = graph_blockers(cfg, device.type, accelerator.num_processes, mixed_precision, family)
+    if graph_setting == "on":
+        resolve_cuda_graph(graph_setting, blockers)  # fails here, before any weights load
     # Derived here, so a batch that does not split over the processes fails before any loading.
     pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(accelerator.num_processes)
     show = cfg.progress_bar and is_main
@@ -208,6 +259,12 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
             retain_tensors = load_or_build_retain_cache(components, retain, work_dir / "cache", device, is_main, show)
         retain_source = CachedRetainSource(components, retain_tensors, device)
     if cfg.cache_latents:
+        blockers += source_blockers(source)  # where the cache landed is known only now
+    use_graph = resolve_cuda_graph(graph_setting, blockers)
+    if device.type == "cuda" and graph_setting != "off":
+        state = "on (captured after a few eager warm-up steps)" if use_graph else "off: " + "; ".join(blockers)
+        accelerator.print(f"cuda_graph: {state}")
+    if cfg.cache_latents:
         # Training never touches the VAE or text encoders again: free their memory.
         components.vae = None
         components.text_encoders = []
@@ -227,8 +284,9 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     # forward (policy) and the unwrapped module (reference) then both reach the compiled code.
     compile_unet(unet, cfg.unet_compile_mode(device.type), cfg.compile_backend)
     unet.train()
-    optimizer, lr_scheduler = _build_optimizer(cfg, params, device)
+    optimizer, lr_scheduler = _build_optimizer(cfg, params, device, capturable=use_graph)
     unet, optimizer = accelerator.prepare(unet, optimizer)
+    flags = optimizer_flags(optimizer)
     if smoothing is not None:
         smoothing = smoothing.to(device)
     unwrapped = accelerator.unwrap_model(unet)
@@ -238,6 +296,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     resume_from = resolve_resume(cfg.resume, checkpoint_root)
     if resume_from is not None:
         start_step = load_checkpoint(resume_from, unwrapped, optimizer, lr_scheduler, accelerator.scaler, digest)
+        restore_optimizer_flags(optimizer, flags)  # the checkpoint's may be another run's (graphed or eager)
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
 
     logger = MetricLogger(work_dir / "logs", cfg.tensorboard) if is_main else None
@@ -247,22 +306,36 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
     pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
     latent_shape = (int(unwrapped.config.in_channels), components.latent_size, components.latent_size)
 
+    # The graph path: one captured step (use_graph), or in tests its static-input form run eagerly.
+    captured_step = None
+    if use_graph or static_step:
+        body = _static_step_body(cfg, accelerator, unet, unwrapped, source, schedule, params, optimizer,
+                                 (pair_micro_batch, retain_micro_batch), retain_source, smoothing)
+        captured_step = CapturedStep(body, optimizer, device, capture=use_graph)
+    # The graph path draws on the host and copies into its static inputs itself.
+    draw_device = torch.device("cpu") if captured_step is not None else device
+
     accumulator = MetricAccumulator()
     progress = tqdm(total=cfg.max_train_steps, initial=start_step, desc="train", disable=not show)
     last_values: dict[str, float] = {}
     interval_start, interval_steps, timed = time.perf_counter(), 0, []
     for step in range(start_step, cfg.max_train_steps):
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape,
-                          schedule.num_train_timesteps, cfg.prompt_dropout, device, order)
+                          schedule.num_train_timesteps, cfg.prompt_dropout, draw_device, order)
         retain_draws = None
         if retain_source is not None:
             retain_draws = draw_retain_step(step, cfg.seed, retain_micro_batch * cfg.gradient_accumulation_steps
                                             * world, len(retain_source), latent_shape, schedule.num_train_timesteps,
-                                            device)
-        grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
-                                    optimizer, lr_scheduler, accumulator, (pair_micro_batch, retain_micro_batch),
-                                    retain_source, retain_draws, smoothing)
-        accumulator.add({"grad_norm": grad_norm})
+                                            draw_device)
+        if captured_step is not None:
+            names, values = captured_step(draws, retain_draws)  # (M,) on the device; grad_norm included
+            lr_scheduler.step()
+            accumulator.add_vector(names, values)
+        else:
+            grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
+                                        optimizer, lr_scheduler, accumulator, (pair_micro_batch, retain_micro_batch),
+                                        retain_source, retain_draws, smoothing)
+            accumulator.add({"grad_norm": grad_norm})
         accumulator.end_step()
         done = step + 1
         interval_steps += 1
@@ -306,6 +379,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None) -> dict:
         "processes": world,
         "micro_batch_per_process": {"pairs": pair_micro_batch, "retain_images": retain_micro_batch},
         "mixed_precision": mixed_precision,
+        "cuda_graph": use_graph,
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,
         "data": pairs.counts(),
