@@ -98,6 +98,11 @@ class TrainConfig:
     # not "never the majority group"), hard labels push the majority group below its target share.
     label_smoothing: float = 0.0
     label_smoothing_per_risk: dict[str, float] = field(default_factory=dict)
+    # RPO (training/loss.py; trl's rpo_alpha): + α·β/2·(err(θ, w) - err(ref, w)), a supervised pull toward the
+    # preferred images that keeps acting after a pair's DPO loss has saturated. `rpo_alpha` is α for every
+    # pair, `rpo_alpha_per_risk` overrides it per risk. 0 = plain DPO.
+    rpo_alpha: float = 0.0
+    rpo_alpha_per_risk: dict[str, float] = field(default_factory=dict)
 
     retain: RetainSettings = field(default_factory=RetainSettings)
 
@@ -198,6 +203,12 @@ class TrainConfig:
                           *((f"label_smoothing_per_risk.{r}", e) for r, e in self.label_smoothing_per_risk.items())]:
             if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 0.5:
                 raise ValueError(f"{name} must be a number in [0, 0.5), got {eps!r}")
+        for name, alpha in [("rpo_alpha", self.rpo_alpha),
+                            *((f"rpo_alpha_per_risk.{r}", a) for r, a in self.rpo_alpha_per_risk.items())]:
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < float("inf"):
+                raise ValueError(f"{name} must be a number >= 0, got {alpha!r}")
+        if self.loss_type == "sft" and self.uses_rpo():
+            raise ValueError("rpo_alpha does not apply to loss_type sft (the sft loss is the RPO term alone)")
         if self.loss_type != "sigmoid" and self.uses_label_smoothing():
             raise ValueError(f"label smoothing applies to loss_type sigmoid only, not {self.loss_type!r}")
         if self.max_pairs is not None and self.max_pairs < 1:
@@ -224,6 +235,9 @@ class TrainConfig:
 
     def uses_label_smoothing(self) -> bool:
         return self.label_smoothing > 0 or any(e > 0 for e in self.label_smoothing_per_risk.values())
+
+    def uses_rpo(self) -> bool:
+        return self.rpo_alpha > 0 or any(a > 0 for a in self.rpo_alpha_per_risk.values())
 
     def unet_compile_mode(self, device_type: str = "cpu") -> str:
         """``compile_unet`` with the older ``compile_regions: true`` and "auto" (for ``device_type``) folded

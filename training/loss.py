@@ -34,6 +34,16 @@ Label smoothing (``sigmoid`` only; conservative DPO, Mitchell 2023, trl's ``labe
 label is trusted with probability 1 - ε, so loss = -(1 - ε) log σ(h) - ε log σ(-h). For ε > 0 the loss has
 its minimum at a finite margin h* = log((1 - ε) / ε) instead of pushing h to infinity: a pair stops pulling
 once the policy prefers its winner by that much. ε may differ per pair (per risk: training/config.py).
+
+RPO term (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; trl's ``rpo_alpha``): DPO only
+fixes the *difference* of the two likelihoods, and both can fall together. RPO adds α × the chosen image's
+negative log-likelihood. For diffusion the NLL bound is the denoising error, and we write the term in the
+implicit-reward units of the DPO loss, anchored at the reference so it is 0 at θ = ref:
+
+    rpo = α · β/2 · (err(θ, w) - err(ref, w))  = -α · rewards/chosen
+
+Its gradient is α · β/2 · ∇err(θ, w): a supervised pull toward the preferred images that does not saturate
+the way -log σ(h) does once a pair is learned. α may differ per pair (per risk: training/config.py).
 """
 
 from __future__ import annotations
@@ -53,9 +63,10 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return diff.pow(2).mean(dim=tuple(range(1, diff.ndim)))
 
 
-def _any_smoothing(label_smoothing: torch.Tensor | float) -> bool:
-    """True unless ε is the float 0 (a tensor counts as smoothing: checking its values would sync)."""
-    return isinstance(label_smoothing, torch.Tensor) or label_smoothing != 0.0
+def _is_set(option: torch.Tensor | float) -> bool:
+    """True unless a per-pair option (ε, α) is the float 0 (a tensor counts as set: checking its values
+    would sync)."""
+    return isinstance(option, torch.Tensor) or option != 0.0
 
 
 def diffusion_dpo_loss(
@@ -66,17 +77,21 @@ def diffusion_dpo_loss(
     beta: float,
     loss_type: LossType = "sigmoid",
     label_smoothing: torch.Tensor | float = 0.0,
+    rpo_alpha: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss over the batch and per-batch metric tensors (0-dim, still on device: no host sync).
 
     All error inputs are (B,) per-pair mean squared errors (see :func:`per_sample_mse`). ``ref_err_*``
     may be ``None`` only for ``sft``. ``label_smoothing``: ε, a float or a (B,) tensor in [0, 0.5)
-    (``sigmoid`` only; see the module docstring).
+    (``sigmoid`` only; see the module docstring). ``rpo_alpha``: α of the RPO term, a float or a (B,)
+    tensor >= 0 (not with ``sft``, which is that term alone).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
+    if loss_type == "sft" and _is_set(rpo_alpha):
+        raise ValueError("rpo_alpha does not apply to loss_type 'sft' (the sft loss is the chosen-image term alone)")
     model_err_w = model_err_w.float()
     model_err_l = model_err_l.float()
     metrics: dict[str, torch.Tensor] = {
@@ -90,7 +105,7 @@ def diffusion_dpo_loss(
         return loss, metrics
     if ref_err_w is None or ref_err_l is None:
         raise ValueError(f"loss_type {loss_type!r} needs the reference errors")
-    if loss_type != "sigmoid" and _any_smoothing(label_smoothing):
+    if loss_type != "sigmoid" and _is_set(label_smoothing):
         raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {loss_type!r}")
     ref_err_w = ref_err_w.float()
     ref_err_l = ref_err_l.float()
@@ -101,13 +116,19 @@ def diffusion_dpo_loss(
     margin = chosen_rewards - rejected_rewards  # h = -β/2 (Δθ - Δref)
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(margin)
-        if _any_smoothing(label_smoothing):
+        if _is_set(label_smoothing):
             eps = torch.as_tensor(label_smoothing, dtype=margin.dtype, device=margin.device)
             losses = (1.0 - eps) * losses - eps * F.logsigmoid(-margin)
     elif loss_type == "hinge":
         losses = torch.relu(1.0 - margin)
     else:  # ipo, on the un-scaled log-ratio z = h / β
         losses = (margin / beta - 1.0 / (2.0 * beta)).pow(2)
+    if _is_set(rpo_alpha):
+        alpha = torch.as_tensor(rpo_alpha, dtype=margin.dtype, device=margin.device)
+        rpo = -alpha * chosen_rewards  # α·β/2·(err(θ, w) - err(ref, w))
+        metrics["loss/dpo"] = losses.mean().detach()
+        metrics["loss/rpo"] = rpo.mean().detach()
+        losses = losses + rpo
     loss = losses.mean()
 
     metrics.update(

@@ -53,7 +53,8 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
 # so those checkpoints still resume (a non-default value does change what is trained and is included).
-_LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None}
+_LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None,
+                   "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}}
 _LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 
 
@@ -88,11 +89,11 @@ def _check_inputs(cfg: TrainConfig):
     resolution = model_resolution(cfg.model)
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
     order = _sampling_order(cfg, pairs)
-    smoothing = _label_smoothing(cfg, pairs)
+    per_pair = _per_pair_options(cfg, pairs)
     # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
     init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
-    return family, resolution, pairs, order, smoothing, init_lora, retain
+    return family, resolution, pairs, order, per_pair, init_lora, retain
 
 
 def _check_risks_present(option: str, named: list[str], pairs, data: str) -> None:
@@ -102,13 +103,19 @@ def _check_risks_present(option: str, named: list[str], pairs, data: str) -> Non
         raise ConfigError(f"train.{option} names risk(s) {unknown} that {data} does not hold; its risks: {present}")
 
 
-def _label_smoothing(cfg: TrainConfig, pairs) -> torch.Tensor | None:
-    """(N,) ε of every pair (``label_smoothing``, overridden per risk), or None when all are 0."""
-    if not cfg.uses_label_smoothing():
-        return None
-    _check_risks_present("label_smoothing_per_risk", list(cfg.label_smoothing_per_risk), pairs, cfg.data)
-    return torch.tensor([cfg.label_smoothing_per_risk.get(risk, cfg.label_smoothing) for risk in pairs.risks()],
-                        dtype=torch.float32)
+def _per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
+    """(N,) per-pair values of the options that may differ per risk, only those set anywhere:
+    ``label_smoothing`` (ε) and ``rpo_alpha`` (α), each its global value overridden per risk."""
+    options = {}
+    for name, value, per_risk, used in [
+        ("label_smoothing", cfg.label_smoothing, cfg.label_smoothing_per_risk, cfg.uses_label_smoothing()),
+        ("rpo_alpha", cfg.rpo_alpha, cfg.rpo_alpha_per_risk, cfg.uses_rpo()),
+    ]:
+        if not used:
+            continue
+        _check_risks_present(f"{name}_per_risk", list(per_risk), pairs, cfg.data)
+        options[name] = torch.tensor([per_risk.get(risk, value) for risk in pairs.risks()], dtype=torch.float32)
+    return options
 
 
 def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
@@ -147,7 +154,7 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device, capturable:
 
 
 def _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer,
-                         micro_batches: tuple[int, int], retain_source, retain_draws, smoothing: torch.Tensor | None,
+                         micro_batches: tuple[int, int], retain_source, retain_draws, per_pair: dict[str, torch.Tensor],
                          on_metrics) -> torch.Tensor:
     """Accumulate gradients over the micro-steps of one optimiser step, clip, ``optimizer.step()``.
     ``micro_batches``: (pairs, retain images) per process per micro-step (``TrainConfig.micro_batch_sizes``).
@@ -170,7 +177,7 @@ def _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, sched
             loss, metrics = dpo_loss_on_batch(
                 unet, unwrapped, source.batch(part), part, schedule, cfg.beta, cfg.loss_type,
                 accelerator.autocast, cfg.channels_last, retain, cfg.retain.weight, cfg.retain.target,
-                smoothing[part.indices] if smoothing is not None else 0.0,
+                **{name: values[part.indices] for name, values in per_pair.items()},
             )
             accelerator.backward(loss / accum)  # mean over the optimiser step's pairs
         on_metrics(metrics, 1.0 / accum)
@@ -181,11 +188,11 @@ def _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, sched
 
 def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
                     accumulator: MetricAccumulator, micro_batches: tuple[int, int], retain_source=None,
-                    retain_draws=None, smoothing: torch.Tensor | None = None) -> torch.Tensor:
+                    retain_draws=None, per_pair: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The eager optimiser step: :func:`_accumulate_and_step`, then the LR scheduler and zero_grad. Returns the
     pre-clipping gradient norm (a device tensor: no host sync)."""
     grad_norm = _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer,
-                                     micro_batches, retain_source, retain_draws, smoothing,
+                                     micro_batches, retain_source, retain_draws, per_pair or {},
                                      lambda metrics, weight: accumulator.add(metrics, weight=weight))
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -193,7 +200,7 @@ def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, 
 
 
 def _static_step_body(cfg, accelerator, unet, unwrapped, source, schedule, params, optimizer,
-                      micro_batches: tuple[int, int], retain_source, smoothing: torch.Tensor | None):
+                      micro_batches: tuple[int, int], retain_source, per_pair: dict[str, torch.Tensor]):
     """The step that training/graph.py captures: :func:`_accumulate_and_step` on the static draws, its metrics
     (weighted by 1/accumulation and summed over micro-steps, as MetricAccumulator.add does) and the
     pre-clipping gradient norm stacked into one (M,) float32 tensor, the graph's static output."""
@@ -201,7 +208,7 @@ def _static_step_body(cfg, accelerator, unet, unwrapped, source, schedule, param
     def body(draws, retain_draws):
         collected: list[tuple[dict[str, torch.Tensor], float]] = []
         grad_norm = _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
-                                         optimizer, micro_batches, retain_source, retain_draws, smoothing,
+                                         optimizer, micro_batches, retain_source, retain_draws, per_pair or {},
                                          lambda metrics, weight: collected.append((metrics, weight)))
         names = tuple(collected[0][0])
         total = None
@@ -220,7 +227,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     from accelerate import Accelerator
     from accelerate.utils import AutocastKwargs
 
-    family, resolution, pairs, order, smoothing, init_lora, retain = _check_inputs(cfg)
+    family, resolution, pairs, order, per_pair, init_lora, retain = _check_inputs(cfg)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     graph_setting = cfg.cuda_graph_setting()
     # A cast cached by autocast while capturing would be a graph-pool tensor reused outside the graph; without
@@ -287,8 +294,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     optimizer, lr_scheduler = _build_optimizer(cfg, params, device, capturable=use_graph)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     flags = optimizer_flags(optimizer)
-    if smoothing is not None:
-        smoothing = smoothing.to(device)
+    per_pair = {name: values.to(device) for name, values in per_pair.items()}
     unwrapped = accelerator.unwrap_model(unet)
     digest = config_digest(cfg)
 
@@ -310,7 +316,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     captured_step = None
     if use_graph or static_step:
         body = _static_step_body(cfg, accelerator, unet, unwrapped, source, schedule, params, optimizer,
-                                 (pair_micro_batch, retain_micro_batch), retain_source, smoothing)
+                                 (pair_micro_batch, retain_micro_batch), retain_source, per_pair)
         captured_step = CapturedStep(body, optimizer, device, capture=use_graph)
     # The graph path draws on the host and copies into its static inputs itself.
     draw_device = torch.device("cpu") if captured_step is not None else device
@@ -334,7 +340,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         else:
             grad_norm = _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
                                         optimizer, lr_scheduler, accumulator, (pair_micro_batch, retain_micro_batch),
-                                        retain_source, retain_draws, smoothing)
+                                        retain_source, retain_draws, per_pair)
             accumulator.add({"grad_norm": grad_norm})
         accumulator.end_step()
         done = step + 1

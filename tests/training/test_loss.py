@@ -141,3 +141,42 @@ def test_label_smoothing_is_refused_for_other_losses():
     errs = _errs(0.1, 0.2)
     with pytest.raises(ValueError, match="sigmoid"):
         diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0, loss_type="ipo", label_smoothing=0.1)
+
+
+def test_rpo_term_hand_computed_and_per_pair():
+    """loss = -log σ(h) + α · β/2 · (err(θ, w) - err(ref, w)), per pair, then the mean."""
+    model_w, model_l = _errs(0.099, 0.2), _errs(0.3, 0.0996)
+    ref_w, ref_l = _errs(0.100, 0.2), _errs(0.3, 0.1000)
+    beta = 5000.0
+    h = np.array([2.5, -1.0])
+    chosen_gap = np.array([0.099 - 0.100, 0.2 - 0.2])  # err(θ, w) - err(ref, w)
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    for alpha in (0.3, torch.tensor([0.0, 1.0])):
+        a = np.array([0.3, 0.3]) if isinstance(alpha, float) else alpha.numpy()
+        loss, metrics = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha)
+        expected_rpo = a * beta / 2 * chosen_gap
+        assert loss.item() == pytest.approx(np.mean(softplus(-h) + expected_rpo), rel=1e-3)
+        assert metrics["loss/rpo"].item() == pytest.approx(np.mean(expected_rpo), rel=1e-3, abs=1e-6)
+
+
+def test_rpo_gradient_is_the_dpo_gradient_plus_a_pull_on_the_winner():
+    """d loss / d err(θ, w) gains exactly α · β/2 / B; the loser's gradient is unchanged."""
+    beta, alpha = 1000.0, 0.2
+    ref_w, ref_l = _errs(0.10, 0.12), _errs(0.11, 0.09)
+    grads = {}
+    for a in (0.0, alpha):
+        model_w, model_l = _errs(0.101, 0.118).requires_grad_(), _errs(0.108, 0.093).requires_grad_()
+        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=a)
+        loss.backward()
+        grads[a] = (model_w.grad.clone(), model_l.grad.clone())
+    torch.testing.assert_close(grads[alpha][0] - grads[0.0][0], torch.full((2,), alpha * beta / 2 / 2))
+    torch.testing.assert_close(grads[alpha][1], grads[0.0][1])
+
+
+def test_rpo_is_zero_at_the_reference_and_refused_with_sft():
+    errs = _errs(0.1, 0.2)
+    plain, _ = diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0)
+    with_rpo, _ = diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0, rpo_alpha=0.5)
+    assert with_rpo.item() == pytest.approx(plain.item())  # θ = ref: both log 2
+    with pytest.raises(ValueError, match="sft"):
+        diffusion_dpo_loss(errs, errs, None, None, beta=10.0, loss_type="sft", rpo_alpha=0.5)

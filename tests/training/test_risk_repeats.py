@@ -48,24 +48,31 @@ def test_no_order_matches_previous_draws():
     ("label_smoothing_per_risk.stereotyp=0.1", ["stereotyp", "exposure"]),
     ("label_smoothing_per_risk.exposure=0.5", ["label_smoothing_per_risk.exposure", "[0, 0.5)"]),
     ("label_smoothing=-0.1", ["label_smoothing", "[0, 0.5)"]),
+    ("rpo_alpha_per_risk.stereotyp=0.1", ["stereotyp", "exposure"]),
+    ("rpo_alpha=-0.1", ["rpo_alpha", ">= 0"]),
+    ("rpo_alpha=0.1 loss_type=sft", ["rpo_alpha", "sft"]),
 ])
 def test_bad_risk_repeats_are_clear_errors(override, fragments, tiny_sd15_path, tiny_set, tmp_path, capsys):
-    assert _run(tmp_path, tiny_sd15_path, tiny_set, override) == 2
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, *override.split()) == 2
     err = capsys.readouterr().err
     assert all(fragment in err for fragment in fragments)
     _nothing_written(tmp_path)
 
 
-def test_label_smoothing_per_risk_maps_each_pair():
+def test_per_risk_options_map_each_pair():
     from types import SimpleNamespace
 
     from training.config import TrainConfig
-    from training.train import _label_smoothing
+    from training.train import _per_pair_options
 
     pairs = SimpleNamespace(risks=lambda: ["exposure", "stereotype", "exposure"])
     cfg = TrainConfig(data="set", label_smoothing=0.05, label_smoothing_per_risk={"stereotype": 0.2})
-    assert _label_smoothing(cfg, pairs).tolist() == pytest.approx([0.05, 0.2, 0.05])
-    assert _label_smoothing(TrainConfig(data="set"), pairs) is None  # hard labels: the loss is unchanged
+    assert set(_per_pair_options(cfg, pairs)) == {"label_smoothing"}
+    assert _per_pair_options(cfg, pairs)["label_smoothing"].tolist() == pytest.approx([0.05, 0.2, 0.05])
+    cfg = TrainConfig(data="set", rpo_alpha_per_risk={"stereotype": 0.3})
+    assert set(_per_pair_options(cfg, pairs)) == {"rpo_alpha"}
+    assert _per_pair_options(cfg, pairs)["rpo_alpha"].tolist() == pytest.approx([0.0, 0.3, 0.0])
+    assert _per_pair_options(TrainConfig(data="set"), pairs) == {}  # plain DPO: the loss is unchanged
 
 
 def test_label_smoothing_reaches_the_training_loss(tiny_sd15_path, tiny_set, tmp_path):
@@ -81,3 +88,18 @@ def test_label_smoothing_reaches_the_training_loss(tiny_sd15_path, tiny_set, tmp
         losses[eps] = [json.loads(line)["loss"] for line in lines]
     assert losses["0.0"][0] == pytest.approx(losses["0.3"][0], rel=1e-6)  # step 1: margins are all 0
     assert losses["0.0"][-1] != pytest.approx(losses["0.3"][-1], rel=1e-6)
+
+
+def test_rpo_reaches_the_training_loss(tiny_sd15_path, tiny_set, tmp_path):
+    """Same run with and without α: step 1 (θ = ref) has the same loss, later steps do not, and the
+    RPO term is logged."""
+    import json
+
+    logs = {}
+    for alpha in ("0.0", "0.5"):
+        folder = tmp_path / alpha
+        assert _run(folder, tiny_sd15_path, tiny_set, f"rpo_alpha={alpha}", "log_every=1", "max_train_steps=3") == 0
+        logs[alpha] = [json.loads(line) for line in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert logs["0.0"][0]["loss"] == pytest.approx(logs["0.5"][0]["loss"], rel=1e-6)
+    assert logs["0.0"][-1]["loss"] != pytest.approx(logs["0.5"][-1]["loss"], rel=1e-6)
+    assert "loss/rpo" in logs["0.5"][-1] and "loss/rpo" not in logs["0.0"][-1]
