@@ -95,11 +95,16 @@ def run_trainer(section: dict) -> dict:
     return train(config_from_dict(TrainConfig, dict(section), where="train"))
 
 
-def interval_rates(work_dir: Path) -> list[float]:
-    """pairs/s of every logged interval of the last trainer run in ``work_dir``."""
+def interval_values(work_dir: Path, key: str) -> list[float]:
+    """``key`` (e.g. pairs_per_s, loss) of every logged interval of the last trainer run in ``work_dir``."""
     path = work_dir / "logs" / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [float(r["pairs_per_s"]) for r in rows if "pairs_per_s" in r]
+    return [float(r[key]) for r in rows if key in r]
+
+
+def interval_rates(work_dir: Path) -> list[float]:
+    """pairs/s of every logged interval of the last trainer run in ``work_dir``."""
+    return interval_values(work_dir, "pairs_per_s")
 
 
 def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Path, log_every: int,
@@ -129,6 +134,9 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
         trainer_summary_pairs_per_s=summary.get("pairs_per_s"),
         peak_gib=mem["peak_gib"],
         final_loss=summary.get("final_metrics", {}).get("loss"),
+        # Same seed, data and draws at every point: points that differ only in kernels (attention backend,
+        # compile) should log the same losses to bf16 rounding.
+        interval_losses=interval_values(work_dir, "loss"),
     )
     return record
 
