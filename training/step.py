@@ -100,12 +100,25 @@ def to_device_async(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def timestep_bounds(ranges: list[tuple[int, int] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Per-item (ranged (N,) bool, low (N,) int64, high (N,) int64) for :func:`draw_step`, from each item's
+    [low, high) or None (the full range); None when no item has a range."""
+    if all(r is None for r in ranges):
+        return None
+    ranged = torch.tensor([r is not None for r in ranges])
+    low = torch.tensor([r[0] if r else 0 for r in ranges], dtype=torch.int64)
+    high = torch.tensor([r[1] if r else 1 for r in ranges], dtype=torch.int64)
+    return ranged, low, high
+
+
 def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items: int,
           latent_shape: tuple[int, int, int], num_train_timesteps: int, prompt_dropout: float | None, device,
-          order: torch.Tensor | None = None) -> StepDraws:
+          order: torch.Tensor | None = None, bounds=None) -> StepDraws:
     """``count`` items of step ``step`` (a window of the per-epoch permutation seeded by ``index_seed``),
     with noise, timesteps and (if ``prompt_dropout`` is given) dropout flags from one generator.
     ``order`` (see :func:`risk_sampling_order`) maps epoch positions to items; None = each item once.
+    ``bounds`` (:func:`timestep_bounds`): items with a range take t = low + ⌊u·(high - low)⌋ with u ~ U[0, 1)
+    drawn after everything else, so the other items' draws are those of a run without ranges.
 
     A CPU generator keeps the draws identical across devices and process counts; E × C×h×w floats
     per optimiser step is cheap next to 6 UNet passes per pair."""
@@ -120,6 +133,11 @@ def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items
         indices = step_pair_indices(step, count, num_items, index_seed)
     else:
         indices = order[step_pair_indices(step, count, len(order), index_seed)]
+    if bounds is not None:
+        ranged, low, high = (b[indices] for b in bounds)
+        u = torch.rand(count, generator=generator, dtype=torch.float64)
+        in_range = low + (u * (high - low).double()).long().minimum(high - low - 1)
+        timesteps = torch.where(ranged, in_range, timesteps)
     return StepDraws(
         to_device_async(indices, device), indices, to_device_async(noise, device),
         to_device_async(timesteps, device), to_device_async(drop, device),
@@ -128,11 +146,12 @@ def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items
 
 def draw_step(
     step: int, seed: int, pairs_per_step: int, num_pairs: int, latent_shape: tuple[int, int, int],
-    num_train_timesteps: int, prompt_dropout: float, device, order: torch.Tensor | None = None,
+    num_train_timesteps: int, prompt_dropout: float, device, order: torch.Tensor | None = None, bounds=None,
 ) -> StepDraws:
-    """The pairs, noise, timesteps and prompt dropout of optimiser step ``step``."""
+    """The pairs, noise, timesteps and prompt dropout of optimiser step ``step`` (``bounds``: per-pair
+    timestep ranges, :func:`timestep_bounds`)."""
     return _draw(seed * 7_919 + step * 104_729 + 17, seed, step, pairs_per_step, num_pairs, latent_shape,
-                 num_train_timesteps, prompt_dropout, device, order)
+                 num_train_timesteps, prompt_dropout, device, order, bounds)
 
 
 def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],

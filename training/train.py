@@ -36,7 +36,7 @@ from training.graph import (
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
-from training.step import draw_retain_step, draw_step, dpo_loss_on_batch, risk_sampling_order
+from training.step import draw_retain_step, draw_step, dpo_loss_on_batch, risk_sampling_order, timestep_bounds
 
 
 class TrainingDiverged(PipelineError):
@@ -54,7 +54,7 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
 # so those checkpoints still resume (a non-default value does change what is trained and is included).
 _LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None,
-                   "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}}
+                   "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}, "timestep_range_per_risk": {}}
 _LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 
 
@@ -90,6 +90,7 @@ def _check_inputs(cfg: TrainConfig):
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
     order = _sampling_order(cfg, pairs)
     per_pair = _per_pair_options(cfg, pairs)
+    _check_risks_present("timestep_range_per_risk", list(cfg.timestep_range_per_risk), pairs, cfg.data)
     # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
     init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
@@ -116,6 +117,18 @@ def _per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
         _check_risks_present(f"{name}_per_risk", list(per_risk), pairs, cfg.data)
         options[name] = torch.tensor([per_risk.get(risk, value) for risk in pairs.risks()], dtype=torch.float32)
     return options
+
+
+def _timestep_bounds(cfg: TrainConfig, pairs, num_train_timesteps: int):
+    """Per-pair timestep ranges of ``cfg.timestep_range_per_risk`` for :func:`training.step.draw_step`, or None."""
+    if not cfg.timestep_range_per_risk:
+        return None
+    for risk, (low, high) in cfg.timestep_range_per_risk.items():
+        if high > num_train_timesteps:
+            raise ConfigError(f"train.timestep_range_per_risk.{risk} = [{low}, {high}) goes past the model's "
+                              f"{num_train_timesteps} training timesteps")
+    return timestep_bounds([tuple(cfg.timestep_range_per_risk[r]) if r in cfg.timestep_range_per_risk else None
+                            for r in pairs.risks()])
 
 
 def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
@@ -252,6 +265,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     components = load_components(cfg.model)
     prediction_type = cfg.prediction_type or components.scheduler_prediction_type
     schedule = NoiseSchedule(components.alphas_cumprod, prediction_type, device)
+    bounds = _timestep_bounds(cfg, pairs, schedule.num_train_timesteps)
     for module in [components.vae, *components.text_encoders]:
         module.to(device)
     if cfg.cache_latents:
@@ -327,7 +341,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     interval_start, interval_steps, timed = time.perf_counter(), 0, []
     for step in range(start_step, cfg.max_train_steps):
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape,
-                          schedule.num_train_timesteps, cfg.prompt_dropout, draw_device, order)
+                          schedule.num_train_timesteps, cfg.prompt_dropout, draw_device, order, bounds)
         retain_draws = None
         if retain_source is not None:
             retain_draws = draw_retain_step(step, cfg.seed, retain_micro_batch * cfg.gradient_accumulation_steps

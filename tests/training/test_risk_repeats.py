@@ -1,5 +1,5 @@
 """Per-risk settings: sampling (train.risk_repeats: which pairs an epoch visits), label smoothing
-(train.label_smoothing_per_risk), and their bad settings."""
+(train.label_smoothing_per_risk), timestep ranges (train.timestep_range_per_risk), and their bad settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.training.test_bad_input import _nothing_written, _run
-from training.step import draw_step, risk_sampling_order
+from training.step import draw_step, risk_sampling_order, timestep_bounds
 
 
 def test_sampling_order_repeats_and_drops_by_risk():
@@ -51,6 +51,10 @@ def test_no_order_matches_previous_draws():
     ("rpo_alpha_per_risk.stereotyp=0.1", ["stereotyp", "exposure"]),
     ("rpo_alpha=-0.1", ["rpo_alpha", ">= 0"]),
     ("rpo_alpha=0.1 loss_type=sft", ["rpo_alpha", "sft"]),
+    ("timestep_range_per_risk.stereotyp=[400,1000]", ["stereotyp", "exposure"]),
+    ("timestep_range_per_risk.exposure=[500,400]", ["timestep_range_per_risk.exposure", "low < high"]),
+    ("timestep_range_per_risk.exposure=[400]", ["timestep_range_per_risk.exposure"]),
+    ("timestep_range_per_risk.exposure=[0.5,1000]", ["timestep_range_per_risk.exposure", "integer"]),
 ])
 def test_bad_risk_repeats_are_clear_errors(override, fragments, tiny_sd15_path, tiny_set, tmp_path, capsys):
     assert _run(tmp_path, tiny_sd15_path, tiny_set, *override.split()) == 2
@@ -103,3 +107,52 @@ def test_rpo_reaches_the_training_loss(tiny_sd15_path, tiny_set, tmp_path):
     assert logs["0.0"][0]["loss"] == pytest.approx(logs["0.5"][0]["loss"], rel=1e-6)
     assert logs["0.0"][-1]["loss"] != pytest.approx(logs["0.5"][-1]["loss"], rel=1e-6)
     assert "loss/rpo" in logs["0.5"][-1] and "loss/rpo" not in logs["0.0"][-1]
+
+
+def test_timestep_ranges_apply_per_pair_and_leave_the_other_draws_alone():
+    """Ranged pairs draw t uniformly in [low, high); every other pair, the noise and the indices are those of
+    a run without ranges (so adding a range to one risk changes nothing else)."""
+    risks = ["exposure", "stereotype"] * 8
+    bounds = timestep_bounds([(400, 1000) if r == "stereotype" else None for r in risks])
+    seen = []
+    for step in range(200):
+        plain = draw_step(step, 5, 8, len(risks), (4, 2, 2), 1000, 0.1, "cpu")
+        ranged = draw_step(step, 5, 8, len(risks), (4, 2, 2), 1000, 0.1, "cpu", bounds=bounds)
+        assert torch.equal(plain.cpu_indices, ranged.cpu_indices) and torch.equal(plain.noise, ranged.noise)
+        assert torch.equal(plain.drop_prompt, ranged.drop_prompt)
+        is_stereo = torch.tensor([risks[i] == "stereotype" for i in plain.cpu_indices.tolist()])
+        assert torch.equal(plain.timesteps[~is_stereo], ranged.timesteps[~is_stereo])
+        seen += ranged.timesteps[is_stereo].tolist()
+    assert min(seen) >= 400 and max(seen) <= 999
+    # uniform over [400, 1000): 800 draws; mean 699.5 (sd of the mean ≈ 6), both halves hit
+    assert abs(sum(seen) / len(seen) - 699.5) < 25
+    assert sum(t < 700 for t in seen) > 0.4 * len(seen) and sum(t >= 700 for t in seen) > 0.4 * len(seen)
+
+
+def test_timestep_bounds_none_without_ranges():
+    assert timestep_bounds([None, None]) is None
+
+
+def test_timestep_range_past_the_schedule_is_a_clear_error(tiny_sd15_path, tiny_set, tmp_path, capsys):
+    assert _run(tmp_path, tiny_sd15_path, tiny_set, "timestep_range_per_risk.exposure=[0,5000]") == 2
+    assert "goes past the model's 1000 training timesteps" in capsys.readouterr().err
+
+
+def test_timestep_range_reaches_training(tiny_sd15_path, tiny_set, tmp_path):
+    """A range changes what is trained (the pairs see other timesteps), and a checkpoint of a run without one
+    does not resume into a run with one (the digest includes a non-default range)."""
+    import dataclasses
+
+    from tests.training.conftest import tiny_config
+    from training.train import config_digest, train
+
+    losses = {}
+    for name, extra in (("full", ()), ("ranged", ("timestep_range_per_risk.exposure=[900,1000]",))):
+        run = tmp_path / name
+        train(tiny_config(tiny_sd15_path, tiny_set, run, *extra))
+        from training.metrics import read_metrics
+        losses[name] = [r["loss"] for r in read_metrics(run / "lora" / "metrics.jsonl")]
+    assert losses["full"] != losses["ranged"]
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "x")
+    assert config_digest(cfg) != config_digest(dataclasses.replace(cfg, timestep_range_per_risk={"exposure": [0, 500]}))
+    assert config_digest(cfg) == config_digest(dataclasses.replace(cfg, timestep_range_per_risk={}))
