@@ -108,7 +108,8 @@ class TrainConfig:
     # U[low, high) for a risk's pairs reweights that risk's terms toward the noise levels where its attribute is
     # decided. On the synthetic model a figure's group is settled only above t ≈ 400: denoised from t = 400 the
     # preferred group survives 88% of the time, from t = 800 only 15% (docs/training.md): the stereotype pairs
-    # drawn below that level teach nothing about which group to draw.
+    # drawn below that level teach nothing about which group to draw. Measured on the demo: a stronger push that
+    # overshoots onto one other group, not a better balance, so the demo does not use it.
     timestep_range_per_risk: dict[str, list[int]] = field(default_factory=dict)
 
     retain: RetainSettings = field(default_factory=RetainSettings)
