@@ -8,7 +8,7 @@ GPU machine:
 
     python -m benchmarks.attention_backends --unet --out $OUT/attention.json
 
-Finding (docs/performance.md, "Attention kernels"): torch 2.11 on an H100/H200 already runs cuDNN's fused
+Finding (docs/performance.md, "Session 7"): torch 2.11 on an H100/H200 already runs cuDNN's fused
 attention in the UNet, eager and compiled, so the 1.7x of cuDNN over flash is already in every figure.
 
 Shapes per image (B = images per UNet call): self-attention (B, heads, tokens, head_dim) and

@@ -18,7 +18,7 @@ from pathlib import Path
 
 # First match wins; the names are those of the kernels nsys/torch.profiler report on Hopper.
 CATEGORIES = [
-    ("attention", r"sdpa|fmha|flash|attention"),
+    ("attention", r"sdpa|fmha|flash|attention|dot_do_o|convert_dq"),  # the last two: cuDNN attention backward
     ("layout transpose", r"nchwToNhwc|nhwcToNchw|tensorTransform"),
     ("convolution", r"fprop|dgrad|wgrad|conv|implicit_gemm"),
     ("matmul (cuBLAS/CUTLASS)", r"gemm|xmma|cutlass|sm90_|nvjet|ampere_|sm80_"),
