@@ -69,7 +69,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         section[key] = yaml.safe_load(value)
 
-    prof = profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU],
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else []),
                    schedule=schedule(wait=args.warmup_steps, warmup=1, active=args.steps))
     draw_step = trainer.draw_step
 
