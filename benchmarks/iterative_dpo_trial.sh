@@ -3,7 +3,7 @@
 # the first round's pairs (docs/results/demo_recipe_sweep.md, session 7). Round 1 = the demo recipe on a carried
 # CPU-curated set; round 2 = stereotype-only curation with base + round-1 LoRA (the balance schedule then rejects
 # the groups the aligned model over-produces), merged with round 1's pairs, trained from the round-1 LoRA.
-# Usage (device tool): carry [".whl", "runs/fbset"]; bash benchmarks/iterative_dpo_trial.sh [STEPS ...]
+# Usage (device tool): carry [".whl", "runs/fbset"]; [R1_STEPS=600 R2_PAIRS=90] bash benchmarks/iterative_dpo_trial.sh [STEPS ...]
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -26,7 +26,7 @@ evaluate() {  # name, lora dir
 }
 s=$SECONDS
 python3 -m training.train --config configs/demo.yaml data=$SET/preference_set "${common[@]}" output_dir=$R/r1/lora \
-  work_dir=$R/r1/work > "$OUT/train-r1.log" 2>&1 || { tail -5 "$OUT/train-r1.log"; exit 1; }
+  work_dir=$R/r1/work max_train_steps=${R1_STEPS:-600} > "$OUT/train-r1.log" 2>&1 || { tail -5 "$OUT/train-r1.log"; exit 1; }
 evaluate r1 $R/r1/lora
 python3 -m data_curation.curate --config configs/demo.yaml lora=$R/r1/lora output_dir=$R/r2/preference_set \
   work_dir=$R/r2/work risks.exposure.target_pairs=0 risks.association.target_pairs=0 \
