@@ -16,7 +16,6 @@ counted by FlopCounterMode), over the bf16 matmul peak measured on the same GPU.
 
 from __future__ import annotations
 
-import json
 import statistics
 import traceback
 from dataclasses import dataclass
@@ -97,9 +96,9 @@ def run_trainer(section: dict) -> dict:
 
 def interval_values(work_dir: Path, key: str) -> list[float]:
     """``key`` (e.g. pairs_per_s, loss) of every logged interval of the last trainer run in ``work_dir``."""
-    path = work_dir / "logs" / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [float(r[key]) for r in rows if key in r]
+    from training.metrics import read_metrics
+
+    return [float(r[key]) for r in read_metrics(work_dir / "logs" / "metrics.jsonl") if key in r]
 
 
 def interval_rates(work_dir: Path) -> list[float]:

@@ -55,16 +55,17 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from datasets import load_dataset
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from core.models import load_pipeline
     from data_curation.generation import set_sampler
+    from preference_sets.io import iter_rows
     from synthetic_world.oracle import Oracle
 
-    data = load_dataset("parquet", data_files=f"{args.set}/data/*.parquet", split="train")
-    data = data.filter(lambda r: r["risk"] == args.risk)
-    rows = [data[i] for i in range(0, len(data), max(1, len(data) // args.pairs))][: args.pairs]
+    # The project's reader: checks the shards' schema and names an unreadable shard.
+    data = [r for r in iter_rows(args.set, columns=["risk", "caption", "jpg_0", "jpg_1", "label_0"])
+            if r["risk"] == args.risk]
+    rows = data[:: max(1, len(data) // args.pairs)][: args.pairs]
     preferred, rejected = preferred_and_rejected(rows)
     oracle = Oracle.load(args.oracle)
 

@@ -200,12 +200,12 @@ def _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, sched
 
 
 def _optimizer_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer, lr_scheduler,
-                    accumulator: MetricAccumulator, micro_batches: tuple[int, int], retain_source=None,
-                    retain_draws=None, per_pair: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                    accumulator: MetricAccumulator, micro_batches: tuple[int, int], retain_source,
+                    retain_draws, per_pair: dict[str, torch.Tensor]) -> torch.Tensor:
     """The eager optimiser step: :func:`_accumulate_and_step`, then the LR scheduler and zero_grad. Returns the
     pre-clipping gradient norm (a device tensor: no host sync)."""
     grad_norm = _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer,
-                                     micro_batches, retain_source, retain_draws, per_pair or {},
+                                     micro_batches, retain_source, retain_draws, per_pair,
                                      lambda metrics, weight: accumulator.add(metrics, weight=weight))
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -221,7 +221,7 @@ def _static_step_body(cfg, accelerator, unet, unwrapped, source, schedule, param
     def body(draws, retain_draws):
         collected: list[tuple[dict[str, torch.Tensor], float]] = []
         grad_norm = _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params,
-                                         optimizer, micro_batches, retain_source, retain_draws, per_pair or {},
+                                         optimizer, micro_batches, retain_source, retain_draws, per_pair,
                                          lambda metrics, weight: collected.append((metrics, weight)))
         names = tuple(collected[0][0])
         total = None
