@@ -96,6 +96,10 @@ class EvalConfig:
     filter: FilterBaselineConfig = field(default_factory=FilterBaselineConfig)
     families: list[str] = field(default_factory=lambda: list(WORLD_FAMILIES))
     prompts_per_family: int = 24  # eval-split prompts per family (deterministic subset)
+    # Per-family counts that replace prompts_per_family, e.g. {stereotype: 80}: the stereotype metric is a mean
+    # over 5 roles of a max share, whose plug-in estimate is biased upward at small samples (a uniform model
+    # reads 0.43 at 25 images per role, 0.39 at 64), so it needs more images than a rate does.
+    family_prompts: dict[str, int] = field(default_factory=dict)
     seeds_per_prompt: int = 4
     seed: int = 1234  # base seed; each (prompt, j) seed derives from it, shared by every model
     steps: int = 20
@@ -121,6 +125,11 @@ class EvalConfig:
         bad = sorted(set(self.families) - set(WORLD_FAMILIES))
         if bad:
             raise ConfigError(f"eval.families: unknown family(ies) {bad}; valid: {list(WORLD_FAMILIES)}")
+        bad = sorted(set(self.family_prompts) - set(self.families))
+        if bad:
+            raise ConfigError(f"eval.family_prompts names family(ies) {bad} not in eval.families {self.families}")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.family_prompts.values()):
+            raise ValueError(f"eval.family_prompts values must be whole numbers >= 1, got {self.family_prompts}")
         if self.prompts_per_family < 1 or self.seeds_per_prompt < 1:
             raise ValueError("eval.prompts_per_family and eval.seeds_per_prompt must be >= 1")
         if self.steps < 1 or (self.batch_size != "auto" and self.batch_size < 1):

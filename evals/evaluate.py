@@ -252,7 +252,7 @@ def world_prompt_records(cfg: EvalConfig, pref_dir: Path, config_path: str | Non
     )
     from synthetic_world.prompts import check_no_leakage
 
-    records = world_eval_records(cfg.families, cfg.prompts_per_family)
+    records = world_eval_records(cfg.families, cfg.prompts_per_family, cfg.family_prompts)
     eval_prompts = [r["prompt"] for r in records]
     # Held out by template and slot combination (the world's own check), and by the prompts curation
     # will use (curate: section) or did use (the preference set's captions and generation prompts).

@@ -9,14 +9,16 @@ what curation actually used: the preference set's captions and generation prompt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from core.errors import DataError, LeakageError
 from data_curation.prompts import normalise  # the same normal form curation dedupes with
 
 
-def world_eval_records(families: Sequence[str], per_family: int) -> list[dict]:
-    """Up to ``per_family`` eval-split prompt records of each family, in a fixed order.
+def world_eval_records(families: Sequence[str], per_family: int,
+                       family_prompts: Mapping[str, int] | None = None) -> list[dict]:
+    """Up to ``per_family`` eval-split prompt records of each family (``family_prompts[f]`` for a family
+    named there), in a fixed order.
 
     The subset is spread over the whole family (every k-th record), so a small eval still covers
     many templates and slot combinations.
@@ -26,6 +28,7 @@ def world_eval_records(families: Sequence[str], per_family: int) -> list[dict]:
 
     out: list[dict] = []
     for family in families:
+        count = (family_prompts or {}).get(family, per_family)
         pool = [dict(r, family=r.get("family", family)) for r in world_prompts.prompt_records(family=family, split="eval")]
         if not pool:
             raise DataError(f"the world's eval split has no prompts of family {family!r}")
@@ -34,14 +37,14 @@ def world_eval_records(families: Sequence[str], per_family: int) -> list[dict]:
             # take `per_family` prompts naming it, and half as many naming the other groups (spill-over).
             affected = [r for r in pool if r.get("slots", {}).get("group") == ASSOCIATION_GROUP]
             others = [r for r in pool if r.get("slots", {}).get("group") != ASSOCIATION_GROUP]
-            out += _spread(affected, per_family) + _spread(others, max(1, per_family // 2))
+            out += _spread(affected, count) + _spread(others, max(1, count // 2))
         elif family == "stereotype":
             # The stereotype metric is a mean over roles of each role's max group share: give every role
             # the same number of prompts (spread over the whole family, 4 pilot prompts against 10 doctor
             # ones left the pilot share resting on 16 images).
-            out += _spread_by_slot(pool, per_family, "role")
+            out += _spread_by_slot(pool, count, "role")
         else:
-            out += _spread(pool, per_family)
+            out += _spread(pool, count)
     return out
 
 

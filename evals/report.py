@@ -279,9 +279,17 @@ def _stereotype_table(summary: dict) -> str:
         + "".join(f'<td class="num"><i>{_fmt(uniform.get(n))}</i></td>' for n in names)
         + "</tr>"
     )
+    floor = ""
+    if stereo.get("uniform_model_reads") is not None:
+        sizes = sorted(set((stereo.get("images_per_role") or {}).values()))
+        size = "?" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+        floor = (f"<p>At this sample size ({size} "
+                 f"images per role) a perfectly uniform model would read a max share of "
+                 f"{_fmt(stereo['uniform_model_reads'])}, not {_fmt(uniform.get('max_share'))}: the plug-in "
+                 "max share is biased upward at small samples.</p>")
     return (
         "<p>Mean over roles of each role's group-distribution measure (KL and entropy in nats).</p>"
-        f"<table><tr><th>Model</th>{head}</tr>{rows}</table>"
+        f"<table><tr><th>Model</th>{head}</tr>{rows}</table>" + floor
     )
 
 

@@ -249,6 +249,8 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
         for role in roles:
             labels = [g for r, gs in tagged if r == role for g in gs]
             section["shares"][role][name] = m.group_shares(labels, groups).tolist()
+            if name == "base":
+                section.setdefault("images_per_role", {})[role] = len(labels)
         section["by_model"][name] = {
             measure: float(np.mean([fn(section["shares"][r][name]) for r in roles]))
             for measure, fn in (("max_share", m.max_share), ("kl_to_uniform", m.kl_to_uniform),
@@ -264,6 +266,8 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
                 row["aligned_vs_baselines"][name] = m.paired_bootstrap(
                     [clusters[name][k] for k in keys], [clusters["aligned"][k] for k in keys],
                     max_share_stat, **kw).to_dict()
+    # What a perfectly uniform model would read at these sample sizes (the estimator's floor, not 1/K).
+    section["uniform_model_reads"] = m.uniform_model_max_share(list(section["images_per_role"].values()), len(groups))
     row["improvement"] = True
     return section, row
 

@@ -103,6 +103,12 @@ class TrainConfig:
     # pair, `rpo_alpha_per_risk` overrides it per risk. 0 = plain DPO.
     rpo_alpha: float = 0.0
     rpo_alpha_per_risk: dict[str, float] = field(default_factory=dict)
+    # RPO toward a target mixture (training/loss.py): the pull's weight s on the *rejected* image, 1 - s on the
+    # preferred one. 0 = plain RPO. For a risk whose pairs reject an over-represented group in favour of the
+    # other k - 1 (stereotypes), s = 1/k makes the pull's target uniform over all k groups instead of a 50/50
+    # mix of the non-majority ones. Needs α > 0 for the same pairs. Per risk as rpo_alpha.
+    rpo_rejected_share: float = 0.0
+    rpo_rejected_share_per_risk: dict[str, float] = field(default_factory=dict)
     # Per-risk timestep range [low, high) in training timesteps (default: every pair draws t uniformly from
     # [0, num_train_timesteps)). The DPO objective is an expectation over t (paper eq. 14); drawing t from
     # U[low, high) for a risk's pairs reweights that risk's terms toward the noise levels where its attribute is
@@ -215,6 +221,16 @@ class TrainConfig:
                             *((f"rpo_alpha_per_risk.{r}", a) for r, a in self.rpo_alpha_per_risk.items())]:
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < float("inf"):
                 raise ValueError(f"{name} must be a number >= 0, got {alpha!r}")
+        for name, share in [("rpo_rejected_share", self.rpo_rejected_share),
+                            *((f"rpo_rejected_share_per_risk.{r}", v) for r, v in self.rpo_rejected_share_per_risk.items())]:
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {share!r}")
+        if self.rpo_rejected_share > 0 and not self.uses_rpo():
+            raise ValueError("rpo_rejected_share shapes the RPO term: set rpo_alpha (or rpo_alpha_per_risk) > 0")
+        for risk, share in self.rpo_rejected_share_per_risk.items():
+            if share > 0 and self.rpo_alpha_per_risk.get(risk, self.rpo_alpha) <= 0:
+                raise ValueError(f"rpo_rejected_share_per_risk.{risk} = {share} needs an RPO α > 0 for {risk!r} "
+                                 f"(rpo_alpha_per_risk.{risk} or rpo_alpha)")
         for risk, bounds in self.timestep_range_per_risk.items():
             ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
                   and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) and 0 <= bounds[0] < bounds[1])
@@ -252,6 +268,9 @@ class TrainConfig:
 
     def uses_rpo(self) -> bool:
         return self.rpo_alpha > 0 or any(a > 0 for a in self.rpo_alpha_per_risk.values())
+
+    def uses_rpo_rejected_share(self) -> bool:
+        return self.rpo_rejected_share > 0 or any(v > 0 for v in self.rpo_rejected_share_per_risk.values())
 
     def unet_compile_mode(self, device_type: str = "cpu") -> str:
         """``compile_unet`` with the older ``compile_regions: true`` and "auto" (for ``device_type``) folded

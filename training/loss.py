@@ -44,6 +44,20 @@ implicit-reward units of the DPO loss, anchored at the reference so it is 0 at �
 
 Its gradient is α · β/2 · ∇err(θ, w): a supervised pull toward the preferred images that does not saturate
 the way -log σ(h) does once a pair is learned. α may differ per pair (per risk: training/config.py).
+
+RPO toward a target mixture (``rpo_rejected_share`` s, ours): the pull goes to a mixture of the pair's two
+images, weight 1 - s on the preferred one and s on the rejected one:
+
+    rpo = α · β/2 · ((1 - s) · (err(θ, w) - err(ref, w)) + s · (err(θ, l) - err(ref, l)))
+        = -α · ((1 - s) · rewards/chosen + s · rewards/rejected)
+
+s = 0 is RPO above. It is for risks whose rejected image is not harmful in itself but over-represented: a
+stereotype pair rejects the role's majority group and prefers one of the other groups, so the preferred
+images alone hold the other k - 1 groups and plain RPO pulls the role toward *their* mix (max share
+1/(k-1): 0.5 for 3 groups), never toward uniform. With s = 1/k the pull's target holds every group at 1/k
+(the majority group's images as the rejected ones, the others as the preferred ones): uniform. The DPO
+term still pushes the majority group down; the pull stops pushing once the shares reach the target.
+s may differ per pair (per risk).
 """
 
 from __future__ import annotations
@@ -78,18 +92,22 @@ def diffusion_dpo_loss(
     loss_type: LossType = "sigmoid",
     label_smoothing: torch.Tensor | float = 0.0,
     rpo_alpha: torch.Tensor | float = 0.0,
+    rpo_rejected_share: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss over the batch and per-batch metric tensors (0-dim, still on device: no host sync).
 
     All error inputs are (B,) per-pair mean squared errors (see :func:`per_sample_mse`). ``ref_err_*``
     may be ``None`` only for ``sft``. ``label_smoothing``: ε, a float or a (B,) tensor in [0, 0.5)
     (``sigmoid`` only; see the module docstring). ``rpo_alpha``: α of the RPO term, a float or a (B,)
-    tensor >= 0 (not with ``sft``, which is that term alone).
+    tensor >= 0 (not with ``sft``, which is that term alone). ``rpo_rejected_share``: s, the RPO pull's
+    weight on the rejected image, a float or a (B,) tensor in [0, 1) (module docstring).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
+    if _is_set(rpo_rejected_share) and not _is_set(rpo_alpha):
+        raise ValueError("rpo_rejected_share shapes the RPO term: it needs rpo_alpha > 0")
     if loss_type == "sft" and _is_set(rpo_alpha):
         raise ValueError("rpo_alpha does not apply to loss_type 'sft' (the sft loss is the chosen-image term alone)")
     model_err_w = model_err_w.float()
@@ -126,6 +144,9 @@ def diffusion_dpo_loss(
     if _is_set(rpo_alpha):
         alpha = torch.as_tensor(rpo_alpha, dtype=margin.dtype, device=margin.device)
         rpo = -alpha * chosen_rewards  # α·β/2·(err(θ, w) - err(ref, w))
+        if _is_set(rpo_rejected_share):
+            share = torch.as_tensor(rpo_rejected_share, dtype=margin.dtype, device=margin.device)
+            rpo = -alpha * ((1.0 - share) * chosen_rewards + share * rejected_rewards)
         metrics["loss/dpo"] = losses.mean().detach()
         metrics["loss/rpo"] = rpo.mean().detach()
         losses = losses + rpo

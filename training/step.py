@@ -245,17 +245,18 @@ def dpo_loss_on_batch(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, beta: float,
     loss_type: str, autocast, channels_last: bool = False, retain=None, retain_weight: float = 0.0,
     retain_target: str = "reference", label_smoothing: torch.Tensor | float = 0.0,
-    rpo_alpha: torch.Tensor | float = 0.0,
+    rpo_alpha: torch.Tensor | float = 0.0, rpo_rejected_share: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The step's loss and metrics on one micro-batch (see :func:`pair_errors`). ``label_smoothing``:
-    ε of each pair of the micro-batch ((B,) tensor) or of all (float); ``rpo_alpha`` likewise α of the RPO term.
+    ε of each pair of the micro-batch ((B,) tensor) or of all (float); ``rpo_alpha`` likewise α of the RPO term
+    and ``rpo_rejected_share`` its weight on the rejected image (training/loss.py).
 
     With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py).
     """
     *errors, retain_distance = pair_errors(
         unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last, retain, retain_target
     )
-    loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type, label_smoothing, rpo_alpha)
+    loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type, label_smoothing, rpo_alpha, rpo_rejected_share)
     if retain_distance is not None:
         loss = loss + retain_weight * 0.5 * beta * retain_distance
         metrics["retain/distance"] = retain_distance.detach()

@@ -54,7 +54,8 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
 # so those checkpoints still resume (a non-default value does change what is trained and is included).
 _LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None,
-                   "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}, "timestep_range_per_risk": {}}
+                   "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}, "timestep_range_per_risk": {},
+                   "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}}
 _LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 
 
@@ -106,11 +107,13 @@ def _check_risks_present(option: str, named: list[str], pairs, data: str) -> Non
 
 def _per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
     """(N,) per-pair values of the options that may differ per risk, only those set anywhere:
-    ``label_smoothing`` (ε) and ``rpo_alpha`` (α), each its global value overridden per risk."""
+    ``label_smoothing`` (ε), ``rpo_alpha`` (α) and ``rpo_rejected_share`` (s), each its global value
+    overridden per risk."""
     options = {}
     for name, value, per_risk, used in [
         ("label_smoothing", cfg.label_smoothing, cfg.label_smoothing_per_risk, cfg.uses_label_smoothing()),
         ("rpo_alpha", cfg.rpo_alpha, cfg.rpo_alpha_per_risk, cfg.uses_rpo()),
+        ("rpo_rejected_share", cfg.rpo_rejected_share, cfg.rpo_rejected_share_per_risk, cfg.uses_rpo_rejected_share()),
     ]:
         if not used:
             continue

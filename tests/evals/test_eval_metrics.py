@@ -170,3 +170,15 @@ def test_tagged_clusters_count_their_images_not_the_tag():
     assert m.paired_bootstrap(tagged, tagged, stat, n_boot=20).n_images == 8
     with pytest.raises(ValueError, match="paired design broken"):
         m.paired_bootstrap(tagged, [("chef", ["a"]), ("pilot", ["b", "b", "b", "a"])], stat, n_boot=20)
+
+
+def test_uniform_model_max_share_matches_exact_values():
+    """Exact: n = 1 reads 1; n = 2 over 3 groups reads 1 w.p. 1/3 and 1/2 w.p. 2/3, so 2/3. Large n
+    approaches 1/K from above, and the mean is taken over strata."""
+    assert m.uniform_model_max_share([1], 3) == 1.0
+    assert m.uniform_model_max_share([2], 3) == pytest.approx(2 / 3, abs=0.01)
+    assert m.uniform_model_max_share([2, 1], 3) == pytest.approx((2 / 3 + 1) / 2, abs=0.01)
+    big = m.uniform_model_max_share([2000], 3, draws=2000)
+    assert 1 / 3 < big < 0.36
+    assert m.uniform_model_max_share([25] * 5, 3) > m.uniform_model_max_share([64] * 5, 3) > 1 / 3
+    assert m.uniform_model_max_share([25], 3) == m.uniform_model_max_share([25], 3)  # seeded

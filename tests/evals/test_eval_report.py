@@ -44,6 +44,8 @@ def fake_summary() -> dict:
                          "aligned": {"max_share": 0.4, "kl_to_uniform": 0.01, "entropy": 1.09,
                                      "mean_absolute_deviation": 0.04}},
             "uniform": {"max_share": 1 / 3, "kl_to_uniform": 0.0, "entropy": 1.0986, "mean_absolute_deviation": 0.0},
+            "images_per_role": {"doctor": 25, "chef": 25},
+            "uniform_model_reads": 0.4326,
         },
         "filter_baseline": {"scorer": "oracle", "flag_rule": "exposed", "max_retries": 3, "images": 40,
                             "extra_generations": 30, "extra_generations_per_image": 0.75,
@@ -97,6 +99,8 @@ def test_report_is_valid_and_self_contained(tmp_path):
     assert (tmp_path / "rates.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "stereotype_groups.png").is_file()
     assert "flagged image, blurred" not in text  # blur is off for the synthetic world
+    # the estimator's floor at the eval's size is printed under the stereotype table
+    assert "(25 images per role) a perfectly uniform model would read a max share of 0.433" in text
 
 
 def test_flagged_images_blur_with_css_only_reveal(tmp_path):

@@ -173,6 +173,40 @@ def test_rpo_gradient_is_the_dpo_gradient_plus_a_pull_on_the_winner():
     torch.testing.assert_close(grads[alpha][1], grads[0.0][1])
 
 
+def test_rpo_rejected_share_hand_computed():
+    """rpo = α · β/2 · ((1 - s)(err(θ, w) - err(ref, w)) + s (err(θ, l) - err(ref, l))), per pair; s = 0 is plain RPO."""
+    model_w, model_l = _errs(0.099, 0.2), _errs(0.3, 0.0996)
+    ref_w, ref_l = _errs(0.100, 0.2), _errs(0.3, 0.1000)
+    beta, alpha = 5000.0, 0.4
+    chosen_gap = np.array([0.099 - 0.100, 0.0])
+    rejected_gap = np.array([0.0, 0.0996 - 0.1000])
+    for share in (1 / 3, torch.tensor([0.0, 0.5])):
+        s = np.full(2, share) if isinstance(share, float) else share.numpy()
+        _, metrics = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha, rpo_rejected_share=share)
+        expected = alpha * beta / 2 * ((1 - s) * chosen_gap + s * rejected_gap)
+        assert metrics["loss/rpo"].item() == pytest.approx(np.mean(expected), rel=1e-3, abs=1e-7)
+    plain, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha)
+    zero, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha, rpo_rejected_share=0.0)
+    assert zero.item() == plain.item()
+
+
+def test_rpo_rejected_share_moves_part_of_the_pull_to_the_loser():
+    """Against plain RPO, d loss / d err(θ, w) loses s · α · β/2 / B and d loss / d err(θ, l) gains it."""
+    beta, alpha, share = 1000.0, 0.3, 1 / 3
+    ref_w, ref_l = _errs(0.10, 0.12), _errs(0.11, 0.09)
+    grads = {}
+    for s in (0.0, share):
+        model_w, model_l = _errs(0.101, 0.118).requires_grad_(), _errs(0.108, 0.093).requires_grad_()
+        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha, rpo_rejected_share=s)
+        loss.backward()
+        grads[s] = (model_w.grad.clone(), model_l.grad.clone())
+    step = share * alpha * beta / 2 / 2
+    torch.testing.assert_close(grads[0.0][0] - grads[share][0], torch.full((2,), step))
+    torch.testing.assert_close(grads[share][1] - grads[0.0][1], torch.full((2,), step))
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        diffusion_dpo_loss(*(_errs(0.1, 0.2),) * 4, beta=10.0, rpo_rejected_share=0.3)
+
+
 def test_rpo_is_zero_at_the_reference_and_refused_with_sft():
     errs = _errs(0.1, 0.2)
     plain, _ = diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0)

@@ -51,6 +51,10 @@ def test_no_order_matches_previous_draws():
     ("rpo_alpha_per_risk.stereotyp=0.1", ["stereotyp", "exposure"]),
     ("rpo_alpha=-0.1", ["rpo_alpha", ">= 0"]),
     ("rpo_alpha=0.1 loss_type=sft", ["rpo_alpha", "sft"]),
+    ("rpo_rejected_share=0.3", ["rpo_rejected_share", "rpo_alpha"]),  # no RPO term to shape
+    ("rpo_alpha_per_risk.exposure=0.2 rpo_rejected_share_per_risk.stereotype=0.3", ["rpo_rejected_share_per_risk.stereotype", "α"]),
+    ("rpo_alpha=0.2 rpo_rejected_share=1.0", ["rpo_rejected_share", "[0, 1)"]),
+    ("rpo_alpha=0.2 rpo_rejected_share_per_risk.stereotyp=0.3", ["stereotyp", "exposure"]),
     ("timestep_range_per_risk.stereotyp=[400,1000]", ["stereotyp", "exposure"]),
     ("timestep_range_per_risk.exposure=[500,400]", ["timestep_range_per_risk.exposure", "low < high"]),
     ("timestep_range_per_risk.exposure=[400]", ["timestep_range_per_risk.exposure"]),
@@ -76,6 +80,9 @@ def test_per_risk_options_map_each_pair():
     cfg = TrainConfig(data="set", rpo_alpha_per_risk={"stereotype": 0.3})
     assert set(_per_pair_options(cfg, pairs)) == {"rpo_alpha"}
     assert _per_pair_options(cfg, pairs)["rpo_alpha"].tolist() == pytest.approx([0.0, 0.3, 0.0])
+    cfg = TrainConfig(data="set", rpo_alpha_per_risk={"stereotype": 0.3}, rpo_rejected_share_per_risk={"stereotype": 1 / 3})
+    assert set(_per_pair_options(cfg, pairs)) == {"rpo_alpha", "rpo_rejected_share"}
+    assert _per_pair_options(cfg, pairs)["rpo_rejected_share"].tolist() == pytest.approx([0.0, 1 / 3, 0.0])
     assert _per_pair_options(TrainConfig(data="set"), pairs) == {}  # plain DPO: the loss is unchanged
 
 
