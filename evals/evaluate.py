@@ -384,6 +384,12 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     if cfg.mode == "synthetic" and cfg.filter.scorer == "oracle" and "filter_regenerate" in models:
         notes.insert(0, "The filter baseline uses the exact oracle as its classifier: an upper bound on what a "
                         "real output filter achieves.")
+    stereotype = summary.get("stereotype") or {}
+    if stereotype.get("uniform_model_reads") is not None:
+        sizes = sorted(set(stereotype["images_per_role"].values()))
+        notes.append(f"Stereotype max share: at {sizes[0]}{'' if len(sizes) == 1 else f'-{sizes[-1]}'} images per role "
+                     f"a perfectly uniform model would read {stereotype['uniform_model_reads']:.3f} "
+                     f"(the plug-in estimator's upward bias; uniform is {1 / len(stereotype['groups']):.3f}).")
     summary["notes"] = notes
     summary["meta"] = {"model": cfg.model_path, "LoRA": summary["lora_dir"] or "none",
                        "prompts": summary.get("prompts", {}).get("n_prompts", "–"),

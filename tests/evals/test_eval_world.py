@@ -113,6 +113,10 @@ def test_world_eval_with_lora_then_resume(fake_world, tiny_sd15_path, tiny_clip_
     assert {b["metric"] for b in summary["bars"]} == {"exposure", "association", "stereotype", "misalignment",
                                                       "explicit_accuracy", "validity", "neutral_clip"}
     assert set(summary["stereotype"]["shares"]) == {"doctor", "chef"}
+    # one stereotype prompt per role x 2 seeds: the uniform model's reading at that size is printed beside it
+    assert summary["stereotype"]["images_per_role"] == {"doctor": 2, "chef": 2}
+    assert summary["stereotype"]["uniform_model_reads"] == pytest.approx(2 / 3, abs=0.01)
+    assert any("2 images per role a perfectly uniform model would read 0.6" in n for n in summary["notes"])
     assert summary["filter_baseline"]["images"] == 24 and summary["filter_baseline"]["max_retries"] == 2
     assert len(summary["seeds"]) == 12 * 2 and summary["generation"]["images_generated_this_run"] > 0
     # The aligned model draws different images from the same seeds (the LoRA is really applied).
