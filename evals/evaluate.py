@@ -20,6 +20,7 @@ from core.errors import ConfigError, PipelineError
 from core.io import atomic_write_json, stable_key
 from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
 from evals.config import EvalConfig
+from evals.metrics import sample_size_label
 from evals.report import ImageGrid, console_table, write_report
 from evals.runner import (
     EvalSession,
@@ -386,8 +387,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
                         "real output filter achieves.")
     stereotype = summary.get("stereotype") or {}
     if stereotype.get("uniform_model_reads") is not None:
-        sizes = sorted(set(stereotype["images_per_role"].values()))
-        notes.append(f"Stereotype max share: at {sizes[0]}{'' if len(sizes) == 1 else f'-{sizes[-1]}'} images per role "
+        notes.append(f"Stereotype max share: at {sample_size_label(stereotype['images_per_role'])} images per role "
                      f"a perfectly uniform model would read {stereotype['uniform_model_reads']:.3f} "
                      f"(the plug-in estimator's upward bias; uniform is {1 / len(stereotype['groups']):.3f}).")
     summary["notes"] = notes

@@ -143,6 +143,14 @@ def uniform_model_max_share(images_per_stratum: Sequence[int], num_groups: int, 
     return float(np.mean(per_stratum)) if per_stratum else float("nan")
 
 
+def sample_size_label(images_per_role: dict) -> str:
+    """"64" when every role has 64 images, "60–64" when they differ ("?" when there are none)."""
+    sizes = sorted(set(images_per_role.values()))
+    if not sizes:
+        return "?"
+    return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+
+
 def distribution_metrics(shares: Sequence[float]) -> dict:
     """All distribution measures of one share vector, for reports."""
     return {

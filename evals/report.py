@@ -21,6 +21,7 @@ import numpy as np
 
 from core.images import encode_png
 from core.io import atomic_write_bytes, atomic_write_text
+from evals.metrics import sample_size_label
 
 # One colour per model, stable across plots (colour-blind friendly Okabe-Ito palette).
 MODEL_COLORS = {
@@ -281,8 +282,7 @@ def _stereotype_table(summary: dict) -> str:
     )
     floor = ""
     if stereo.get("uniform_model_reads") is not None:
-        sizes = sorted(set((stereo.get("images_per_role") or {}).values()))
-        size = "?" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+        size = sample_size_label(stereo.get("images_per_role") or {})
         floor = (f"<p>At this sample size ({size} "
                  f"images per role) a perfectly uniform model would read a max share of "
                  f"{_fmt(stereo['uniform_model_reads'])}, not {_fmt(uniform.get('max_share'))}: the plug-in "

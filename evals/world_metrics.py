@@ -236,7 +236,7 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
     kw = dict(n_boot=boot.n_boot, confidence=boot.confidence, seed=boot.seed)
     groups = list(GROUPS)
     roles = sorted({clusters["base"][k][0] for k in keys})
-    section = {"groups": groups, "roles": roles, "shares": {r: {} for r in roles}, "by_model": {},
+    section = {"groups": groups, "roles": roles, "shares": {r: {} for r in roles}, "by_model": {}, "images_per_role": {},
                "uniform": m.distribution_metrics(np.full(len(groups), 1.0 / len(groups)))}
     row = {"id": "stereotype", "short": "stereotype max share",
            "title": "Stereotype: max group share (mean over roles) for unspecified-group role prompts",
@@ -249,8 +249,8 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
         for role in roles:
             labels = [g for r, gs in tagged if r == role for g in gs]
             section["shares"][role][name] = m.group_shares(labels, groups).tolist()
-            if name == "base":
-                section.setdefault("images_per_role", {})[role] = len(labels)
+            if name == "base":  # every model is read at the same prompts and seeds
+                section["images_per_role"][role] = len(labels)
         section["by_model"][name] = {
             measure: float(np.mean([fn(section["shares"][r][name]) for r in roles]))
             for measure, fn in (("max_share", m.max_share), ("kl_to_uniform", m.kl_to_uniform),

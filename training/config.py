@@ -213,16 +213,13 @@ class TrainConfig:
         for risk, repeats in self.risk_repeats.items():
             if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
                 raise ValueError(f"risk_repeats.{risk} must be a whole number >= 0, got {repeats!r}")
-        for name, eps in [("label_smoothing", self.label_smoothing),
-                          *((f"label_smoothing_per_risk.{r}", e) for r, e in self.label_smoothing_per_risk.items())]:
+        for name, eps in self._global_and_per_risk("label_smoothing"):
             if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 0.5:
                 raise ValueError(f"{name} must be a number in [0, 0.5), got {eps!r}")
-        for name, alpha in [("rpo_alpha", self.rpo_alpha),
-                            *((f"rpo_alpha_per_risk.{r}", a) for r, a in self.rpo_alpha_per_risk.items())]:
+        for name, alpha in self._global_and_per_risk("rpo_alpha"):
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < float("inf"):
                 raise ValueError(f"{name} must be a number >= 0, got {alpha!r}")
-        for name, share in [("rpo_rejected_share", self.rpo_rejected_share),
-                            *((f"rpo_rejected_share_per_risk.{r}", v) for r, v in self.rpo_rejected_share_per_risk.items())]:
+        for name, share in self._global_and_per_risk("rpo_rejected_share"):
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {share!r}")
         if self.rpo_rejected_share > 0 and not self.uses_rpo():
@@ -265,6 +262,11 @@ class TrainConfig:
 
     def uses_label_smoothing(self) -> bool:
         return self.label_smoothing > 0 or any(e > 0 for e in self.label_smoothing_per_risk.values())
+
+    def _global_and_per_risk(self, option: str) -> list[tuple[str, object]]:
+        """(name, value) of ``option`` and of each entry of ``option``_per_risk, for validation messages."""
+        per_risk = getattr(self, f"{option}_per_risk")
+        return [(option, getattr(self, option)), *((f"{option}_per_risk.{r}", v) for r, v in per_risk.items())]
 
     def uses_rpo(self) -> bool:
         return self.rpo_alpha > 0 or any(a > 0 for a in self.rpo_alpha_per_risk.values())

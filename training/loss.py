@@ -143,10 +143,11 @@ def diffusion_dpo_loss(
         losses = (margin / beta - 1.0 / (2.0 * beta)).pow(2)
     if _is_set(rpo_alpha):
         alpha = torch.as_tensor(rpo_alpha, dtype=margin.dtype, device=margin.device)
-        rpo = -alpha * chosen_rewards  # α·β/2·(err(θ, w) - err(ref, w))
-        if _is_set(rpo_rejected_share):
+        pulled = chosen_rewards  # the pull's target: the preferred image (s = 0)
+        if _is_set(rpo_rejected_share):  # or the (1 - s, s) mixture of the pair's images
             share = torch.as_tensor(rpo_rejected_share, dtype=margin.dtype, device=margin.device)
-            rpo = -alpha * ((1.0 - share) * chosen_rewards + share * rejected_rewards)
+            pulled = (1.0 - share) * chosen_rewards + share * rejected_rewards
+        rpo = -alpha * pulled  # α·β/2·(err(θ, target) - err(ref, target))
         metrics["loss/dpo"] = losses.mean().detach()
         metrics["loss/rpo"] = rpo.mean().detach()
         losses = losses + rpo
