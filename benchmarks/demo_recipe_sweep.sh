@@ -8,8 +8,7 @@
 #   SWEEP_DATA=runs/other/preference_set ...   train on another carried set
 #   SWEEP_EVAL_ARGS="prompts_per_family=80" ...  eval overrides (a larger eval sample)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 OUT=${OUT:-/tmp/sweep-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "${SKIP_DEMO:-0}" != 1 ]; then
@@ -29,14 +28,7 @@ point() {  # name, then train overrides
     output_dir=runs/sweep/$name/lora work_dir=runs/sweep/$name/work progress_bar=false "$@" > "$OUT/train-$name.log" 2>&1 || { echo "$name train failed"; return; }
   python3 -m evals.evaluate --config configs/demo.yaml "models=[base, aligned]" lora_dir=runs/sweep/$name/lora \
     output_dir=runs/sweep/$name/eval ${SWEEP_EVAL_ARGS:-} > "$OUT/eval-$name.log" 2>&1 || { echo "$name eval failed"; tail -3 "$OUT/eval-$name.log"; return; }
-  python3 - "$name" "$*" runs/sweep/$name/eval/summary.json <<'PY' | tee -a "$OUT/sweep.txt"
-import json, sys
-name, args, path = sys.argv[1:4]
-s = json.load(open(path))
-cells = [f"{b['metric']}={b['aligned']:.3f}{'+' if b['met'] else '-'}" for b in s["bars"]]
-roles = " ".join(f"{role} " + "/".join(f"{v:.2f}" for v in shares["aligned"]) for role, shares in s["stereotype"]["shares"].items())
-print(f"{name:3s} [{args}] " + " ".join(cells) + f" | aligned shares ({'/'.join(s['stereotype']['groups'])}): {roles}")
-PY
+  python3 -m benchmarks.print_bars "$name" runs/sweep/$name/eval/summary.json "$*" | tee -a "$OUT/sweep.txt"
 }
 if [ $# -gt 0 ]; then  # each argument: "NAME key=value ..."
   for spec in "$@"; do point $spec; done

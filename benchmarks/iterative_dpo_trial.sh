@@ -5,20 +5,12 @@
 # the groups the aligned model over-produces), merged with round 1's pairs, trained from the round-1 LoRA.
 # Usage (device tool): carry [".whl", "runs/fbset"]; [R1_STEPS=600 R2_PAIRS=90] bash benchmarks/iterative_dpo_trial.sh [STEPS ...]
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 OUT=${OUT:-/tmp/iter-out}; mkdir -p "$OUT"
 SET=${SET:-runs/fbset}; R=runs/iter
 common=(retain.data=$SET/retain_set mixed_precision=fp32 progress_bar=false)
 bars() {  # name, eval summary
-  python3 - "$1" "$2" <<'PY' | tee -a "$OUT/iter.txt"
-import json, sys
-name, path = sys.argv[1:3]
-s = json.load(open(path))
-cells = [f"{b['metric']}={b['aligned']:.3f}{'+' if b['met'] else '-'}" for b in s["bars"]]
-roles = {role: [round(x, 2) for x in shares["aligned"]] for role, shares in s["stereotype"]["shares"].items()}
-print(f"{name}: " + " ".join(cells) + f" | aligned shares (zorvan, quelli, mirdan) per role: {roles}")
-PY
+  python3 -m benchmarks.print_bars "$1" "$2" | tee -a "$OUT/iter.txt"
 }
 evaluate() {  # name, lora dir
   python3 -m evals.evaluate --config configs/demo.yaml "models=[base, aligned]" lora_dir=$2 output_dir=$R/$1/eval \

@@ -48,10 +48,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    import yaml
     from torch.profiler import ProfilerActivity, profile, schedule
 
     import training.train as trainer
+    from core.config import apply_overrides
     from benchmarks.bench import prepare_arch
     from benchmarks.config import BenchConfig
     from benchmarks.train_bench import TrainPoint, run_trainer, trainer_overrides
@@ -64,10 +64,9 @@ def main() -> None:
     point = TrainPoint(args.micro_batch, False, "fast", regional_compile=args.compile == "regions",
                        full_compile=args.compile == "full")
     total = args.warmup_steps + 1 + args.steps
-    section = trainer_overrides(point, model_dir, data_dir, work / "train", total, total, {})
-    for item in args.extra:
-        key, value = item.split("=", 1)
-        section[key] = yaml.safe_load(value)
+    # The project's key=value overrides (YAML values, dotted keys, a clear error for a malformed one).
+    section = apply_overrides(trainer_overrides(point, model_dir, data_dir, work / "train", total, total, {}),
+                              args.extra)
 
     prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else []),
                    schedule=schedule(wait=args.warmup_steps, warmup=1, active=args.steps))
@@ -78,11 +77,13 @@ def main() -> None:
         return draw_step(*a, **k)
 
     trainer.draw_step = stepping_draw
-    with prof:
-        summary = run_trainer(section)
-        if on_gpu:
-            torch.cuda.synchronize()
-    trainer.draw_step = draw_step
+    try:
+        with prof:
+            summary = run_trainer(section)
+            if on_gpu:
+                torch.cuda.synchronize()
+    finally:
+        trainer.draw_step = draw_step
 
     kernels: dict[str, float] = {}
     for event in prof.events():
@@ -95,7 +96,8 @@ def main() -> None:
     per_step = {name: ms / args.steps for name, ms in kernels.items()}
     by_category: dict[str, float] = {}
     for name, ms in per_step.items():
-        by_category[category(name)] = by_category.get(category(name), 0.0) + ms
+        label = category(name)
+        by_category[label] = by_category.get(label, 0.0) + ms
     gpu_ms = max(sum(per_step.values()), 1e-9)
     pairs = args.micro_batch
     device_name = torch.cuda.get_device_name() if on_gpu else "CPU (tiny models: a smoke run)"

@@ -7,19 +7,7 @@
 #   demo     wall time of make demo's stages on the GPU
 set -uo pipefail
 slice=${1:?slice: sd15 | sdxl | scaling | demo}; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
-# Bytecode now, as pip does on a normal install (--no-compile above keeps the wheel step short): otherwise
-# the first stage of a timed run spends ~10 s compiling library sources (seen in a GPU profile).
-python3 -m compileall -q -j 0 /tmp/site >/dev/null 2>&1 || true
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-  TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
-  NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-# Compiled kernels and graphs in the (git-ignored) working tree: the device keeps it between calls while the
-# machine is warm, so a second call skips the compile that a first one started (SDXL's whole-UNet compile
-# alone can outlast one call on an H100 host). Only the untimed first interval changes.
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.compile_cache/inductor} \
-  TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.compile_cache/triton}
+source benchmarks/gpu_env.sh
 OUT=${OUT:-/tmp/bench-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv
 budget=${BENCH_SECONDS:-520}  # stop before the call's limit; the JSON is saved after every point
