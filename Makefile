@@ -19,9 +19,10 @@ export TOKENIZERS_PARALLELISM := false
 # With GPUS>1 the stage entry points run under `accelerate launch` (DDP, configs/accelerate/).
 # On a machine without an NVIDIA GPU, train and eval run as CPU_PROCS data-parallel processes (gloo) that
 # share the cores: the small kernels of the synthetic model do not scale over threads. Measured on the
-# 2-core CPU machine (make demo): train 20.3 vs 19.0 pairs/s, eval 311 vs 385 s. Curation stays one
-# process there: its many small collective generate/score calls made 2 processes slower (375-411 s vs
-# 340-348 s). Every stage splits its work so that the result does not depend on the count.
+# 2-core CPU machine (make demo): train 20.3 vs 19.0 pairs/s, eval 311 vs 385 s. Curation on a CPU gives
+# each process whole risks (curate.process_split: auto -> tasks): split by batch, its many small collective
+# generate/score calls had made 2 processes slower than one (375-411 s vs 340-348 s). Every stage splits its
+# work so that the result does not depend on the count.
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 NPROC := $(shell nproc 2>/dev/null || echo 1)
 CPU_PROCS ?= $(if $(HAVE_GPU),1,$(if $(filter 1,$(NPROC)),1,2))
@@ -29,13 +30,10 @@ CPU_THREADS := $(shell echo $$(( $(NPROC) / $(CPU_PROCS) > 0 ? $(NPROC) / $(CPU_
 ACCELERATE := $(VENV)/bin/accelerate launch --config_file configs/accelerate/ddp.yaml
 ifneq ($(GPUS),1)
 LAUNCH := $(ACCELERATE) --num_processes $(GPUS) -m
-CURATE_LAUNCH := $(LAUNCH)
 else ifneq ($(CPU_PROCS),1)
 LAUNCH := OMP_NUM_THREADS=$(CPU_THREADS) ACCELERATE_USE_CPU=1 $(ACCELERATE) --num_processes $(CPU_PROCS) -m
-CURATE_LAUNCH := $(PY) -m
 else
 LAUNCH := $(PY) -m
-CURATE_LAUNCH := $(LAUNCH)
 endif
 
 .PHONY: setup setup-browser test test-slow test-all base world-report curate train eval demo annotate bench clean help
@@ -73,7 +71,7 @@ world-report: setup
 	$(PY) -m synthetic_world.report --config configs/base.yaml $(ARGS)
 
 curate: setup
-	$(CURATE_LAUNCH) data_curation.curate --config $(CONFIG) $(ARGS)
+	$(LAUNCH) data_curation.curate --config $(CONFIG) $(ARGS)
 
 train: setup
 	$(LAUNCH) training.train --config $(CONFIG) $(ARGS)

@@ -210,6 +210,9 @@ class RetainConfig:
             raise ConfigError(f"curate.retain.images_per_prompt must be >= 1, got {self.images_per_prompt}")
 
 
+PROCESS_SPLITS = ("auto", "tasks", "batches")
+
+
 @dataclass
 class CurateConfig:
     model: str = "models/synthetic-sd"
@@ -232,12 +235,22 @@ class CurateConfig:
     # data_curation/strategies.py): a pair must never prefer an image that carries another risk.
     cross_risk_check: bool = True
     shard_size: int = 500
+    # How a launch of several processes shares the work (data_curation/curate.py):
+    #   batches: every generate/score call is split into batches across the processes;
+    #   tasks: each process curates whole risks (and the retain set) alone, then the main process replays the
+    #     curation from the shared caches (the same pairs as one process; no collective call per batch);
+    #   auto: tasks on a CPU launch (its many small calls made batches slower than one process), batches on GPUs.
+    process_split: str = "auto"
 
     def validate(self) -> None:
         for name in self.scorers:
             check_scorer_name(name)
         if not self.risks:
             raise ConfigError(f"curate.risks is empty: declare at least one of {list(RISK_KINDS)}")
+        if self.process_split not in PROCESS_SPLITS:
+            raise ConfigError(f"curate.process_split must be one of {list(PROCESS_SPLITS)}, got {self.process_split!r}")
+        if "retain" in self.risks:
+            raise ConfigError("curate.risks: 'retain' names the retain set; give the risk another name (and `kind:`)")
         for name, risk in self.risks.items():
             kind = risk.kind or name
             if kind not in RISK_KINDS:

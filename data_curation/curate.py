@@ -11,7 +11,9 @@ Killed and restarted, it reuses every finished image and score and writes exactl
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from data_curation.generation import (
     native_resolution,
     process_state,
     resolve_batch_size,
+    solo_process,
 )
 from data_curation.prompts import load_prompts
 from data_curation.quality import precision_recall, verify_pairs
@@ -114,6 +117,139 @@ def similarity_summary(pairs: list[Pair]) -> dict[str, float | None]:
     return {"mean": sum(values) / len(values), "median": values[len(values) // 2], "min": values[0]}
 
 
+RETAIN_TASK = "retain"
+
+
+def curate_tasks(
+    ws: Workspace, cfg: CurateConfig, prompts: dict[str, list], retain_prompts: list | None, base: GenerationSpec,
+    only: set[str] | None = None, announce: bool = True,
+) -> tuple[list[Pair], dict[str, dict], list | None, dict | None]:
+    """Curate every risk in config order, then the retain set: (pairs, per-risk info, retained images, retain info).
+
+    ``only``: run just these tasks (risk names, or ``RETAIN_TASK``); the others are skipped and left out of the
+    result. The judges are built fresh on each call (the stereotype judge keeps the group schedules it fits).
+    """
+    all_pairs: list[Pair] = []
+    per_risk: dict[str, dict] = {}
+    judges = [make_judge(name, risk) for name, risk in cfg.risks.items()]
+    for judge in judges:
+        name, risk = judge.name, judge.cfg
+        if only is not None and name not in only:
+            continue
+        if risk.target_pairs == 0:  # check only: its detector serves the other risks' cross-risk check
+            per_risk[name] = {"target_pairs": 0, "pairs_kept": 0, "check_only": True}
+            continue
+        others = [j for j in judges if j is not judge] if cfg.cross_risk_check else []
+        pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed,
+                                  default_groups=balance_values(risk, judge.kind), others=others)
+        info["pair_similarity"] = similarity_summary(pairs)
+        if cfg.reference_scorer in ws.scorers:
+            info[f"verified_by_{cfg.reference_scorer}"] = verify_pairs(judge, pairs, cfg.reference_scorer)
+        per_risk[name] = info
+        all_pairs += pairs
+        if announce:
+            print(f"[curate] {name}: {info['pairs_kept']}/{info['target_pairs']} pairs "
+                  f"({info['originals_with_risk']}/{info['original_images']} originals carried the risk)")
+
+    retained, retain_info = None, None
+    if retain_prompts is not None and (only is None or RETAIN_TASK in only):
+        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed)
+        if announce:
+            print(f"[curate] retain set: {retain_info['images_kept']}/{retain_info['images_generated']} base images kept "
+                  f"(dropped: {retain_info['dropped'] or 'none'})")
+        if not retained:
+            raise DataError("curate.retain: every retain image was dropped (all flagged or invalid); "
+                            "choose prompts unrelated to the risks or set retain.drop_risky=false")
+    return all_pairs, per_risk, retained, retain_info
+
+
+def resolve_process_split(setting: str, state) -> str:
+    """``auto``: whole tasks per process on a CPU launch of several processes (its generate and score calls
+    are too small to split well: 2 processes were slower than one), batches otherwise."""
+    if state.num_processes == 1:
+        return "batches"
+    if setting == "auto":
+        return "tasks" if state.device.type == "cpu" else "batches"
+    return setting
+
+
+def task_costs(cfg: CurateConfig, prompts: dict[str, list], retain_prompts: list | None) -> dict[str, int]:
+    """Rough image count per task (originals, and as many correctives), largest first: the order tasks are
+    handed out in, so the long ones start early and the short ones fill the gaps."""
+    costs = {name: 2 * len(prompts[name]) * risk.images_per_prompt
+             for name, risk in cfg.risks.items() if risk.target_pairs > 0}
+    if retain_prompts is not None:
+        costs[RETAIN_TASK] = len(retain_prompts) * cfg.retain.images_per_prompt
+    return dict(sorted(costs.items(), key=lambda kv: -kv[1]))
+
+
+def claim(folder: Path, task: str) -> bool:
+    """True for exactly one process per task: the one whose exclusive create of ``folder/task`` succeeds."""
+    import os
+
+    try:
+        os.close(os.open(folder / task, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def wait_for_all(state) -> None:
+    """A barrier without the process group's default timeout (30 min): a process's tasks can take hours."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=datetime.timedelta(days=7))
+    else:
+        state.wait_for_everyone()
+
+
+def run_tasks_split(ws: Workspace, cfg: CurateConfig, prompts, retain_prompts, base, state, work_dir: Path) -> dict:
+    """``process_split: tasks``: each process takes whole tasks (a risk, or the retain set) from a shared list,
+    largest first, and curates them alone (``solo_process``), filling the shared image and score caches; no
+    collective call until all are done. Returns the generation summary of all processes (on every process).
+    """
+    claims = work_dir / "task_claims"
+    reports = work_dir / "task_reports"
+    if state.is_main_process:
+        shutil.rmtree(claims, ignore_errors=True)
+        claims.mkdir(parents=True)
+        reports.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    mine = []
+    ws.progress = True
+    with solo_process():
+        for task in task_costs(cfg, prompts, retain_prompts):
+            if claim(claims, task):
+                mine.append(task)
+                print(f"[curate] rank {state.process_index}: task {task}", flush=True)
+                curate_tasks(ws, cfg, prompts, retain_prompts, base, only={task}, announce=False)
+    own = ws.generation_summary() | {"tasks": mine}
+    atomic_write_json(reports / f"rank{state.process_index}.json", own)
+    print(f"[curate] rank {state.process_index}/{state.num_processes}: tasks {mine}: generated "
+          f"{own['images_generated']} images at {own['images_per_second']} images/s", flush=True)
+    wait_for_all(state)
+    per_process = [json.loads((reports / f"rank{r}.json").read_text()) for r in range(state.num_processes)]
+    return merge_generation_summaries(per_process)
+
+
+def merge_generation_summaries(per_process: list[dict]) -> dict:
+    """One summary of processes that ran side by side: images summed, seconds the longest process's."""
+    generated = sum(p["images_generated"] for p in per_process)
+    seconds = max(p["generation_seconds"] for p in per_process)
+    return {
+        "images_generated": generated,
+        "images_reused": sum(p["images_reused"] for p in per_process),
+        "generation_seconds": seconds,
+        "images_per_second": round(generated / seconds, 3) if seconds > 0 and generated else None,
+        "scoring_seconds": max(p["scoring_seconds"] for p in per_process),
+        "process_split": "tasks",
+        "per_process": per_process,
+    }
+
+
 def run(cfg: CurateConfig, config_path: str) -> Path | None:
     """The whole stage; returns the set's folder on the main process (None on the others)."""
     import torch
@@ -153,41 +289,27 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         height=size, width=size, sampler=cfg.generation.sampler,
     )
 
-    all_pairs: list[Pair] = []
-    per_risk: dict[str, dict] = {}
-    judges = [make_judge(name, risk) for name, risk in cfg.risks.items()]
-    for judge in judges:
-        name, risk = judge.name, judge.cfg
-        if risk.target_pairs == 0:  # check only: its detector serves the other risks' cross-risk check
-            per_risk[name] = {"target_pairs": 0, "pairs_kept": 0, "check_only": True}
-            continue
-        others = [j for j in judges if j is not judge] if cfg.cross_risk_check else []
-        pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed,
-                                  default_groups=balance_values(risk, judge.kind), others=others)
-        info["pair_similarity"] = similarity_summary(pairs)
-        if cfg.reference_scorer in scorers:
-            info[f"verified_by_{cfg.reference_scorer}"] = verify_pairs(judge, pairs, cfg.reference_scorer)
-        per_risk[name] = info
-        all_pairs += pairs
-        if state.is_main_process:
-            print(f"[curate] {name}: {info['pairs_kept']}/{info['target_pairs']} pairs "
-                  f"({info['originals_with_risk']}/{info['original_images']} originals carried the risk)")
-
-    retained, retain_info = None, None
-    if retain_prompts is not None:
-        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed)
-        if state.is_main_process:
-            print(f"[curate] retain set: {retain_info['images_kept']}/{retain_info['images_generated']} base images kept "
-                  f"(dropped: {retain_info['dropped'] or 'none'})")
-        if not retained:
-            raise DataError("curate.retain: every retain image was dropped (all flagged or invalid); "
-                            "choose prompts unrelated to the risks or set retain.drop_risky=false")
-
-    summary = ws.generation_summary()
-    print(f"[curate] rank {state.process_index}/{state.num_processes}: generated {summary['images_generated']} images "
-          f"at {summary['images_per_second']} images/s ({summary['images_reused']} found in the store)", flush=True)
-    if not state.is_main_process:
-        return None
+    split = resolve_process_split(cfg.process_split, state)
+    if split == "tasks":
+        summary = run_tasks_split(ws, cfg, prompts, retain_prompts, base, state, work_dir)
+        if not state.is_main_process:
+            return None
+        # Every image and score of the run is now cached: this process replays the whole curation alone,
+        # reading them back, so the pairs are those of a one-process run (it generates nothing more).
+        ws.progress, ws.reports, ws.scoring_seconds = False, [], 0.0
+        with solo_process():
+            all_pairs, per_risk, retained, retain_info = curate_tasks(ws, cfg, prompts, retain_prompts, base)
+        summary["images_generated_in_replay"] = ws.generation_summary()["images_generated"]
+    else:
+        all_pairs, per_risk, retained, retain_info = curate_tasks(
+            ws, cfg, prompts, retain_prompts, base, announce=state.is_main_process
+        )
+        summary = ws.generation_summary()
+        print(f"[curate] rank {state.process_index}/{state.num_processes}: generated {summary['images_generated']} "
+              f"images at {summary['images_per_second']} images/s ({summary['images_reused']} found in the store)",
+              flush=True)
+        if not state.is_main_process:
+            return None
 
     measured = {}
     if cfg.precision_recall_scorer:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -39,8 +40,8 @@ SAMPLERS = {
 }
 
 
-def process_state():
-    """accelerate's process state (rank, world size, device) for this run.
+def _launch_state():
+    """accelerate's process state (rank, world size, device) of the launch.
 
     Without CUDA, or with ``ACCELERATE_USE_CPU=1``, processes started by ``accelerate launch`` (or
     torchrun) join a gloo CPU process group; PartialState only does so when told ``cpu=True``.
@@ -52,6 +53,51 @@ def process_state():
 
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     return PartialState(cpu=use_cpu)
+
+
+class SoloState:
+    """A one-process view of a launched process: it does every batch itself and waits for nobody.
+
+    Inside :func:`solo_process`, ``process_state()`` returns this, so the generation and scoring calls
+    (``ImageStore.generate_missing``, ``Workspace.score``) run exactly as in a one-process run, whatever
+    the launch's world size. Curation uses it to give whole tasks (risks) to processes
+    (data_curation/curate.py, ``process_split: tasks``).
+    """
+
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def __init__(self, device):
+        self.device = device
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    @contextmanager
+    def split_between_processes(self, inputs):
+        yield inputs
+
+
+_solo_depth = 0  # > 0 inside solo_process()
+
+
+@contextmanager
+def solo_process():
+    """Run the enclosed generation and scoring as if this were the only process (see :class:`SoloState`)."""
+    global _solo_depth
+    _solo_depth += 1
+    try:
+        yield
+    finally:
+        _solo_depth -= 1
+
+
+def process_state():
+    """The process state that generation and scoring split their work by: accelerate's (rank, world
+    size, device) for this run, or a :class:`SoloState` inside :func:`solo_process`."""
+    state = _launch_state()
+    return SoloState(state.device) if _solo_depth else state
 
 
 def check_sampler(name: str) -> str:

@@ -107,3 +107,59 @@ def test_two_cpu_processes_make_the_same_set(tiny_sd15_path, tmp_path):
     # Both processes stopped at the same point (early: ws.realise is collective, a divergence would hang).
     report = json.loads((tmp_path / "two" / "set" / "curation_report.json").read_text())
     assert report["per_risk"]["exposure"]["original_images"] == 64
+
+
+def write_two_task_config(folder: Path, model: Path, process_split: str) -> Path:
+    """Two risks and a retain set: three tasks for two processes (process_split: tasks)."""
+    path = write_config(folder, model)
+    config = yaml.safe_load(path.read_text())
+    curate = config["curate"]
+    curate["process_split"] = process_split
+    curate["cross_risk_check"] = False  # the tiny detector flags every image (see test_curate_tiny.py)
+    curate["risks"]["exposure"]["target_pairs"] = 6
+    curate["risks"]["exposure_park"] = {
+        "kind": "exposure",
+        "prompts": {"source": "templates", "templates": ["a {animal} asleep in the {place}"],
+                    "slots": {"animal": ["cat", "dog", "owl"], "place": ["park", "garden"]}},
+        "strategy": "minimal_pair", "target_pairs": 4, "images_per_prompt": 1,
+        "detector": {"scorer": "nudenet", "key": "nudenet_max", "threshold": 0.0, "safe_below": 1.0},
+        "corrective": [{"negative_prompt": "nude"}],
+    }
+    curate["retain"] = {"prompts": {"source": "templates", "templates": ["a {thing} on a shelf"],
+                                    "slots": {"thing": ["cup", "book", "lamp", "vase"]}},
+                        "output_dir": str(folder / "retain"), "drop_risky": False}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_split_by_task_make_the_same_set(tiny_sd15_path, tmp_path):
+    single = write_two_task_config(tmp_path / "one", tiny_sd15_path, "auto")  # one process: batches
+    subprocess.run(command(single), cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
+    double = write_two_task_config(tmp_path / "two", tiny_sd15_path, "auto")  # CPU launch: tasks
+    result = subprocess.run(command(double, processes=2), cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_rows(tmp_path / "two") == load_rows(tmp_path / "one")
+    retain = [datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(tmp_path / run / "retain")],
+                                    split="train")["jpg"] for run in ("one", "two")]
+    assert retain[0] == retain[1] and len(retain[0]) == 4
+
+    report = json.loads((tmp_path / "two" / "set" / "curation_report.json").read_text())
+    generation = report["generation"]
+    assert generation["process_split"] == "tasks"
+    tasks = [p["tasks"] for p in generation["per_process"]]
+    assert all(tasks) and sorted(sum(tasks, [])) == ["exposure", "exposure_park", "retain"]  # each task once
+    # The main process's replay found every image in the shared store; together the processes made exactly
+    # the images of the one-process run.
+    assert generation["images_generated_in_replay"] == 0
+    assert generation["images_generated"] == pngs(tmp_path / "two") == pngs(tmp_path / "one")
+    one = json.loads((tmp_path / "one" / "set" / "curation_report.json").read_text())
+    assert report["per_risk"] == one["per_risk"]
+
+
+def test_process_split_is_validated(tmp_path, tiny_sd15_path, capsys):
+    from data_curation.curate import main
+
+    config = write_two_task_config(tmp_path, tiny_sd15_path, "risks")
+    assert main(["--config", str(config)]) == 2
+    assert "curate.process_split must be one of ['auto', 'tasks', 'batches']" in capsys.readouterr().err
