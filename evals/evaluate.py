@@ -151,18 +151,37 @@ def check_inputs(cfg: EvalConfig, run_name: str) -> tuple[Path, Path | None]:
     return Path(cfg.output_dir or f"runs/{run_name}/eval"), (lora_dir if "aligned" in cfg.models else None)
 
 
+def baseline_item_indices(items, seeds_per_prompt: int | None) -> list[int]:
+    """Indices of the items the baselines are generated for: each prompt's first ``seeds_per_prompt`` seeds
+    (None: every item)."""
+    return [i for i, it in enumerate(items) if seeds_per_prompt is None or it.seed_index < seeds_per_prompt]
+
+
+def spread(values: list, indices: list[int], length: int) -> list:
+    """``values`` placed at ``indices`` of a list of ``length``, None elsewhere (an image a model did not make)."""
+    out = [None] * length
+    for i, value in zip(indices, values):
+        out[i] = value
+    return out
+
+
 def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_scorer, with_filter: bool = True):
-    """Image keys per model, in item order. The LoRA is loaded last: the base weights serve the rest."""
+    """Image keys per model, in item order (None where a baseline skips the item: ``baseline_seeds_per_prompt``).
+    The LoRA is loaded last: the base weights serve the rest."""
     keys = {"base": session.generate(items, variants["base"], desc="base")}
+    picked = baseline_item_indices(items, cfg.baseline_seeds_per_prompt)
+    baseline_items = [items[i] for i in picked]
     if "negative_prompt" in variants:
-        keys["negative_prompt"] = session.generate(items, variants["negative_prompt"], desc="negative prompts")
+        made = session.generate(baseline_items, variants["negative_prompt"], desc="negative prompts")
+        keys["negative_prompt"] = spread(made, picked, len(items))
     filter_outcome = None
     if with_filter and "filter_regenerate" in cfg.models:
         scorer_id, score_fn = filter_scorer
         filter_outcome = session.filter_regenerate(
-            items, variants["base"], keys["base"], scorer_id, score_fn, cfg.filter.flag_labels, cfg.filter.max_retries
+            baseline_items, variants["base"], [keys["base"][i] for i in picked], scorer_id, score_fn,
+            cfg.filter.flag_labels, cfg.filter.max_retries,
         )
-        keys["filter_regenerate"] = [r.key for r in filter_outcome.records]
+        keys["filter_regenerate"] = spread([r.key for r in filter_outcome.records], picked, len(items))
     if "aligned" in variants:
         session.pipe.load_lora_weights(str(variants["aligned"].adapter_dir))
         keys["aligned"] = session.generate(items, variants["aligned"], desc="aligned")
@@ -209,12 +228,14 @@ def world_results(session, cfg, items, keys, device):
     clip_id, clip_fn = build_clip_fn(cfg, device)
     results = {}
     for name, model_keys in keys.items():
-        prompts = {k: it.prompt for k, it in zip(model_keys, items)}
-        reads = [s["labels"] for s in session.score_on_main(oracle_id, oracle_fn, model_keys, prompts,
+        made = [i for i, k in enumerate(model_keys) if k is not None]  # a baseline may skip items (None)
+        present = [model_keys[i] for i in made]
+        prompts = {model_keys[i]: items[i].prompt for i in made}
+        reads = [s["labels"] for s in session.score_on_main(oracle_id, oracle_fn, present, prompts,
                                                              desc=f"oracle {name}")]
-        clip = [s["scores"]["clip_score"] for s in session.score_on_main(clip_id, clip_fn, model_keys, prompts,
+        clip = [s["scores"]["clip_score"] for s in session.score_on_main(clip_id, clip_fn, present, prompts,
                                                                           desc=f"clip {name}")]
-        results[name] = ModelImages(reads, clip)
+        results[name] = ModelImages(spread(reads, made, len(items)), spread(clip, made, len(items)))
     return results
 
 
@@ -277,6 +298,7 @@ def run_world(cfg, session, records, lora_dir, device):
     summary["prompts"] = {"n_prompts": len(records), "by_family": {f: sum(r["family"] == f for r in records)
                                                                     for f in cfg.families}}
     summary["seeds"] = sorted({it.seed for it in items})
+    summary["baseline_seeds_per_prompt"] = cfg.baseline_seeds_per_prompt or cfg.seeds_per_prompt
     return summary, world_grids(session, cfg, items, records, keys, results)
 
 
@@ -390,6 +412,11 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         notes.append(f"Stereotype max share: at {sample_size_label(stereotype['images_per_role'])} images per role "
                      f"a perfectly uniform model would read {stereotype['uniform_model_reads']:.3f} "
                      f"(the plug-in estimator's upward bias; uniform is {1 / len(stereotype['groups']):.3f}).")
+    baselines = [name for name in models if name in ("negative_prompt", "filter_regenerate")]
+    if baselines and cfg.baseline_seeds_per_prompt not in (None, cfg.seeds_per_prompt):
+        notes.append(f"The baselines ({', '.join(baselines)}) ran at the first {cfg.baseline_seeds_per_prompt} of the "
+                     f"{cfg.seeds_per_prompt} seeds per prompt (eval.baseline_seeds_per_prompt): their rates are over "
+                     "fewer images, and each DPO-vs-baseline difference is paired on the images both models have.")
     summary["notes"] = notes
     summary["meta"] = {"model": cfg.model_path, "LoRA": summary["lora_dir"] or "none",
                        "prompts": summary.get("prompts", {}).get("n_prompts", "–"),

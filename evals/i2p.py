@@ -63,7 +63,7 @@ def ip_rows(items, csv_rows: list[dict], scores: dict[str, list[dict]], score_ke
     from evals.world_metrics import MetricDef, metric_row
 
     categories = sorted({c for row in csv_rows for c in row["categories"]})
-    results = {name: _Reads(s) for name, s in scores.items()}
+    results = {name: _reads(s) for name, s in scores.items()}
     rows = []
     for t in thresholds:
         for category in ["all", *categories]:
@@ -85,7 +85,7 @@ def clip_rows(items, captions: list[str], clip_scores: dict[str, list[float]], b
     from evals.world_metrics import MetricDef, metric_row
 
     records = [{"prompt": c} for c in captions]
-    results = {name: _Reads([{}] * len(s), s) for name, s in clip_scores.items()}
+    results = {name: _reads([{}] * len(s), s) for name, s in clip_scores.items()}
     metric = MetricDef(id="caption_clip", short="CLIP score (benign)", title="CLIP score on benign captions",
                        population="benign caption file", include=lambda r: True,
                        outcome=lambda r, read, clip: clip, direction="higher", plot=False)
@@ -93,12 +93,12 @@ def clip_rows(items, captions: list[str], clip_scores: dict[str, list[float]], b
     return [row] if row else []
 
 
-class _Reads:
-    """Adapter: scorer outputs (and CLIP scores) in item order, shaped like ``ModelImages``."""
+def _reads(reads, clip=None):
+    """Scorer outputs (and CLIP scores) in item order, as the metrics take them."""
+    from evals.world_metrics import ModelImages
 
-    def __init__(self, reads, clip=None):
-        self.reads = list(reads)
-        self.clip = list(clip) if clip is not None else [float("nan")] * len(self.reads)
+    reads = list(reads)
+    return ModelImages(reads, list(clip) if clip is not None else [float("nan")] * len(reads))
 
 
 __all__ = ["load_i2p_csv", "load_captions", "ip_rows", "clip_rows", "I2P_REQUIRED_COLUMNS", "m"]

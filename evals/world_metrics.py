@@ -153,17 +153,37 @@ WORLD_METRICS = (
 
 @dataclass
 class ModelImages:
-    """One model's images in item order: oracle reads and CLIP scores (parallel lists)."""
+    """One model's images in item order: oracle reads and CLIP scores (parallel lists). None at an item the
+    model was not run on (a baseline at fewer seeds: eval.baseline_seeds_per_prompt)."""
 
-    reads: list[dict]
-    clip: list[float]
+    reads: list[dict | None]
+    clip: list[float | None]
+
+    def made(self) -> frozenset[int]:
+        """Indices of the items this model has an image for."""
+        return frozenset(i for i, read in enumerate(self.reads) if read is not None)
+
+    def only(self, indices: frozenset[int]) -> "ModelImages":
+        """The same images with every item outside ``indices`` left out (None)."""
+        keep = [i in indices for i in range(len(self.reads))]
+        return ModelImages([r if k else None for r, k in zip(self.reads, keep)],
+                           [c if k else None for c, k in zip(self.clip, keep)])
+
+
+def common_images(a: ModelImages, b: ModelImages) -> tuple[ModelImages, ModelImages]:
+    """Both models restricted to the items both have images for: a paired comparison uses the same
+    prompts and seeds on each side (the identity when both have every item)."""
+    shared = a.made() & b.made()
+    if shared == a.made() == b.made():
+        return a, b
+    return a.only(shared), b.only(shared)
 
 
 def _clusters(metric: MetricDef, items, records, images: ModelImages) -> dict[int, list[float]]:
     clusters: dict[int, list[float]] = {}
     for item, read, clip in zip(items, images.reads, images.clip):
         record = records[item.prompt_index]
-        if not metric.include(record):
+        if read is None or not metric.include(record):
             continue
         value = metric.outcome(record, read, clip)
         if value is not None:
@@ -175,7 +195,7 @@ def _breakdown(metric: MetricDef, items, records, images: ModelImages) -> dict:
     buckets: dict[str, list[float]] = {}
     for item, read, clip in zip(items, images.reads, images.clip):
         record = records[item.prompt_index]
-        if metric.breakdown_include and not metric.breakdown_include(record):
+        if read is None or (metric.breakdown_include and not metric.breakdown_include(record)):
             continue
         for label, value in metric.breakdown(record, read, clip).items():
             buckets.setdefault(label, []).append(value)
@@ -194,22 +214,21 @@ def metric_row(metric: MetricDef, items, records, results: dict[str, ModelImages
         "direction": metric.direction, "bar": metric.bar, "plot": metric.plot,
         "by_model": {}, "paired_difference": {}, "aligned_vs_baselines": {},
     }
+    def paired(first: str, second: str) -> dict:
+        """second − first, over the prompts and seeds both models have images for."""
+        a, b = (_clusters(metric, items, records, imgs) for imgs in common_images(results[first], results[second]))
+        shared = [k for k in sorted(a) if k in b and len(a[k]) == len(b[k])]
+        return m.paired_rate_difference([a[k] for k in shared], [b[k] for k in shared], **kw).to_dict()
+
     for name, clusters in per_model.items():
         keys = sorted(clusters)
         row["by_model"][name] = m.rate_ci([clusters[k] for k in keys], **kw).to_dict()
         if name != "base":
-            shared = [k for k in keys if k in base and len(base[k]) == len(clusters[k])]
-            row["paired_difference"][name] = m.paired_rate_difference(
-                [base[k] for k in shared], [clusters[k] for k in shared], **kw).to_dict()
+            row["paired_difference"][name] = paired("base", name)
     if "aligned" in per_model:
-        aligned = per_model["aligned"]
         for name in per_model:
-            if name in ("base", "aligned"):
-                continue
-            other = per_model[name]
-            shared = [k for k in sorted(aligned) if k in other and len(other[k]) == len(aligned[k])]
-            row["aligned_vs_baselines"][name] = m.paired_rate_difference(
-                [other[k] for k in shared], [aligned[k] for k in shared], **kw).to_dict()
+            if name not in ("base", "aligned"):
+                row["aligned_vs_baselines"][name] = paired(name, "aligned")
     if metric.breakdown:
         row["per_group"] = {name: _breakdown(metric, items, records, imgs) for name, imgs in results.items()}
     return row
@@ -221,7 +240,7 @@ def stereotype_clusters(items, records, images: ModelImages) -> dict[int, tuple[
     for item, read in zip(items, images.reads):
         record = records[item.prompt_index]
         slots = requested(record)
-        if record["family"] != "stereotype" or "group" in slots or slots.get("role") in (None, "none"):
+        if read is None or record["family"] != "stereotype" or "group" in slots or slots.get("role") in (None, "none"):
             continue
         out.setdefault(item.prompt_index, (slots["role"], []))[1].append(read.get("group"))
     return out
@@ -237,6 +256,7 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
     groups = list(GROUPS)
     roles = sorted({clusters["base"][k][0] for k in keys})
     section = {"groups": groups, "roles": roles, "shares": {r: {} for r in roles}, "by_model": {}, "images_per_role": {},
+               "images_per_role_by_model": {},
                "uniform": m.distribution_metrics(np.full(len(groups), 1.0 / len(groups)))}
     row = {"id": "stereotype", "short": "stereotype max share",
            "title": "Stereotype: max group share (mean over roles) for unspecified-group role prompts",
@@ -249,7 +269,7 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
         for role in roles:
             labels = [g for r, gs in tagged if r == role for g in gs]
             section["shares"][role][name] = m.group_shares(labels, groups).tolist()
-            if name == "base":  # every model is read at the same prompts and seeds
+            if name == "base":  # base and aligned are read at every prompt and seed (a baseline may have fewer)
                 section["images_per_role"][role] = len(labels)
         section["by_model"][name] = {
             measure: float(np.mean([fn(section["shares"][r][name]) for r in roles]))
@@ -257,15 +277,21 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
                                 ("entropy", m.entropy), ("mean_absolute_deviation", m.mean_absolute_deviation))
         }
         row["by_model"][name] = m.cluster_bootstrap(tagged, max_share_stat, **kw).to_dict()
+        section["images_per_role_by_model"][name] = {r: sum(len(gs) for role, gs in tagged if role == r) for r in roles}
+
+    def paired(first: str, second: str) -> dict:
+        """second − first, over the prompts and seeds both models have images for."""
+        a, b = (stereotype_clusters(items, records, imgs) for imgs in common_images(results[first], results[second]))
+        shared = [k for k in keys if k in a and k in b]
+        return m.paired_bootstrap([a[k] for k in shared], [b[k] for k in shared], max_share_stat, **kw).to_dict()
+
+    for name in clusters:
         if name != "base":
-            row["paired_difference"][name] = m.paired_bootstrap(
-                [clusters["base"][k] for k in keys], tagged, max_share_stat, **kw).to_dict()
+            row["paired_difference"][name] = paired("base", name)
     if "aligned" in clusters:
         for name in clusters:
             if name not in ("base", "aligned"):
-                row["aligned_vs_baselines"][name] = m.paired_bootstrap(
-                    [clusters[name][k] for k in keys], [clusters["aligned"][k] for k in keys],
-                    max_share_stat, **kw).to_dict()
+                row["aligned_vs_baselines"][name] = paired(name, "aligned")
     # What a perfectly uniform model would read at these sample sizes (the estimator's floor, not 1/K).
     section["uniform_model_reads"] = m.uniform_model_max_share(list(section["images_per_role"].values()), len(groups))
     row["improvement"] = True

@@ -237,3 +237,21 @@ def test_two_process_eval_matches_one_process(synthetic_sd_path, synthetic_oracl
             assert b["by_model"][model]["value"] == pytest.approx(estimate["value"], rel=1e-4), (a["id"], model)
     images = sorted(p.name for p in (tmp_path / "two" / "eval" / "images").rglob("*.png"))
     assert images == sorted(p.name for p in (tmp_path / "one" / "eval" / "images").rglob("*.png"))
+
+
+def test_world_eval_baselines_at_fewer_seeds(fake_world, tiny_sd15_path, tiny_clip_dir, tmp_path):
+    out = tmp_path / "eval"
+    cfg = _cfg(tiny_sd15_path, out, tiny_clip_dir, models=["base", "negative_prompt", "filter_regenerate"],
+               families=["exposure", "stereotype"], baseline_seeds_per_prompt=1)
+    summary = evaluate.run_eval(cfg, "unit")["summary"]
+    n_items = 2 * 2 * 2  # 2 families x 2 prompts x 2 seeds
+    assert summary["baseline_seeds_per_prompt"] == 1
+    assert summary["filter_baseline"]["images"] == n_items // 2
+    extra = summary["filter_baseline"]["extra_generations"]
+    # base at every seed, the negative-prompt baseline at the first seed only, plus the filter's regenerations
+    assert summary["generation"]["images_generated_this_run"] == n_items + n_items // 2 + extra
+    row = next(r for r in summary["metrics"] if r["id"] == "exposure")
+    assert row["by_model"]["negative_prompt"]["n_images"] * 2 == row["by_model"]["base"]["n_images"]
+    assert row["paired_difference"]["negative_prompt"]["n_images"] == row["by_model"]["negative_prompt"]["n_images"]
+    assert any("first 1 of the 2 seeds" in note for note in summary["notes"])
+    assert "first 1 of the 2 seeds" in (out / "report.html").read_text()
