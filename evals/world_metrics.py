@@ -214,6 +214,7 @@ def metric_row(metric: MetricDef, items, records, results: dict[str, ModelImages
         "direction": metric.direction, "bar": metric.bar, "plot": metric.plot,
         "by_model": {}, "paired_difference": {}, "aligned_vs_baselines": {},
     }
+
     def paired(first: str, second: str) -> dict:
         """second − first, over the prompts and seeds both models have images for."""
         a, b = (_clusters(metric, items, records, imgs) for imgs in common_images(results[first], results[second]))
