@@ -101,7 +101,8 @@ class EvalConfig:
     # reads 0.43 at 25 images per role, 0.39 at 64), so it needs more images than a rate does.
     family_prompts: dict[str, int] = field(default_factory=dict)
     seeds_per_prompt: int = 4
-    # The baselines (negative_prompt, filter_regenerate) at the first N of those seeds only (None: all of them).
+    # The baselines (negative_prompt, filter_regenerate) at each prompt's first N seeds only (None: all of them;
+    # in I2P mode the CSV prompts' seeds are i2p.images_per_prompt, from sd_seed on).
     # Base and aligned keep every seed, so the bars are unchanged; each DPO-vs-baseline difference is paired on
     # the images both have. Baselines are the costly part of an eval (the filter regenerates up to k times).
     baseline_seeds_per_prompt: int | None = None
@@ -141,9 +142,6 @@ class EvalConfig:
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.seeds_per_prompt:
                 raise ConfigError(f"eval.baseline_seeds_per_prompt must be a whole number from 1 to eval.seeds_per_prompt "
                                   f"({self.seeds_per_prompt}), or null for all seeds; got {n!r}")
-            if self.mode == "i2p":
-                raise ConfigError("eval.baseline_seeds_per_prompt is implemented for the synthetic world only; "
-                                  "set it to null for mode: i2p")
         if self.steps < 1 or (self.batch_size != "auto" and self.batch_size < 1):
             raise ValueError("eval.steps and eval.batch_size must be >= 1")
         if self.mode == "i2p" and not (self.i2p.csv or self.i2p.captions):

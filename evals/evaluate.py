@@ -220,22 +220,27 @@ def baseline_comparison(rows: list[dict]) -> list[dict]:
     return out
 
 
+def score_made(session, scorer, model_keys: list, items, desc: str) -> list:
+    """Scores of a model's images in item order, None where it made none (a baseline at fewer seeds)."""
+    scorer_id, score_fn = scorer
+    made = [i for i, k in enumerate(model_keys) if k is not None]
+    prompts = {model_keys[i]: items[i].prompt for i in made}
+    scores = session.score_on_main(scorer_id, score_fn, [model_keys[i] for i in made], prompts, desc=desc)
+    return spread(scores, made, len(model_keys))
+
+
 def world_results(session, cfg, items, keys, device):
     """Oracle reads and CLIP scores of every model's images, in item order."""
     from evals.world_metrics import ModelImages
 
-    oracle_id, oracle_fn = build_scorer_fn("oracle", cfg, device)
-    clip_id, clip_fn = build_clip_fn(cfg, device)
+    oracle = build_scorer_fn("oracle", cfg, device)
+    clip = build_clip_fn(cfg, device)
     results = {}
     for name, model_keys in keys.items():
-        made = [i for i, k in enumerate(model_keys) if k is not None]  # a baseline may skip items (None)
-        present = [model_keys[i] for i in made]
-        prompts = {model_keys[i]: items[i].prompt for i in made}
-        reads = [s["labels"] for s in session.score_on_main(oracle_id, oracle_fn, present, prompts,
-                                                             desc=f"oracle {name}")]
-        clip = [s["scores"]["clip_score"] for s in session.score_on_main(clip_id, clip_fn, present, prompts,
-                                                                          desc=f"clip {name}")]
-        results[name] = ModelImages(spread(reads, made, len(items)), spread(clip, made, len(items)))
+        reads = score_made(session, oracle, model_keys, items, desc=f"oracle {name}")
+        clip_scores = score_made(session, clip, model_keys, items, desc=f"clip {name}")
+        results[name] = ModelImages([s and s["labels"] for s in reads],
+                                    [s and s["scores"]["clip_score"] for s in clip_scores])
     return results
 
 
@@ -298,7 +303,6 @@ def run_world(cfg, session, records, lora_dir, device):
     summary["prompts"] = {"n_prompts": len(records), "by_family": {f: sum(r["family"] == f for r in records)
                                                                     for f in cfg.families}}
     summary["seeds"] = sorted({it.seed for it in items})
-    summary["baseline_seeds_per_prompt"] = cfg.baseline_seeds_per_prompt or cfg.seeds_per_prompt
     return summary, world_grids(session, cfg, items, records, keys, results)
 
 
@@ -319,8 +323,7 @@ def run_i2p(cfg, session, lora_dir, device):
         filter_info = filter_section(cfg, outcome)
         seeds |= {it.seed for it in items}
         if session.state.is_main_process:
-            scorer_id, score_fn = scorer
-            scores = {name: session.score_on_main(scorer_id, score_fn, k, desc=f"{cfg.i2p.scorer} {name}")
+            scores = {name: score_made(session, scorer, k, items, desc=f"{cfg.i2p.scorer} {name}")
                       for name, k in keys.items()}
             rows += ip_rows(items, csv_rows, scores, SCORE_KEYS[cfg.i2p.scorer], cfg.i2p.thresholds, cfg.bootstrap)
             picks = list(range(0, len(items), cfg.i2p.images_per_prompt))[: cfg.report.grid_columns]
@@ -341,12 +344,9 @@ def run_i2p(cfg, session, lora_dir, device):
         keys, _ = generate_all(session, cfg, items, variants, filter_scorer, with_filter=False)
         seeds |= {it.seed for it in items}
         if session.state.is_main_process:
-            clip_id, clip_fn = build_clip_fn(cfg, device)
-            prompts = {}
-            for k in keys.values():
-                prompts.update({key: it.prompt for key, it in zip(k, items)})
-            clip_scores = {name: [s["scores"]["clip_score"] for s in session.score_on_main(clip_id, clip_fn, k, prompts,
-                                                                                            desc=f"clip {name}")]
+            clip = build_clip_fn(cfg, device)
+            clip_scores = {name: [s and s["scores"]["clip_score"]
+                                  for s in score_made(session, clip, k, items, desc=f"clip {name}")]
                            for name, k in keys.items()}
             rows += clip_rows(items, captions, clip_scores, cfg.bootstrap)
     if not session.state.is_main_process:
@@ -413,10 +413,11 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
                      f"a perfectly uniform model would read {stereotype['uniform_model_reads']:.3f} "
                      f"(the plug-in estimator's upward bias; uniform is {1 / len(stereotype['groups']):.3f}).")
     baselines = [name for name in models if name in ("negative_prompt", "filter_regenerate")]
-    if baselines and cfg.baseline_seeds_per_prompt not in (None, cfg.seeds_per_prompt):
-        notes.append(f"The baselines ({', '.join(baselines)}) ran at the first {cfg.baseline_seeds_per_prompt} of the "
-                     f"{cfg.seeds_per_prompt} seeds per prompt (eval.baseline_seeds_per_prompt): their rates are over "
-                     "fewer images, and each DPO-vs-baseline difference is paired on the images both models have.")
+    summary["baseline_seeds_per_prompt"] = cfg.baseline_seeds_per_prompt  # None: every seed
+    if baselines and cfg.baseline_seeds_per_prompt is not None:
+        notes.append(f"The baselines ({', '.join(baselines)}) ran at each prompt's first {cfg.baseline_seeds_per_prompt} "
+                     "seed(s) only (eval.baseline_seeds_per_prompt; base and aligned at every seed): their rates are over "
+                     "fewer images, and each difference with a baseline is paired on the images both models have.")
     summary["notes"] = notes
     summary["meta"] = {"model": cfg.model_path, "LoRA": summary["lora_dir"] or "none",
                        "prompts": summary.get("prompts", {}).get("n_prompts", "–"),

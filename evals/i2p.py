@@ -85,7 +85,7 @@ def clip_rows(items, captions: list[str], clip_scores: dict[str, list[float]], b
     from evals.world_metrics import MetricDef, metric_row
 
     records = [{"prompt": c} for c in captions]
-    results = {name: _reads([{}] * len(s), s) for name, s in clip_scores.items()}
+    results = {name: _reads([None if c is None else {} for c in s], s) for name, s in clip_scores.items()}
     metric = MetricDef(id="caption_clip", short="CLIP score (benign)", title="CLIP score on benign captions",
                        population="benign caption file", include=lambda r: True,
                        outcome=lambda r, read, clip: clip, direction="higher", plot=False)

@@ -91,8 +91,3 @@ def test_stereotype_section_counts_each_models_images():
 def test_baseline_seeds_are_validated(value):
     with pytest.raises((ConfigError, ValueError, TypeError)):
         config_from_dict(EvalConfig, {"seeds_per_prompt": 4, "baseline_seeds_per_prompt": value})
-
-
-def test_baseline_seeds_refused_for_i2p():
-    with pytest.raises(ConfigError, match="synthetic world only"):
-        config_from_dict(EvalConfig, {"mode": "i2p", "i2p": {"captions": "x.txt"}, "baseline_seeds_per_prompt": 1})

@@ -114,3 +114,21 @@ def test_scorer_not_installed_is_a_clear_error(tiny_sd15_path, i2p_files, tiny_c
     with pytest.raises(ConfigError, match="pip install nudenet"):
         run_eval(cfg, "unit")
     assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
+def test_i2p_eval_baselines_at_fewer_seeds(tiny_sd15_path, i2p_files, tiny_clip_dir, tmp_path):
+    # eval.baseline_seeds_per_prompt: the baselines at each CSV prompt's first seed (sd_seed) and each caption's
+    # first seed; base at both; the differences paired on the shared images.
+    cfg = _cfg(tiny_sd15_path, tmp_path / "eval", *i2p_files, tiny_clip_dir, baseline_seeds_per_prompt=1)
+    run_eval(cfg, "unit")
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["baseline_seeds_per_prompt"] == 1
+    assert summary["filter_baseline"]["images"] == 3  # 3 CSV prompts x 1 seed
+    ip_all = next(r for r in summary["metrics"] if r["id"] == "ip@0.45:all")
+    assert ip_all["by_model"]["base"]["n_images"] == 6
+    assert ip_all["by_model"]["negative_prompt"]["n_images"] == ip_all["by_model"]["filter_regenerate"]["n_images"] == 3
+    assert ip_all["paired_difference"]["negative_prompt"]["n_images"] == 3
+    caption = next(r for r in summary["metrics"] if r["id"] == "caption_clip")
+    assert caption["by_model"]["base"]["n_images"] == 2 * 2  # 2 captions x seeds_per_prompt
+    assert caption["by_model"]["negative_prompt"]["n_images"] == 2
+    assert caption["paired_difference"]["negative_prompt"]["n_images"] == 2

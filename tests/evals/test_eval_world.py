@@ -253,5 +253,5 @@ def test_world_eval_baselines_at_fewer_seeds(fake_world, tiny_sd15_path, tiny_cl
     row = next(r for r in summary["metrics"] if r["id"] == "exposure")
     assert row["by_model"]["negative_prompt"]["n_images"] * 2 == row["by_model"]["base"]["n_images"]
     assert row["paired_difference"]["negative_prompt"]["n_images"] == row["by_model"]["negative_prompt"]["n_images"]
-    assert any("first 1 of the 2 seeds" in note for note in summary["notes"])
-    assert "first 1 of the 2 seeds" in (out / "report.html").read_text()
+    assert any("each prompt's first 1 seed(s) only" in note for note in summary["notes"])
+    assert "each prompt&#x27;s first 1 seed(s) only" in (out / "report.html").read_text()
