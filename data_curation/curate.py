@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -185,8 +186,6 @@ def task_costs(cfg: CurateConfig, prompts: dict[str, list], retain_prompts: list
 
 def claim(folder: Path, task: str) -> bool:
     """True for exactly one process per task: the one whose exclusive create of ``folder/task`` succeeds."""
-    import os
-
     try:
         os.close(os.open(folder / task, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

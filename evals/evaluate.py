@@ -394,6 +394,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         "model_path": str(cfg.model_path),
         "lora_dir": str(lora_dir) if lora_dir else None,
         "negative_prompt": ", ".join(cfg.negative_prompts) if "negative_prompt" in models else None,
+        "baseline_seeds_per_prompt": cfg.baseline_seeds_per_prompt,  # None: every seed
         "generation": {"steps": cfg.steps, "guidance": cfg.guidance, "sampler": cfg.sampler,
                        "resolution": resolution, "seeds_per_prompt": cfg.seeds_per_prompt, "base_seed": cfg.seed,
                        "images_generated_this_run": session.generated, "images_reused": session.reused,
@@ -413,7 +414,6 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
                      f"a perfectly uniform model would read {stereotype['uniform_model_reads']:.3f} "
                      f"(the plug-in estimator's upward bias; uniform is {1 / len(stereotype['groups']):.3f}).")
     baselines = [name for name in models if name in ("negative_prompt", "filter_regenerate")]
-    summary["baseline_seeds_per_prompt"] = cfg.baseline_seeds_per_prompt  # None: every seed
     if baselines and cfg.baseline_seeds_per_prompt is not None:
         notes.append(f"The baselines ({', '.join(baselines)}) ran at each prompt's first {cfg.baseline_seeds_per_prompt} "
                      "seed(s) only (eval.baseline_seeds_per_prompt; base and aligned at every seed): their rates are over "

@@ -256,7 +256,7 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
     kw = dict(n_boot=boot.n_boot, confidence=boot.confidence, seed=boot.seed)
     groups = list(GROUPS)
     roles = sorted({clusters["base"][k][0] for k in keys})
-    section = {"groups": groups, "roles": roles, "shares": {r: {} for r in roles}, "by_model": {}, "images_per_role": {},
+    section = {"groups": groups, "roles": roles, "shares": {r: {} for r in roles}, "by_model": {},
                "images_per_role_by_model": {},
                "uniform": m.distribution_metrics(np.full(len(groups), 1.0 / len(groups)))}
     row = {"id": "stereotype", "short": "stereotype max share",
@@ -270,8 +270,6 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
         for role in roles:
             labels = [g for r, gs in tagged if r == role for g in gs]
             section["shares"][role][name] = m.group_shares(labels, groups).tolist()
-            if name == "base":  # base and aligned are read at every prompt and seed (a baseline may have fewer)
-                section["images_per_role"][role] = len(labels)
         section["by_model"][name] = {
             measure: float(np.mean([fn(section["shares"][r][name]) for r in roles]))
             for measure, fn in (("max_share", m.max_share), ("kl_to_uniform", m.kl_to_uniform),
@@ -279,6 +277,8 @@ def stereotype_summary(items, records, results: dict[str, ModelImages], boot) ->
         }
         row["by_model"][name] = m.cluster_bootstrap(tagged, max_share_stat, **kw).to_dict()
         section["images_per_role_by_model"][name] = {r: sum(len(gs) for role, gs in tagged if role == r) for r in roles}
+    # Base (and aligned) are read at every prompt and seed; a baseline may have fewer (baseline_seeds_per_prompt).
+    section["images_per_role"] = section["images_per_role_by_model"]["base"]
 
     def paired(first: str, second: str) -> dict:
         """second − first, over the prompts and seeds both models have images for."""
