@@ -26,8 +26,12 @@ class PointSettings:
     # H200 (docs/performance.md, v1).
     channels_last: bool = False
     full_compile: bool = False  # trainer compile_unet=full (the whole UNet, one graph per adapter state)
+    # trainer compile_options (inductor options, e.g. {conv_1x1_as_mm: true}); needs a compile mode
+    compile_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.compile_options and not (self.regional_compile or self.full_compile):
+            raise ValueError("compile_options need regional_compile or full_compile")
         if self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
         _check_one_compile_mode(self)

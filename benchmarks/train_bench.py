@@ -36,6 +36,7 @@ class TrainPoint:
     regional_compile: bool = False  # trainer compile_unet=regions
     channels_last: bool = False  # fast path only
     full_compile: bool = False  # trainer compile_unet=full
+    compile_options: tuple = ()  # trainer compile_options as sorted (key, value) pairs (hashable)
 
     @property
     def compile_unet(self) -> str:
@@ -57,6 +58,7 @@ class TrainPoint:
         parts += {"regions": ["compile"], "full": ["fullcompile"]}.get(self.compile_unet, [])
         if self.path == "fast" and self.channels_last:
             parts.append("cl")
+        parts += [key if value is True else f"{key}={value}" for key, value in self.compile_options]
         return "-".join(parts)
 
 
@@ -82,6 +84,8 @@ def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_d
     }
     if point.compile_unet != "none":
         section["compile_unet"] = point.compile_unet
+    if point.compile_options:
+        section["compile_options"] = dict(point.compile_options)
     section.update(extra)
     return section
 
@@ -111,7 +115,8 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
     """Run the trainer for one point; steady pairs/s, its spread, and peak device memory."""
     steps = log_every * (1 + timed_intervals)
     section = trainer_overrides(point, model_dir, data_dir, work_dir, steps, log_every, extra)
-    record = {"label": point.label, **point.__dict__, "steps": steps, "log_every": log_every}
+    record = {"label": point.label, **point.__dict__, "compile_options": dict(point.compile_options),
+              "steps": steps, "log_every": log_every}
     try:
         with peak_memory(device) as mem:
             summary = run_trainer(section)

@@ -64,13 +64,14 @@ def _raise_recompile_limits() -> None:
         )
 
 
-def compile_lora_free_regions(unet: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
+def compile_lora_free_regions(unet: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
+                              options: dict | None = None) -> int:
     """Compile every LoRA-free region of ``unet`` in place; return how many were compiled.
-    Shapes are static per region (``dynamic=False``)."""
+    Shapes are static per region (``dynamic=False``). ``options``: inductor options (``train.compile_options``)."""
     regions = lora_free_regions(unet)
     _raise_recompile_limits()
     for region in regions:
-        region.compile(backend=backend, mode=mode, dynamic=False)
+        region.compile(backend=backend, mode=mode, options=options or None, dynamic=False)
     return len(regions)
 
 
@@ -96,7 +97,8 @@ def _forward_in_adapter_state(adapters_enabled: bool, forward: Callable, *args, 
     return forward(*args, **kwargs)
 
 
-def compile_whole_unet(unet: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> Callable:
+def compile_whole_unet(unet: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
+                       options: dict | None = None) -> Callable:
     """Compile the whole forward of ``unet`` in place (``unet.forward`` is replaced); return the
     compiled function (tests inspect its guards).
 
@@ -109,7 +111,8 @@ def compile_whole_unet(unet: torch.nn.Module, backend: str = "inductor", mode: s
                            "before accelerator.prepare")
     layers = lora_layers(unet)
     _raise_recompile_limits()
-    compiled = torch.compile(_forward_in_adapter_state, backend=backend, mode=mode, dynamic=False, fullgraph=True)
+    compiled = torch.compile(_forward_in_adapter_state, backend=backend, mode=mode, options=options or None,
+                             dynamic=False, fullgraph=True)
     eager_forward = unet.forward  # the class forward bound to unet (diffusers' LoRA-scale wrapper included)
 
     @functools.wraps(eager_forward)
@@ -120,11 +123,12 @@ def compile_whole_unet(unet: torch.nn.Module, backend: str = "inductor", mode: s
     return compiled
 
 
-def compile_unet(unet: torch.nn.Module, mode: str, backend: str = "inductor") -> None:
-    """Apply ``train.compile_unet`` (``TrainConfig.unet_compile_mode()``): "none", "regions" or "full"."""
+def compile_unet(unet: torch.nn.Module, mode: str, backend: str = "inductor", options: dict | None = None) -> None:
+    """Apply ``train.compile_unet`` (``TrainConfig.unet_compile_mode()``): "none", "regions" or "full",
+    with ``train.compile_options`` passed to inductor."""
     if mode == "regions":
-        compile_lora_free_regions(unet, backend=backend)
+        compile_lora_free_regions(unet, backend=backend, options=options)
     elif mode == "full":
-        compile_whole_unet(unet, backend=backend)
+        compile_whole_unet(unet, backend=backend, options=options)
     elif mode != "none":
         raise ValueError(f"compile_unet must be 'none', 'regions' or 'full', got {mode!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from core.errors import ConfigError
 from training.loss import LOSS_TYPES
@@ -169,6 +169,10 @@ class TrainConfig:
     # torch.compile backend. "aot_eager" traces and runs autograd like inductor but without code generation
     # (no speed-up): for CPU tests and for telling a dynamo problem from an inductor one.
     compile_backend: str = "inductor"
+    # Inductor options for compile_unet (torch.compile's ``options=``; the keys of
+    # torch._inductor.list_options(), e.g. {conv_1x1_as_mm: true, coordinate_descent_tuning: true}).
+    # They change kernel choice and scheduling only, never the maths. Empty = inductor's defaults.
+    compile_options: dict[str, Any] = field(default_factory=dict)
     # CUDA-graph capture of the whole optimiser step (training/graph.py): cache gathers, reference and policy
     # forwards, DPO loss + retain anchor, backward, clipping and the AdamW update are captured once after a few
     # eager warm-up steps and replayed every step after copying the step's draws into static tensors. For
@@ -298,6 +302,17 @@ class TrainConfig:
                 torch._dynamo.lookup_backend(self.compile_backend)
             except Exception as exc:  # dynamo's InvalidBackend, or a backend that fails to import
                 raise ValueError(f"compile_backend {self.compile_backend!r}: {exc}") from exc
+        if self.compile_options:
+            if self.unet_compile_mode("cuda") == "none" or self.compile_backend != "inductor":
+                raise ValueError("compile_options are inductor options: they need compile_unet regions, full "
+                                 f"or auto and compile_backend inductor (got {self.compile_unet!r}, "
+                                 f"{self.compile_backend!r})")
+            import torch._inductor
+
+            unknown = sorted(set(self.compile_options) - set(torch._inductor.list_options()))
+            if unknown:
+                raise ValueError(f"compile_options {unknown}: not inductor options (see "
+                                 "torch._inductor.list_options())")
 
 
 def resolve_paths(cfg: TrainConfig, run_name: str) -> TrainConfig:

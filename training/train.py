@@ -306,7 +306,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         unet.enable_gradient_checkpointing()
     # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP
     # forward (policy) and the unwrapped module (reference) then both reach the compiled code.
-    compile_unet(unet, cfg.unet_compile_mode(device.type), cfg.compile_backend)
+    compile_unet(unet, cfg.unet_compile_mode(device.type), cfg.compile_backend, dict(cfg.compile_options))
     unet.train()
     optimizer, lr_scheduler = _build_optimizer(cfg, params, device, capturable=use_graph)
     unet, optimizer = accelerator.prepare(unet, optimizer)

@@ -278,3 +278,43 @@ def test_compile_config_keys(tiny_sd15_path, tiny_set, tmp_path):
     assert auto.unet_compile_mode("cuda") == "full" and auto.unet_compile_mode("cpu") == "none"
     with pytest.raises(ConfigError, match="contradicts compile_unet: auto"):
         tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_regions=true", "compile_unet=auto")
+
+
+def test_compile_options_are_checked_against_inductor(tiny_sd15_path, tiny_set, tmp_path):
+    ok = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full",
+                     "compile_options={conv_1x1_as_mm: true, coordinate_descent_tuning: false}")
+    assert ok.compile_options == {"conv_1x1_as_mm": True, "coordinate_descent_tuning": False}
+    with pytest.raises(ConfigError, match=r"compile_options \['conv_one_by_one'\]: not inductor options"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "compile_options={conv_one_by_one: true}")
+    with pytest.raises(ConfigError, match="need compile_unet regions, full or auto"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_options={conv_1x1_as_mm: true}")
+    with pytest.raises(ConfigError, match="compile_backend inductor"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "compile_backend=aot_eager",
+                    "compile_options={conv_1x1_as_mm: true}")
+
+
+@pytest.mark.parametrize("mode", ["regions", "full"])
+def test_compile_options_reach_torch_compile(tiny_sd15_path, monkeypatch, mode):
+    """The options go to inductor through torch.compile's ``options=`` in both modes (and nothing when
+    none are set, so inductor keeps its defaults and ``mode`` stays usable)."""
+    from training import compile as compile_module
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    compile_module.compile_unet(_lora_unet(tiny_sd15_path), mode, options={"conv_1x1_as_mm": True})
+    compile_module.compile_unet(_lora_unet(tiny_sd15_path), mode)
+    with_options = [kw for kw in seen if kw["options"] == {"conv_1x1_as_mm": True}]
+    without = [kw for kw in seen if kw["options"] is None]
+    assert with_options and len(with_options) == len(without) == len(seen) // 2
+
+
+@pytest.mark.slow
+def test_full_compile_with_inductor_options_matches_eager(tiny_sd15_path):
+    """Inductor options choose kernels, not maths: 1x1 convolutions as matrix products (proj_in/out and
+    the shortcut convolutions of the UNet) give the eager outputs and LoRA gradients."""
+    unet = _lora_unet(tiny_sd15_path)
+    inputs = _inputs(unet, pairs=2)
+    eager = _dpo_step(unet, inputs)
+    compile_whole_unet(unet, backend=pick_backend(), options={"conv_1x1_as_mm": True})
+    _check_same(eager, _dpo_step(unet, inputs), rtol=1e-4)
