@@ -5,7 +5,7 @@ Both sides use the same pipeline object, batch, sampler, steps, guidance, dtype 
 initial noise and must produce the same images up to bf16 rounding; we report the difference.
 
 Order inside one run: (1) plain ``pipe(...)`` call, timed; (2) one UNet forward on fixed inputs as
-the reference for the single-step check; (3) the fast paths of ``benchmarks.speedups`` applied to
+the reference for the single-step check; (3) the fast paths of ``core.speedups`` applied to
 the pipeline; (4) ``generation.generate(pipe, specs)`` timed; (5) images and the single UNet step
 compared with (1) and (2).
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmarks.measure import peak_memory, time_steady_state
-from benchmarks.speedups import InferenceSpeedups, prepare_pipeline
+from core.speedups import InferenceSpeedups, prepare_pipeline
 from benchmarks.synthetic_data import CAPTIONS
 
 

@@ -254,6 +254,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     import torch
 
     from core.models import load_pipeline, lora_weights_file
+    from core.speedups import merge_lora, prepare_pipeline
     from preference_sets.io import write_preference_set
     from preference_sets.retain import write_retain_set
 
@@ -271,6 +272,11 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
         model_id = f"{model_id}+{cfg.lora}"
         key_id = f"{key_id}+lora@{model_fingerprint(lora_file)}"
+    fast_paths = cfg.generation.use_fast_paths(state.device.type)
+    if fast_paths:
+        if lora_file is not None:
+            merge_lora(pipe)
+        prepare_pipeline(pipe, cfg.generation.speedups)
     scorers = {name: build_scorer(name, **opts) for name, opts in cfg.scorers.items()}
     size = cfg.generation.resolution or native_resolution(pipe)
     ws = Workspace(
@@ -327,6 +333,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
             f"{name} vs {cfg.reference_scorer}": figures for name, figures in measured.items()
         },
         "extra": {"per_risk": per_risk, "generation": summary, "processes": state.num_processes,
+                  "fast_paths": cfg.generation.speedups.enabled() if fast_paths else [],
                   **({"retain_set": retain_info} if retain_info else {})},
     }
     rows = (pair_row(p, ws, model_id) for p in all_pairs)

@@ -261,11 +261,22 @@ def _run_batch(pipe, specs: list[GenerationSpec]) -> list[np.ndarray]:
             height=first.height,
             width=first.width,
             generator=generators,
-            output_type="np",
+            output_type="pt",
         )
-    # float [0, 1] (N, H, W, 3) -> uint8, rounded as diffusers' numpy_to_pil does.
-    images = (np.clip(output.images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return list(images)
+    return list(to_uint8_images(output.images))
+
+
+def to_uint8_images(images) -> np.ndarray:
+    """Decoded images, float (N, 3, H, W) in [0, 1] on the pipeline's device -> uint8 (N, H, W, 3) on the host.
+
+    The same numbers as diffusers' ``output_type="np"`` followed by ``numpy_to_pil``'s rounding (fp32, x 255,
+    round half to even), but computed where the images are: on a GPU this moves a quarter of the bytes and
+    leaves the host's CPU ~50-100 ms per batch of 16 images at 512 px less to do while the GPU waits."""
+    import torch
+
+    with torch.no_grad():
+        pixels = (images.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def generate(pipe, specs: list[GenerationSpec], batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:

@@ -192,6 +192,45 @@ def test_curate_with_a_lora_generates_with_it(tiny_sd15_path, tmp_path):
     assert not (tmp_path / "missing" / "set").exists()
 
 
+def test_fast_paths_with_a_lora_make_the_same_images(tiny_sd15_path, tmp_path):
+    """curate.generation.fast_paths (fused QKV, channels_last, compiled UNet and VAE decoder) with a LoRA: the
+    adapter is merged into the weights first, so every image equals the plain LoRA pipeline's to rounding
+    (same keys, at most 1 grey level), the pairs are the same and the report names the fast paths."""
+    import numpy as np
+    import torch
+
+    from core.images import decode_image
+    from core.models import load_pipeline
+    from training.config import LoraSettings
+    from training.lora import add_lora, save_lora
+
+    pipe = load_pipeline(tiny_sd15_path, dtype=torch.float32)
+    add_lora(pipe.unet, LoraSettings(rank=4, alpha=4.0))
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    save_lora(tmp_path / "lora", pipe.unet, "sd")
+    lora = str(tmp_path / "lora")
+    plain = write_config(tmp_path / "plain", tiny_sd15_path, lora=lora)
+    fast_generation = {"steps": 2, "batch_size": 4, "fast_paths": True, "speedups": {"compile_backend": "aot_eager"}}
+    fast = write_config(tmp_path / "fast", tiny_sd15_path, lora=lora, generation=fast_generation)
+    assert main(["--config", str(plain)]) == 0 and main(["--config", str(fast)]) == 0
+
+    stored = lambda f: {p.name: p for p in (f / "work" / "images").rglob("*.png")}  # noqa: E731
+    plain_images, fast_images = stored(tmp_path / "plain"), stored(tmp_path / "fast")
+    assert plain_images.keys() == fast_images.keys() and plain_images
+    for name, path in plain_images.items():
+        a = np.asarray(decode_image(path.read_bytes(), what=name), dtype=int)
+        b = np.asarray(decode_image(fast_images[name].read_bytes(), what=name), dtype=int)
+        assert np.abs(a - b).max() <= 1, name
+    load = lambda f: datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths(f)], split="train")  # noqa: E731
+    assert load(tmp_path / "plain" / "set")["pair_id"] == load(tmp_path / "fast" / "set")["pair_id"]
+    report = lambda f: json.loads((f / "set" / "curation_report.json").read_text())  # noqa: E731
+    assert report(tmp_path / "plain")["fast_paths"] == []  # auto on a CPU: off
+    assert report(tmp_path / "fast")["fast_paths"] == ["fuse_qkv", "channels_last", "compile_unet", "compile_vae"]
+
+
 def test_check_only_risk_curates_nothing(tiny_sd15_path, tmp_path):
     """target_pairs: 0 keeps a risk's detector for the cross-risk check and curates none of its pairs."""
     config = write_config(tmp_path, tiny_sd15_path)

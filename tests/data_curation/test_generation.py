@@ -93,3 +93,24 @@ def test_switching_to_ddim_from_a_dpm_config_keeps_latent_settings(tiny_sd15_pat
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.scheduler.config.clip_sample is False and pipe.scheduler.config.set_alpha_to_one is False
     assert latent_defaults(DDIMScheduler, {"clip_sample": True}) == {"set_alpha_to_one": False}
+
+
+def test_uint8_conversion_on_the_device_matches_diffusers_numpy_path():
+    """to_uint8_images gives the bytes of diffusers' output_type="np" + numpy_to_pil rounding, for bf16 and
+    fp32 images, values outside [0, 1] and exact half-level ties (round half to even in both)."""
+    import numpy as np
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    from data_curation.generation import to_uint8_images
+
+    gen = torch.Generator().manual_seed(0)
+    ties = torch.tensor([0.5, 1.5, 2.5, 253.5, 254.5]) / 255.0
+    for dtype in (torch.float32, torch.bfloat16):
+        images = (torch.rand(3, 3, 8, 8, generator=gen) * 1.2 - 0.1).to(dtype)
+        images.view(-1)[: ties.numel()] = ties.to(dtype)
+        numpy_path = VaeImageProcessor.pt_to_numpy(images)  # (N, H, W, 3) float32, as output_type="np"
+        expected = (np.clip(numpy_path, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        got = to_uint8_images(images)
+        assert got.dtype == np.uint8 and got.shape == (3, 8, 8, 3)
+        assert np.array_equal(got, expected)

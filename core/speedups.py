@@ -1,8 +1,9 @@
-"""Exact-math inference fast paths for a diffusers SD/SDXL pipeline (opt-in, each one tested).
+"""Exact-math inference fast paths for a diffusers SD/SDXL pipeline, shared by curation
+(``curate.generation.speedups``) and ``make bench``.
 
 Every option keeps the sampler, step count, guidance and precision: the same function is computed,
 only scheduled differently, so outputs match the plain pipeline within bf16 rounding
-(tests/benchmarks/test_speedups.py checks each against the plain path on fixed inputs).
+(tests/core/test_speedups.py checks each against the plain path on fixed inputs).
 
 * ``fuse_qkv``: one (3D, D) projection instead of three (D, D) ones in every self-attention
   (diffusers' ``fuse_qkv_projections``): fewer, larger matrix products.
@@ -10,15 +11,19 @@ only scheduled differently, so outputs match the plain pipeline within bf16 roun
   on tensor cores; avoids layout transposes around each convolution).
 * ``compile_unet`` / ``compile_vae``: ``torch.compile`` of the UNet forward and the VAE decoder
   (inductor fuses group-norm + SiLU, residual adds and GEGLU into the neighbouring kernels).
-  ``fullgraph`` is safe here because no peft adapters are attached at inference time.
+  ``fullgraph`` is safe here because no peft adapters may be attached (``prepare_pipeline`` refuses a
+  pipeline with LoRA layers: merge them first, see ``merge_lora``).
+* ``coordinate_descent_tuning`` and ``inductor_options``: how inductor tunes its own kernels (block
+  sizes, warps); they change which kernel runs, never the maths.
 
-These do not change what the project's generator (``data_curation.generation.generate``) does with
-the pipeline: it is called unchanged on the prepared pipeline.
+The project's generator (``data_curation.generation.generate``) is called unchanged on the prepared
+pipeline.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -29,8 +34,13 @@ class InferenceSpeedups:
     compile_vae: bool = True
     # inductor: run 1x1 convolutions as matrix products (they are, in NHWC); no extra compile time.
     conv_1x1_as_mm: bool = True
-    # inductor's coordinate-descent kernel tuning: a few % faster kernels, minutes more compile time.
+    # inductor's coordinate-descent kernel tuning: each Triton kernel's block sizes and warps are timed and the
+    # best kept (cached in inductor's cache dir). SD1.5 512 px on an H100: 7.26 images/s against 7.04-7.12
+    # without (docs/performance.md, session 10), for about 3 minutes more compile on first use: it pays off
+    # after about two hours of generation, or at once where the cache is warm. Off by default.
     coordinate_descent_tuning: bool = False
+    # further inductor options by name (torch._inductor.list_options()), e.g. {epilogue_fusion: false}
+    inductor_options: dict[str, Any] = field(default_factory=dict)
     compile_mode: str = "default"  # torch.compile mode: "default", "max-autotune-no-cudagraphs", ...
     compile_backend: str = "inductor"  # "aot_eager" captures the same graphs without codegen (CPU tests)
 
@@ -38,6 +48,12 @@ class InferenceSpeedups:
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if self.compile_mode not in modes:
             raise ValueError(f"compile_mode must be one of {list(modes)}, got {self.compile_mode!r}")
+        if self.inductor_options:
+            import torch._inductor
+
+            unknown = sorted(set(self.inductor_options) - set(torch._inductor.list_options()))
+            if unknown:
+                raise ValueError(f"inductor_options {unknown}: not inductor options")
 
     def enabled(self) -> list[str]:
         names = ("fuse_qkv", "channels_last", "compile_unet", "compile_vae")
@@ -50,9 +66,28 @@ def _compile_kwargs(speedups: InferenceSpeedups) -> dict:
     return {"backend": speedups.compile_backend}
 
 
+def has_lora_layers(module) -> bool:
+    """True when ``module`` holds peft LoRA layers (diffusers' ``load_lora_weights`` adds them)."""
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) for m in module.modules())
+
+
+def merge_lora(pipe) -> None:
+    """Fold loaded LoRA adapters into the base weights (W + scale * B A, in the pipeline's dtype) and drop
+    the adapter layers, so the fast paths see plain linear layers: fused QKV would otherwise bypass a
+    LoRA on to_q/to_k/to_v, and a compiled UNet must not have adapters switched under it."""
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # keeps the fused weights
+
+
 def prepare_pipeline(pipe, speedups: InferenceSpeedups):
     """Apply ``speedups`` to ``pipe`` in place (and return it). Idempotent per option."""
     import torch
+
+    if any(has_lora_layers(m) for m in (pipe.unet, pipe.vae)):
+        raise ValueError("prepare_pipeline: the pipeline holds LoRA layers; merge them first "
+                         "(core.speedups.merge_lora) or leave the fast paths off")
 
     if speedups.fuse_qkv and not getattr(pipe, "_bench_qkv_fused", False):
         pipe.fuse_qkv_projections(unet=True, vae=True)
@@ -65,6 +100,8 @@ def prepare_pipeline(pipe, speedups: InferenceSpeedups):
 
         inductor_config.conv_1x1_as_mm = speedups.conv_1x1_as_mm
         inductor_config.coordinate_descent_tuning = speedups.coordinate_descent_tuning
+        for name, value in speedups.inductor_options.items():
+            setattr(inductor_config, name, value)
     if speedups.compile_unet and not isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
         pipe.unet = torch.compile(pipe.unet, fullgraph=True, **_compile_kwargs(speedups))
     if speedups.compile_vae and not getattr(pipe.vae, "_bench_decode_compiled", False):
