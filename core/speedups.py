@@ -56,8 +56,13 @@ class InferenceSpeedups:
                 raise ValueError(f"inductor_options {unknown}: not inductor options")
 
     def enabled(self) -> list[str]:
+        """The fast paths in use, for reports: the four switches, then kernel tuning when anything compiles."""
         names = ("fuse_qkv", "channels_last", "compile_unet", "compile_vae")
-        return [n for n in names if getattr(self, n)]
+        on = [n for n in names if getattr(self, n)]
+        if self.compile_unet or self.compile_vae:
+            on += ["coordinate_descent_tuning"] if self.coordinate_descent_tuning else []
+            on += [f"inductor:{key}={value}" for key, value in sorted(self.inductor_options.items())]
+        return on
 
 
 def _compile_kwargs(speedups: InferenceSpeedups) -> dict:
