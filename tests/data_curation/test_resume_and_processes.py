@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 def write_config(folder: Path, model: Path) -> Path:
     curate = {
         "model": str(model),
+        # Batches split across processes (as on GPUs); on a CPU launch "auto" would split by task, which
+        # test_two_cpu_processes_split_by_task_make_the_same_set covers.
+        "process_split": "batches",
         "output_dir": str(folder / "set"),
         "work_dir": str(folder / "work"),
         "generation": {"steps": 3, "batch_size": 2},
