@@ -65,6 +65,27 @@ class InferenceSpeedups:
         return on
 
 
+def raise_recompile_limits() -> None:
+    """Dynamo keeps at most ``recompile_limit`` graphs per code object; beyond it a ``fullgraph`` compile fails
+    and any other silently runs eager. Every UNet compiled in one process adds graphs to the same forward code:
+    the trainer's regions (a few dozen shapes share ``Module._call_impl``), its whole-UNet compile (2 adapter
+    states per UNet, one UNet per bench point), an eval's base and merged-LoRA pipelines, a bench's SD1.5 and
+    SDXL."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 4096
+        )
+
+
+def use_fast_paths(setting, device_type: str) -> bool:
+    """A stage's ``fast_paths`` setting (true, false or "auto") for the device its pipeline runs on:
+    "auto" is on with CUDA only (on a CPU compiling costs more than it saves)."""
+    return device_type == "cuda" if setting == "auto" else bool(setting)
+
+
 def _compile_kwargs(speedups: InferenceSpeedups) -> dict:
     # Static shapes: a second pipeline of the same classes compiled in one process (another model or
     # resolution) hits dynamo's cache for the same forward code; without dynamic=False dynamo would then
@@ -110,6 +131,8 @@ def prepare_pipeline(pipe, speedups: InferenceSpeedups):
         inductor_config.coordinate_descent_tuning = speedups.coordinate_descent_tuning
         for name, value in speedups.inductor_options.items():
             setattr(inductor_config, name, value)
+    if speedups.compile_unet or speedups.compile_vae:
+        raise_recompile_limits()
     if speedups.compile_unet and not isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule):
         pipe.unet = torch.compile(pipe.unet, fullgraph=True, **_compile_kwargs(speedups))
     if speedups.compile_vae and not getattr(pipe.vae, "_bench_decode_compiled", False):

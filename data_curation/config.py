@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from core.errors import ConfigError
-from core.speedups import InferenceSpeedups
+from core.speedups import InferenceSpeedups, use_fast_paths
 from data_curation.generation import check_sampler
 from data_curation.scorers import check_scorer_name
 
@@ -38,7 +38,7 @@ class GenerationConfig:
 
     def use_fast_paths(self, device_type: str) -> bool:
         """``fast_paths`` resolved for the device the pipeline runs on."""
-        return device_type == "cuda" if self.fast_paths == "auto" else bool(self.fast_paths)
+        return use_fast_paths(self.fast_paths, device_type)
 
     def validate(self) -> None:
         check_sampler(self.sampler)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from core.errors import ConfigError
+from core.speedups import InferenceSpeedups
 
 MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate")
 WORLD_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral")
@@ -114,6 +115,10 @@ class EvalConfig:
     batch_size: Union[int, Literal["auto"]] = 64  # images per batch; auto: data_curation.generation.resolve_batch_size
     device: str = "auto"  # auto -> cuda if available, else cpu
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # Exact-math generation fast paths, as curate.generation.fast_paths (core/speedups.py): "auto" = on with
+    # CUDA. The aligned model then runs as a second pipeline with the LoRA merged into its weights.
+    fast_paths: Union[bool, Literal["auto"]] = "auto"
+    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups)
     oracle_path: str = "models/synthetic-oracle"
     clip_path: str = "models/synthetic-clip"
     clip_model_name: str | None = None  # architecture for a bare .safetensors checkpoint (ViT-L-14)

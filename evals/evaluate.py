@@ -19,6 +19,7 @@ from core.config import config_name, load_stage_config, to_dict, write_resolved_
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_write_json, stable_key
 from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
+from core.speedups import prepare_pipeline, use_fast_paths
 from evals.config import EvalConfig
 from evals.metrics import sample_size_label
 from evals.report import ImageGrid, console_table, write_report
@@ -183,7 +184,7 @@ def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_
         )
         keys["filter_regenerate"] = spread([r.key for r in filter_outcome.records], picked, len(items))
     if "aligned" in variants:
-        session.pipe.load_lora_weights(str(variants["aligned"].adapter_dir))
+        session.use_adapter(variants["aligned"].adapter_dir)
         keys["aligned"] = session.generate(items, variants["aligned"], desc="aligned")
     order = [name for name in cfg.models if name in keys]
     return {name: keys[name] for name in order}, filter_outcome
@@ -336,7 +337,7 @@ def run_i2p(cfg, session, lora_dir, device):
                 grid.notes[name] = [f"score {v:.2f}" for v in values]
             grids.append(grid)
         if "aligned" in variants:  # the next set starts again from the base weights
-            session.pipe.unload_lora_weights()
+            session.use_base()
     if cfg.i2p.captions:
         captions = load_captions(cfg.i2p.captions)
         items = make_items(captions, cfg.seeds_per_prompt, cfg.seed, cfg.guidance)
@@ -377,7 +378,11 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     pipe = load_pipeline(cfg.model_path, dtype=getattr(torch, cfg.dtype), device=device)
     resolution = cfg.resolution or native_resolution(pipe)
     batch_size = resolve_batch_size(cfg.batch_size, resolution, pipe.device.type)
-    session = EvalSession(out_dir, pipe, cfg.model_path, cfg.steps, cfg.sampler, resolution, batch_size)
+    fast = use_fast_paths(cfg.fast_paths, pipe.device.type)
+    if fast:
+        prepare_pipeline(pipe, cfg.speedups)
+    session = EvalSession(out_dir, pipe, cfg.model_path, cfg.steps, cfg.sampler, resolution, batch_size,
+                          speedups=cfg.speedups if fast else None)
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
     if cfg.mode == "synthetic":
@@ -398,6 +403,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         "generation": {"steps": cfg.steps, "guidance": cfg.guidance, "sampler": cfg.sampler,
                        "resolution": resolution, "seeds_per_prompt": cfg.seeds_per_prompt, "base_seed": cfg.seed,
                        "images_generated_this_run": session.generated, "images_reused": session.reused,
+                       "fast_paths": cfg.speedups.enabled() if fast else [],
                        "images_scored_this_run": session.scored},
         "wall_seconds": round(time.perf_counter() - start, 1),
         "device": device,

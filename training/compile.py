@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 
+from core.speedups import raise_recompile_limits
 from training.lora import lora_layers
 
 
@@ -51,25 +52,12 @@ def lora_free_regions(unet: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward)) and not _has_lora(m)]
 
 
-def _raise_recompile_limits() -> None:
-    """Dynamo keeps at most ``recompile_limit`` graphs per code object and silently runs eager
-    beyond it. Regions: a few dozen distinct region shapes share ``Module._call_impl``'s code.
-    Full: 2 adapter states x the UNets compiled in one process (a bench sweep builds one per point)."""
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-    if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
-        torch._dynamo.config.accumulated_cache_size_limit = max(
-            torch._dynamo.config.accumulated_cache_size_limit, 4096
-        )
-
-
 def compile_lora_free_regions(unet: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
                               options: dict | None = None) -> int:
     """Compile every LoRA-free region of ``unet`` in place; return how many were compiled.
     Shapes are static per region (``dynamic=False``). ``options``: inductor options (``train.compile_options``)."""
     regions = lora_free_regions(unet)
-    _raise_recompile_limits()
+    raise_recompile_limits()
     for region in regions:
         region.compile(backend=backend, mode=mode, options=options or None, dynamic=False)
     return len(regions)
@@ -110,7 +98,7 @@ def compile_whole_unet(unet: torch.nn.Module, backend: str = "inductor", mode: s
         raise RuntimeError("compile_whole_unet: unet.forward is already replaced; compile a fresh UNet "
                            "before accelerator.prepare")
     layers = lora_layers(unet)
-    _raise_recompile_limits()
+    raise_recompile_limits()
     compiled = torch.compile(_forward_in_adapter_state, backend=backend, mode=mode, options=options or None,
                              dynamic=False, fullgraph=True)
     eager_forward = unet.forward  # the class forward bound to unet (diffusers' LoRA-scale wrapper included)

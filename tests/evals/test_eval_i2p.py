@@ -132,3 +132,30 @@ def test_i2p_eval_baselines_at_fewer_seeds(tiny_sd15_path, i2p_files, tiny_clip_
     assert caption["by_model"]["base"]["n_images"] == 2 * 2  # 2 captions x seeds_per_prompt
     assert caption["by_model"]["negative_prompt"]["n_images"] == 2
     assert caption["paired_difference"]["negative_prompt"]["n_images"] == 2
+
+
+def test_i2p_eval_fast_paths_make_the_plain_images(tiny_sd15_path, i2p_files, tiny_clip_dir, random_lora, tmp_path):
+    """eval.fast_paths (fused QKV, channels_last, compiled UNet and VAE decoder; aot_eager here): the base model
+    and the aligned one (a second pipeline with the LoRA merged) make the plain eval's images to 1 grey level,
+    under the same keys, in both I2P passes (CSV, then captions after switching back to the base weights)."""
+    import numpy as np
+
+    from core.images import decode_image
+
+    models = ["base", "aligned", "negative_prompt"]
+    plain = _cfg(tiny_sd15_path, tmp_path / "plain", *i2p_files, tiny_clip_dir, models=models, lora_dir=str(random_lora))
+    fast = _cfg(tiny_sd15_path, tmp_path / "fast", *i2p_files, tiny_clip_dir, models=models, lora_dir=str(random_lora),
+                fast_paths=True, speedups={"compile_backend": "aot_eager"})
+    run_eval(plain, "unit")
+    run_eval(fast, "unit")
+    stored = lambda f: {p.name: p for p in (f / "images").rglob("*.png")}  # noqa: E731
+    plain_images, fast_images = stored(tmp_path / "plain"), stored(tmp_path / "fast")
+    assert plain_images.keys() == fast_images.keys() and len(plain_images) >= 3 * (6 + 4)
+    for name, path in plain_images.items():
+        a = np.asarray(decode_image(path.read_bytes(), what=name), dtype=int)
+        b = np.asarray(decode_image(fast_images[name].read_bytes(), what=name), dtype=int)
+        assert np.abs(a - b).max() <= 1, name
+    summary = lambda f: json.loads((f / "summary.json").read_text())  # noqa: E731
+    assert summary(tmp_path / "plain")["generation"]["fast_paths"] == []  # auto on a CPU: off
+    assert summary(tmp_path / "fast")["generation"]["fast_paths"] == ["fuse_qkv", "channels_last", "compile_unet",
+                                                                     "compile_vae"]
