@@ -63,3 +63,26 @@ def synthetic_clip_path() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_oracle_path() -> Path:
     return _require(SYNTHETIC_ORACLE)
+
+
+def make_random_lora(model_path, folder, family="sd"):
+    """A LoRA with non-zero A and B (so aligned images differ from base), saved by the trainer's own code."""
+    import torch
+
+    from core.models import load_pipeline
+    from training.config import LoraSettings
+    from training.lora import add_lora, save_lora
+
+    pipe = load_pipeline(model_path)
+    params = add_lora(pipe.unet, LoraSettings(rank=2, alpha=2.0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, 0.5)
+    save_lora(folder, pipe.unet, family)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_lora(tiny_sd15_path, tmp_path_factory):
+    return make_random_lora(tiny_sd15_path, tmp_path_factory.mktemp("lora") / "lora")

@@ -58,32 +58,16 @@ def test_inductor_compiled_pipeline_matches_plain(tiny_sd15_path):
     assert np.abs(plain.astype(int) - fast.astype(int)).max() <= 2 and rel < 1e-4
 
 
-def _pipe_with_lora(path):
-    from training.config import LoraSettings
-    from training.lora import add_lora
-
-    pipe = load_pipeline(path, dtype=torch.float32)
-    add_lora(pipe.unet, LoraSettings(rank=4, alpha=4.0))
-    with torch.no_grad():
-        for name, param in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    return pipe
-
-
-def test_fast_paths_refuse_lora_layers_and_match_after_merging(tiny_sd15_path, tmp_path):
+def test_fast_paths_refuse_lora_layers_and_match_after_merging(tiny_sd15_path, random_lora):
     """Fused QKV would bypass a LoRA on to_q/to_k/to_v, so a pipeline with adapters is refused; merged into the
     weights first, the fast pipeline makes the LoRA pipeline's images."""
     from core.speedups import has_lora_layers, merge_lora
-    from training.lora import save_lora
 
-    pipe = _pipe_with_lora(tiny_sd15_path)
-    save_lora(tmp_path / "lora", pipe.unet, "sd")
     specs = make_specs(2, 32, GenerationBenchSettings(steps=3))
     base = plain_pipeline_call(load_pipeline(tiny_sd15_path, dtype=torch.float32), specs)
 
     pipe = load_pipeline(tiny_sd15_path, dtype=torch.float32)
-    pipe.load_lora_weights(str(tmp_path / "lora"))  # stock diffusers loading, as curation does
+    pipe.load_lora_weights(str(random_lora))  # stock diffusers loading, as curation does
     with_lora = plain_pipeline_call(pipe, specs)
     assert np.abs(with_lora.astype(int) - base.astype(int)).max() > 10, "fixture broken: the LoRA changes nothing"
     with pytest.raises(ValueError, match="holds LoRA layers"):

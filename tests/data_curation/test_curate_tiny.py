@@ -192,26 +192,15 @@ def test_curate_with_a_lora_generates_with_it(tiny_sd15_path, tmp_path):
     assert not (tmp_path / "missing" / "set").exists()
 
 
-def test_fast_paths_with_a_lora_make_the_same_images(tiny_sd15_path, tmp_path):
+def test_fast_paths_with_a_lora_make_the_same_images(tiny_sd15_path, random_lora, tmp_path):
     """curate.generation.fast_paths (fused QKV, channels_last, compiled UNet and VAE decoder) with a LoRA: the
     adapter is merged into the weights first, so every image equals the plain LoRA pipeline's to rounding
     (same keys, at most 1 grey level), the pairs are the same and the report names the fast paths."""
     import numpy as np
-    import torch
 
     from core.images import decode_image
-    from core.models import load_pipeline
-    from training.config import LoraSettings
-    from training.lora import add_lora, save_lora
 
-    pipe = load_pipeline(tiny_sd15_path, dtype=torch.float32)
-    add_lora(pipe.unet, LoraSettings(rank=4, alpha=4.0))
-    with torch.no_grad():
-        for name, param in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    save_lora(tmp_path / "lora", pipe.unet, "sd")
-    lora = str(tmp_path / "lora")
+    lora = str(random_lora)
     plain = write_config(tmp_path / "plain", tiny_sd15_path, lora=lora)
     fast_generation = {"steps": 2, "batch_size": 4, "fast_paths": True, "speedups": {"compile_backend": "aot_eager"}}
     fast = write_config(tmp_path / "fast", tiny_sd15_path, lora=lora, generation=fast_generation)
