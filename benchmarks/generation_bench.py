@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmarks.measure import peak_memory, time_steady_state
-from core.speedups import InferenceSpeedups, prepare_pipeline
 from benchmarks.synthetic_data import CAPTIONS
+from core.speedups import InferenceSpeedups, prepare_pipeline
 
 
 @dataclass

@@ -49,12 +49,7 @@ class InferenceSpeedups:
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if self.compile_mode not in modes:
             raise ValueError(f"compile_mode must be one of {list(modes)}, got {self.compile_mode!r}")
-        if self.inductor_options:
-            import torch._inductor
-
-            unknown = sorted(set(self.inductor_options) - set(torch._inductor.list_options()))
-            if unknown:
-                raise ValueError(f"inductor_options {unknown}: not inductor options")
+        check_inductor_options(self.inductor_options, "inductor_options")
 
     def enabled(self) -> list[str]:
         """The fast paths in use, for reports: the four switches, then kernel tuning when anything compiles."""
@@ -64,6 +59,17 @@ class InferenceSpeedups:
             on += ["coordinate_descent_tuning"] if self.coordinate_descent_tuning else []
             on += [f"inductor:{key}={value}" for key, value in sorted(self.inductor_options.items())]
         return on
+
+
+def check_inductor_options(options: dict, name: str) -> None:
+    """Raise ValueError naming the keys of ``options`` (config key ``name``) that inductor does not know."""
+    if not options:
+        return
+    import torch._inductor
+
+    unknown = sorted(set(options) - set(torch._inductor.list_options()))
+    if unknown:
+        raise ValueError(f"{name} {unknown}: not inductor options (see torch._inductor.list_options())")
 
 
 def raise_recompile_limits() -> None:

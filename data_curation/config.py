@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from core.errors import ConfigError
-from core.speedups import InferenceSpeedups, use_fast_paths
+from core.speedups import InferenceSpeedups
 from data_curation.generation import check_sampler
 from data_curation.scorers import check_scorer_name
 
@@ -31,14 +31,11 @@ class GenerationConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # Exact-math inference fast paths (core/speedups.py: fused QKV, channels_last, torch.compile of the UNet
     # and the VAE decoder). "auto": on when generating on CUDA, off on a CPU (compiling costs more than it
-    # saves there). On an H100 at SD1.5 512 px they give 1.44-1.50x the plain pipeline's images/s
-    # (docs/performance.md); compiling takes a few minutes up front. true / false force them.
+    # saves there; core.speedups.use_fast_paths). On an H100 at SD1.5 512 px they give 1.48x the plain
+    # pipeline's images/s, 1.52x with speedups.coordinate_descent_tuning (docs/performance.md, session 10);
+    # compiling takes a few minutes up front. true / false force them.
     fast_paths: Union[bool, Literal["auto"]] = "auto"
     speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups)
-
-    def use_fast_paths(self, device_type: str) -> bool:
-        """``fast_paths`` resolved for the device the pipeline runs on."""
-        return use_fast_paths(self.fast_paths, device_type)
 
     def validate(self) -> None:
         check_sampler(self.sampler)

@@ -254,7 +254,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     import torch
 
     from core.models import load_pipeline, lora_weights_file
-    from core.speedups import merge_lora, prepare_pipeline
+    from core.speedups import merge_lora, prepare_pipeline, use_fast_paths
     from preference_sets.io import write_preference_set
     from preference_sets.retain import write_retain_set
 
@@ -272,7 +272,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
         model_id = f"{model_id}+{cfg.lora}"
         key_id = f"{key_id}+lora@{model_fingerprint(lora_file)}"
-    fast_paths = cfg.generation.use_fast_paths(state.device.type)
+    fast_paths = use_fast_paths(cfg.generation.fast_paths, state.device.type)
     if fast_paths:
         if lora_file is not None:
             merge_lora(pipe)

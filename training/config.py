@@ -307,12 +307,9 @@ class TrainConfig:
                 raise ValueError("compile_options are inductor options: they need compile_unet regions, full "
                                  f"or auto and compile_backend inductor (got {self.compile_unet!r}, "
                                  f"{self.compile_backend!r})")
-            import torch._inductor
+            from core.speedups import check_inductor_options
 
-            unknown = sorted(set(self.compile_options) - set(torch._inductor.list_options()))
-            if unknown:
-                raise ValueError(f"compile_options {unknown}: not inductor options (see "
-                                 "torch._inductor.list_options())")
+            check_inductor_options(self.compile_options, "compile_options")
 
 
 def resolve_paths(cfg: TrainConfig, run_name: str) -> TrainConfig:
