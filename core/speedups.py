@@ -118,6 +118,18 @@ def merge_lora(pipe) -> None:
     pipe.unload_lora_weights()  # keeps the fused weights
 
 
+def is_compiled(pipe) -> bool:
+    """True when ``prepare_pipeline`` compiled the UNet or the VAE decoder of ``pipe``. Their graphs are
+    compiled for static shapes, so every new batch size costs a full compile (about a minute for SD1.5 on
+    an H100, 30 s for the demo's tiny UNet): callers then run every batch at one fixed size
+    (``data_curation.generation`` pads short batches)."""
+    import torch
+
+    return isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule) or bool(
+        getattr(pipe.vae, "_speedups_decode_compiled", False)
+    )
+
+
 def prepare_pipeline(pipe, speedups: InferenceSpeedups):
     """Apply ``speedups`` to ``pipe`` in place (and return it). Idempotent per option."""
     import torch

@@ -242,20 +242,35 @@ def make_batches(specs: list[GenerationSpec], batch_size: int) -> list[list[int]
     return batches
 
 
-def _run_batch(pipe, specs: list[GenerationSpec]) -> list[np.ndarray]:
-    """One pipeline call for specs of one signature -> uint8 images (H, W, 3)."""
+def batch_rows(pipe, batch_size: int) -> int | None:
+    """The fixed row count every pipeline call of ``pipe`` should run at, or None for "as many as the batch
+    holds". A pipeline compiled by ``core.speedups`` has static-shape graphs: a short batch (the last one of
+    a call, a retry of a few images) would trigger a whole new compile, which costs far more than running
+    the missing rows, so short batches are padded to ``batch_size``."""
+    from core.speedups import is_compiled
+
+    return batch_size if is_compiled(pipe) else None
+
+
+def _run_batch(pipe, specs: list[GenerationSpec], pad_to: int | None = None) -> list[np.ndarray]:
+    """One pipeline call for specs of one signature -> uint8 images (H, W, 3), one per spec.
+
+    ``pad_to``: run the call at this many rows, filling with copies of the last spec whose images are
+    dropped. Each image depends only on its own seed and prompt (one generator per row, rows never mix), so
+    padding changes the other images only by the batch-size dependence of the kernels (bf16 rounding)."""
     import torch
 
     first = specs[0]
+    rows = list(specs) + [specs[-1]] * max(0, (pad_to or 0) - len(specs))
     set_sampler(pipe, first.sampler)
     device = _execution_device(pipe)
     # One generator per image: diffusers draws each image's initial latent from its own generator,
     # so the noise of an image depends on its seed only, not on its batch neighbours.
-    generators = [torch.Generator(device=device).manual_seed(int(s.seed)) for s in specs]
+    generators = [torch.Generator(device=device).manual_seed(int(s.seed)) for s in rows]
     with torch.no_grad():
         output = pipe(
-            prompt=[s.prompt for s in specs],
-            negative_prompt=[s.negative_prompt for s in specs],
+            prompt=[s.prompt for s in rows],
+            negative_prompt=[s.negative_prompt for s in rows],
             num_inference_steps=first.steps,
             guidance_scale=first.guidance,
             height=first.height,
@@ -263,7 +278,7 @@ def _run_batch(pipe, specs: list[GenerationSpec]) -> list[np.ndarray]:
             generator=generators,
             output_type="pt",
         )
-    return list(to_uint8_images(output.images))
+    return list(to_uint8_images(output.images[: len(specs)]))
 
 
 def to_uint8_images(images) -> np.ndarray:
@@ -285,9 +300,10 @@ def generate(pipe, specs: list[GenerationSpec], batch_size: int = 16, progress: 
 
     results: list[np.ndarray | None] = [None] * len(specs)
     batches = make_batches(list(specs), batch_size)
+    pad_to = batch_rows(pipe, batch_size)
     with tqdm(total=len(specs), desc="generate", unit="img", disable=not progress) as bar:
         for batch in batches:
-            for index, image in zip(batch, _run_batch(pipe, [specs[i] for i in batch])):
+            for index, image in zip(batch, _run_batch(pipe, [specs[i] for i in batch], pad_to)):
                 results[index] = image
             bar.update(len(batch))
     return results  # type: ignore[return-value]
@@ -379,8 +395,9 @@ class ImageStore:
                 unit="img",
                 disable=not progress,
             ) as bar:
+                pad_to = batch_rows(pipe, batch_size)
                 for batch in my_batches:
-                    images = _run_batch(pipe, [ordered[i] for i in batch])
+                    images = _run_batch(pipe, [ordered[i] for i in batch], pad_to)
                     for index, image in zip(batch, images):
                         if keys[index] not in self:
                             self.put(keys[index], image)

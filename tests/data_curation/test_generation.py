@@ -114,3 +114,27 @@ def test_uint8_conversion_on_the_device_matches_diffusers_numpy_path():
         got = to_uint8_images(images)
         assert got.dtype == np.uint8 and got.shape == (3, 8, 8, 3)
         assert np.array_equal(got, expected)
+
+
+def test_compiled_pipeline_pads_short_batches_instead_of_recompiling(tiny_sd15_path, sd15):
+    """A pipeline compiled by core.speedups has static shapes: a short batch (the last of a call, a single
+    retry) runs padded to batch_size, so no new graph is compiled, and the kept images are the unpadded ones."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from core.speedups import InferenceSpeedups, prepare_pipeline
+
+    specs = _specs(5)
+    expected = generate(sd15, specs, batch_size=2)  # not compiled: batches of 2, 2 and 1 rows
+    pipe = load_pipeline(tiny_sd15_path)
+    prepare_pipeline(pipe, InferenceSpeedups(fuse_qkv=False, channels_last=False, compile_backend="aot_eager"))
+    generate(pipe, specs[:2], batch_size=2)  # compiles the UNet and decoder graphs for 2 images
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0, "the pipeline did not compile: the test would prove nothing"
+    padded = generate(pipe, specs, batch_size=2)  # its last batch holds 1 image
+    single = generate(pipe, specs[4:], batch_size=2)
+    assert counters["stats"]["unique_graphs"] == graphs, "a short batch compiled a new graph"
+    assert len(padded) == 5 and len(single) == 1
+    for got, want in zip(padded + single, expected + expected[4:]):
+        assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    torch._dynamo.reset()
