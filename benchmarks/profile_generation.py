@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/bench.yaml")
     parser.add_argument("--decode-cudnn-benchmark", action="store_true",
                         help="also time the generator's decode with torch.backends.cudnn.benchmark on")
+    parser.add_argument("--then-inductor-options", default=None,
+                        help="YAML mapping: after the generator's figures, recompile it with these inductor options "
+                             "added and measure again in the same process (a paired comparison)")
     parser.add_argument("overrides", nargs="*", help="bench config key=value overrides")
     args = parser.parse_args()
 
@@ -175,6 +178,27 @@ def main() -> None:
     record["compile_s"] = time.perf_counter() - start
     record["generator"] = components(pipe, specs, batch, spec.resolution, settings.steps, args.repeats)
     print_side("generator", record["generator"], settings.steps)
+    out = Path(args.out)
+    out.write_text(json.dumps(record, indent=1, default=str))  # kept if a later variant outlasts the call
+    if args.then_inductor_options:
+        import dataclasses
+
+        import torch._dynamo
+        import yaml
+
+        options = {**settings.speedups.inductor_options, **yaml.safe_load(args.then_inductor_options)}
+        variant = dataclasses.replace(settings.speedups, inductor_options=options)
+        variant.validate()
+        torch._dynamo.reset()  # forget the compiled graphs; the weights (QKV already fused) stay as they are
+        pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        pipe.vae.__dict__.pop("decode", None)  # the instance attribute holding the compiled decode, if any
+        pipe.vae._speedups_decode_compiled = False
+        start = time.perf_counter()
+        prepare_pipeline(pipe, variant)
+        generate(pipe, specs, batch_size=batch)
+        record["variant"] = {"inductor_options": options, "compile_s": time.perf_counter() - start,
+                             **components(pipe, specs, batch, spec.resolution, settings.steps, args.repeats)}
+        print_side(f"generator + {options}", record["variant"], settings.steps)
     if args.decode_cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
         latents = torch.randn(batch, pipe.vae.config.latent_channels, spec.resolution // pipe.vae_scale_factor,
@@ -184,7 +208,7 @@ def main() -> None:
                 lambda: pipe.vae.decode(latents, return_dict=False), args.repeats)
         torch.backends.cudnn.benchmark = False
         print(f"decode with cudnn.benchmark: {record['generator_decode_ms_cudnn_benchmark']:.1f} ms")
-    Path(args.out).write_text(json.dumps(record, indent=1, default=str))
+    out.write_text(json.dumps(record, indent=1, default=str))
 
 
 if __name__ == "__main__":
