@@ -18,6 +18,9 @@ from benchmarks import profile_train_step
     ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>", "layout transpose"),
     ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT", "matmul (cuBLAS/CUTLASS)"),
     ("triton_poi_fused_cat_gelu_gelu_backward_mul_split_view_5", "triton (fused element-wise, norms)"),
+    # inductor names kernels after the ops they fuse: a group norm + SiLU next to a convolution is not one
+    ("triton_per_fused_add_clone_convolution_native_group_norm_silu_unsqueeze_13", "triton (fused element-wise, norms)"),
+    ("triton_tem_fused_mm_0", "matmul (inductor Triton templates)"),
 ])
 def test_kernel_categories(name, expected):
     assert profile_train_step.category(name) == expected
