@@ -120,9 +120,9 @@ def merge_lora(pipe) -> None:
 
 def is_compiled(pipe) -> bool:
     """True when ``prepare_pipeline`` compiled the UNet or the VAE decoder of ``pipe``. Their graphs are
-    compiled for static shapes, so every new batch size costs a full compile (about a minute for SD1.5 on
-    an H100, 30 s for the demo's tiny UNet): callers then run every batch at one fixed size
-    (``data_curation.generation`` pads short batches)."""
+    compiled for static shapes, so every new batch size costs a full compile (146-186 s for SDXL on an H100,
+    measured in session 11; about 30 s for the demo's tiny UNet): callers then run every batch at one fixed
+    size (``data_curation.generation`` pads short batches)."""
     import torch
 
     return isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule) or bool(
