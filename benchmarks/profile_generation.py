@@ -3,11 +3,12 @@
 Issue 7's method: measure before changing. On the bench's random-init architecture (SD1.5 or SDXL) at its
 native resolution, for the plain pipeline (eager) and then for the generator with ``core.speedups``:
 
-* component times with CUDA events: one UNet call on the classifier-free-guidance batch (2 x batch rows,
-  the pipeline's own shapes), one VAE decode of ``batch`` latents, and a whole ``batch`` of images;
+* component times (a device synchronise closes each timed call): one UNet call on the classifier-free-guidance
+  batch (2 x batch rows, the pipeline's own shapes), one VAE decode of ``batch`` latents, and a whole batch;
   "rest" = batch - steps x UNet - decode (text encoders, scheduler, image conversion, host gaps);
 * GPU kernel time of one whole batch by kernel category (torch.profiler; the categories of
-  ``benchmarks.profile_train_step``) and the top kernels.
+  ``benchmarks.profile_train_step``), the top kernels, and the GPU's idle gaps;
+* optionally the same after recompiling with more inductor options (``--then-inductor-options``).
 
     python -m benchmarks.profile_generation --arch sdxl --out $OUT/profile-generation-sdxl.json
 """
@@ -20,53 +21,37 @@ import time
 from pathlib import Path
 
 
-def cuda_ms(fn, repeats: int) -> float:
-    """Median milliseconds of ``fn()`` timed with CUDA events (one warm call first); wall time on a CPU."""
+def call_ms(fn, repeats: int) -> float:
+    """Median milliseconds of one ``fn()`` call, one untimed call first (``benchmarks.measure``'s timing rules:
+    a device synchronise closes each timed call)."""
     import torch
 
-    fn()
-    times = []
-    for _ in range(repeats):
-        if not torch.cuda.is_available():
-            start = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - start))
-            continue
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    from benchmarks.measure import time_steady_state
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return 1e3 * time_steady_state(fn, device, warmup=1, steps=1, repeats=repeats).seconds_per_call
 
 
-def kernel_breakdown(fn) -> tuple[float, dict, list]:
-    """GPU kernel ms of one ``fn()`` call: total, by category, and the 30 largest kernels."""
+def kernel_breakdown(fn) -> tuple[float, dict, list, dict]:
+    """One ``fn()`` call under torch.profiler: kernel ms in total, by category, the 30 largest kernels, and the
+    GPU's idle gaps."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmarks.profile_train_step import category
+    from benchmarks.profile_train_step import kernel_ms, ms_by_category
 
     on_gpu = torch.cuda.is_available()  # without one: a smoke run on the tiny models (top-level CPU ops)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         fn()
         if on_gpu:
             torch.cuda.synchronize()
-    kernels: dict[str, float] = {}
-    spans = []  # (start, end) in µs of every GPU event: kernels and copies
-    for event in prof.events():
-        if on_gpu and event.device_type == torch.autograd.DeviceType.CUDA:
-            spans.append((event.time_range.start, event.time_range.end))
-        if on_gpu and event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time_total / 1e3
-        elif not on_gpu and event.cpu_parent is None:
-            kernels[event.name] = kernels.get(event.name, 0.0) + event.cpu_time_total / 1e3
-    by_category: dict[str, float] = {}
-    for name, ms in kernels.items():
-        by_category[category(name)] = by_category.get(category(name), 0.0) + ms
+    events = prof.events()
+    kernels = kernel_ms(events, on_gpu)
+    # (start, end) in µs of every GPU event (kernels and copies) for the idle gaps
+    spans = [(e.time_range.start, e.time_range.end) for e in events
+             if on_gpu and e.device_type == torch.autograd.DeviceType.CUDA]
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:30]
-    return sum(kernels.values()), by_category, top, idle_gaps(spans)
+    return sum(kernels.values()), ms_by_category(kernels), top, idle_gaps(spans)
 
 
 def idle_gaps(spans: list[tuple[float, float]], min_gap_us: float = 50.0) -> dict:
@@ -85,31 +70,54 @@ def idle_gaps(spans: list[tuple[float, float]], min_gap_us: float = 50.0) -> dic
             "largest_gaps_ms_at_ms": sorted(gaps, reverse=True)[:25]}
 
 
-def components(pipe, specs, batch: int, resolution: int, steps: int, repeats: int) -> dict:
-    """CUDA-event times (ms) of one UNet call, one decode and one whole batch on ``pipe`` as it is now."""
+def decode_latents(pipe, batch: int, resolution: int):
+    """Random latents of ``batch`` images at ``resolution``, scaled as the pipeline hands them to the decoder."""
     import torch
 
+    size = resolution // pipe.vae_scale_factor
+    latents = torch.randn(batch, pipe.vae.config.latent_channels, size, size, device=pipe.device, dtype=pipe.vae.dtype)
+    return latents / pipe.vae.config.scaling_factor
+
+
+def decode_ms(pipe, latents, repeats: int) -> float:
+    import torch
+
+    def decode():
+        with torch.no_grad():
+            pipe.vae.decode(latents, return_dict=False)
+
+    return call_ms(decode, repeats)
+
+
+def components(pipe, specs, batch: int, resolution: int, steps: int, repeats: int) -> dict:
+    """Times (ms) of one UNet call, one decode and one whole batch on ``pipe`` as it is now, and the kernel
+    breakdown of one batch."""
     from benchmarks.generation_bench import unet_probe_inputs, unet_output
     from data_curation.generation import generate
 
     probe = unet_probe_inputs(pipe, batch=2 * batch, resolution=resolution)
-    latents = torch.randn(batch, pipe.vae.config.latent_channels, resolution // pipe.vae_scale_factor,
-                          resolution // pipe.vae_scale_factor, device=pipe.device, dtype=pipe.vae.dtype)
-
-    def decode():
-        with torch.no_grad():
-            pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)
-
-    unet = cuda_ms(lambda: unet_output(pipe, probe), repeats)
-    vae = cuda_ms(decode, repeats)
+    unet = call_ms(lambda: unet_output(pipe, probe), repeats)
+    vae = decode_ms(pipe, decode_latents(pipe, batch, resolution), repeats)
     start = time.perf_counter()
-    whole = cuda_ms(lambda: generate(pipe, specs, batch_size=batch), max(1, repeats // 3))
+    whole = call_ms(lambda: generate(pipe, specs, batch_size=batch), max(1, repeats // 3))
     record = {"unet_call_ms": unet, "decode_ms": vae, "batch_ms": whole,
               "unet_share": steps * unet / whole, "decode_share": vae / whole,
               "rest_ms": whole - steps * unet - vae, "timing_wall_s": time.perf_counter() - start}
     total, by_category, top, gaps = kernel_breakdown(lambda: generate(pipe, specs, batch_size=batch))
     record.update(kernel_ms_per_batch=total, by_category_ms=by_category, top_kernels_ms=top, gpu_idle=gaps)
     return record
+
+
+def prepared_components(pipe, speedups, specs, batch: int, resolution: int, steps: int, repeats: int) -> dict:
+    """``prepare_pipeline`` with ``speedups``, one batch to compile (timed as ``compile_s``), then components."""
+    from core.speedups import prepare_pipeline
+    from data_curation.generation import generate
+
+    start = time.perf_counter()
+    prepare_pipeline(pipe, speedups)
+    generate(pipe, specs, batch_size=batch)
+    compile_s = time.perf_counter() - start
+    return {"compile_s": compile_s, **components(pipe, specs, batch, resolution, steps, repeats)}
 
 
 def print_side(label: str, record: dict, steps: int) -> None:
@@ -144,14 +152,17 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="bench config key=value overrides")
     args = parser.parse_args()
 
+    import dataclasses
+
     import torch
+    import yaml
 
     from benchmarks.architectures import arch_spec
     from benchmarks.bench import load_bench_pipeline, prepare_arch
     from benchmarks.config import BenchConfig
-    from core.config import load_stage_config
     from benchmarks.generation_bench import make_specs
-    from core.speedups import prepare_pipeline
+    from core.config import load_stage_config
+    from core.speedups import uncompile
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # a smoke run of this script: tiny models, no compile
@@ -164,52 +175,32 @@ def main() -> None:
     model_dir, _ = prepare_arch(cfg, args.arch, Path(args.work), device)
     pipe = load_bench_pipeline(cfg, model_dir, device)
     specs = make_specs(batch, spec.resolution, settings)
-
-    record = {"device": torch.cuda.get_device_name() if device == "cuda" else "CPU (tiny models: a smoke run)", "torch": torch.__version__, "arch": args.arch,
-              "batch": batch, "resolution": spec.resolution, "steps": settings.steps,
-              "speedups": settings.speedups.enabled()}
-    record["plain"] = components(pipe, specs, batch, spec.resolution, settings.steps, args.repeats)
-    print_side("plain", record["plain"], settings.steps)
-    start = time.perf_counter()
-    prepare_pipeline(pipe, settings.speedups)
-    from data_curation.generation import generate
-
-    generate(pipe, specs, batch_size=batch)  # compiles
-    record["compile_s"] = time.perf_counter() - start
-    record["generator"] = components(pipe, specs, batch, spec.resolution, settings.steps, args.repeats)
-    print_side("generator", record["generator"], settings.steps)
+    measure = dict(specs=specs, batch=batch, resolution=spec.resolution, steps=settings.steps, repeats=args.repeats)
     out = Path(args.out)
+
+    record = {"device": torch.cuda.get_device_name() if device == "cuda" else "CPU (tiny models: a smoke run)",
+              "torch": torch.__version__, "arch": args.arch, "batch": batch, "resolution": spec.resolution,
+              "steps": settings.steps, "speedups": settings.speedups.enabled()}
+    record["plain"] = components(pipe, **measure)
+    print_side("plain", record["plain"], settings.steps)
+    record["generator"] = prepared_components(pipe, settings.speedups, **measure)
+    record["compile_s"] = record["generator"]["compile_s"]
+    print_side("generator", record["generator"], settings.steps)
     out.write_text(json.dumps(record, indent=1, default=str))  # kept if a later variant outlasts the call
     if args.then_inductor_options:
-        import dataclasses
-
-        import torch._dynamo
-        import yaml
-
         options = {**settings.speedups.inductor_options, **yaml.safe_load(args.then_inductor_options)}
         variant = dataclasses.replace(settings.speedups, inductor_options=options)
         variant.validate()
-        torch._dynamo.reset()  # forget the compiled graphs; the weights (QKV already fused) stay as they are
-        pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-        pipe.vae.__dict__.pop("decode", None)  # the instance attribute holding the compiled decode, if any
-        pipe.vae._speedups_decode_compiled = False
-        start = time.perf_counter()
-        prepare_pipeline(pipe, variant)
-        generate(pipe, specs, batch_size=batch)
-        record["variant"] = {"inductor_options": options, "compile_s": time.perf_counter() - start,
-                             **components(pipe, specs, batch, spec.resolution, settings.steps, args.repeats)}
+        uncompile(pipe)
+        record["variant"] = {"inductor_options": options, **prepared_components(pipe, variant, **measure)}
         print_side(f"generator + {options}", record["variant"], settings.steps)
     if args.decode_cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-        latents = torch.randn(batch, pipe.vae.config.latent_channels, spec.resolution // pipe.vae_scale_factor,
-                              spec.resolution // pipe.vae_scale_factor, device=device, dtype=pipe.vae.dtype)
-        with torch.no_grad():
-            record["generator_decode_ms_cudnn_benchmark"] = cuda_ms(
-                lambda: pipe.vae.decode(latents, return_dict=False), args.repeats)
+        record["generator_decode_ms_cudnn_benchmark"] = decode_ms(
+            pipe, decode_latents(pipe, batch, spec.resolution), args.repeats)
         torch.backends.cudnn.benchmark = False
         print(f"decode with cudnn.benchmark: {record['generator_decode_ms_cudnn_benchmark']:.1f} ms")
     out.write_text(json.dumps(record, indent=1, default=str))
-
 
 if __name__ == "__main__":
     main()

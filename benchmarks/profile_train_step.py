@@ -38,6 +38,30 @@ def category(name: str) -> str:
     return "other"
 
 
+def kernel_ms(events, on_gpu: bool) -> dict[str, float]:
+    """Milliseconds per kernel name in torch.profiler ``events``: GPU kernels and copies on a GPU, top-level CPU
+    ops on a CPU smoke run."""
+    import torch
+
+    device_type = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
+    kernels: dict[str, float] = {}
+    for event in events:
+        # "ProfilerStep#N" spans the whole step on the GPU timeline too: a range, not a kernel.
+        if event.name.startswith("ProfilerStep"):
+            continue
+        if event.device_type == device_type and (on_gpu or event.cpu_parent is None):
+            time_us = event.device_time_total if on_gpu else event.cpu_time_total
+            kernels[event.name] = kernels.get(event.name, 0.0) + time_us / 1e3
+    return kernels
+
+
+def ms_by_category(kernels: dict[str, float]) -> dict[str, float]:
+    by_category: dict[str, float] = {}
+    for name, ms in kernels.items():
+        by_category[category(name)] = by_category.get(category(name), 0.0) + ms
+    return by_category
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl"])
@@ -61,7 +85,6 @@ def main() -> None:
 
     work = Path(args.work)
     on_gpu = torch.cuda.is_available()  # without one: a smoke run of this script on the tiny models
-    device_type = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
     model_dir, data_dir = prepare_arch(BenchConfig(scale="full" if on_gpu else "tiny"), args.arch, work,
                                        "cuda" if on_gpu else "cpu")
     point = TrainPoint(args.micro_batch, False, "fast", regional_compile=args.compile == "regions",
@@ -88,19 +111,8 @@ def main() -> None:
     finally:
         trainer.draw_step = draw_step
 
-    kernels: dict[str, float] = {}
-    for event in prof.events():
-        # "ProfilerStep#N" spans the whole step on the GPU timeline too: a range, not a kernel.
-        if event.name.startswith("ProfilerStep"):
-            continue
-        if event.device_type == device_type and (on_gpu or event.cpu_parent is None):
-            time_us = event.device_time_total if on_gpu else event.cpu_time_total
-            kernels[event.name] = kernels.get(event.name, 0.0) + time_us / 1e3  # ms
-    per_step = {name: ms / args.steps for name, ms in kernels.items()}
-    by_category: dict[str, float] = {}
-    for name, ms in per_step.items():
-        label = category(name)
-        by_category[label] = by_category.get(label, 0.0) + ms
+    per_step = {name: ms / args.steps for name, ms in kernel_ms(prof.events(), on_gpu).items()}
+    by_category = ms_by_category(per_step)
     gpu_ms = max(sum(per_step.values()), 1e-9)
     pairs = args.micro_batch
     device_name = torch.cuda.get_device_name() if on_gpu else "CPU (tiny models: a smoke run)"

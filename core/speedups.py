@@ -130,6 +130,18 @@ def is_compiled(pipe) -> bool:
     )
 
 
+def uncompile(pipe) -> None:
+    """Undo the compiles of ``prepare_pipeline`` (the weight changes, fused QKV and channels_last, stay), so a
+    later ``prepare_pipeline`` compiles again, e.g. with other inductor options. Forgets every dynamo graph of
+    the process (``torch._dynamo.reset``)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    pipe.vae.__dict__.pop("decode", None)  # the instance attribute holding the compiled decode, if any
+    pipe.vae._speedups_decode_compiled = False
+
+
 def prepare_pipeline(pipe, speedups: InferenceSpeedups):
     """Apply ``speedups`` to ``pipe`` in place (and return it). Idempotent per option."""
     import torch

@@ -387,6 +387,7 @@ class ImageStore:
         present = sum(1 for k in keys if k in self)
         start = time.perf_counter()
         generated = 0
+        pad_to = batch_rows(pipe, batch_size)
         with state.split_between_processes(todo) as my_batches:
             total = sum(len(b) for b in my_batches)
             with tqdm(
@@ -395,7 +396,6 @@ class ImageStore:
                 unit="img",
                 disable=not progress,
             ) as bar:
-                pad_to = batch_rows(pipe, batch_size)
                 for batch in my_batches:
                     images = _run_batch(pipe, [ordered[i] for i in batch], pad_to)
                     for index, image in zip(batch, images):
