@@ -173,6 +173,13 @@ class TrainConfig:
     # torch._inductor.list_options(), e.g. {conv_1x1_as_mm: true, coordinate_descent_tuning: true}).
     # They change kernel choice and scheduling only, never the maths. Empty = inductor's defaults.
     compile_options: dict[str, Any] = field(default_factory=dict)
+    # Fused LoRA linear layers (training/fused_lora.py): peft's layers computed with fewer passes over the
+    # activations (one GEMM against [W; A] forward, one against [W, s·B] backward, the rank-r terms summed inside
+    # inductor's element-wise kernels); the same maths, bf16 rounding apart. The layers, parameters and saved
+    # LoRA stay peft's. "auto": on when compile_unet resolves to "full" (without inductor the rank-r terms are
+    # separate products and nothing is saved) and the LoRA has no dropout, no DoRA and rank <= 32; "on": also
+    # without compile, and an error naming what blocks it; "off": peft's forward.
+    fused_lora: Union[Literal["auto", "on", "off"], bool] = "off"
     # CUDA-graph capture of the whole optimiser step (training/graph.py): cache gathers, reference and policy
     # forwards, DPO loss + retain anchor, backward, clipping and the AdamW update are captured once after a few
     # eager warm-up steps and replayed every step after copying the step's draws into static tensors. For
@@ -285,6 +292,21 @@ class TrainConfig:
             return "full" if device_type == "cuda" else "none"
         return "regions" if self.compile_regions and self.compile_unet == "none" else self.compile_unet
 
+    def fused_lora_setting(self) -> str:
+        """``fused_lora`` as "auto", "on" or "off" (YAML's true/false folded in)."""
+        if isinstance(self.fused_lora, bool):
+            return "on" if self.fused_lora else "off"
+        return self.fused_lora
+
+    def use_fused_lora(self, device_type: str = "cpu") -> bool:
+        """Whether the trainer routes its LoRA layers through training/fused_lora.py on ``device_type``."""
+        from training.fused_lora import fused_lora_blockers
+
+        setting = self.fused_lora_setting()
+        if setting == "off" or fused_lora_blockers(self.lora.rank, self.lora.dropout, self.lora.use_dora):
+            return False
+        return setting == "on" or self.unet_compile_mode(device_type) == "full"
+
     def cuda_graph_setting(self) -> str:
         """``cuda_graph`` as "auto", "on" or "off" (YAML's true/false for on/off folded in)."""
         if isinstance(self.cuda_graph, bool):
@@ -292,6 +314,13 @@ class TrainConfig:
         return self.cuda_graph
 
     def _validate_compile(self) -> None:
+        if self.fused_lora_setting() == "on":
+            from training.fused_lora import fused_lora_blockers
+
+            blockers = fused_lora_blockers(self.lora.rank, self.lora.dropout, self.lora.use_dora)
+            if blockers:
+                raise ValueError("fused_lora=on, but the fused layers cannot stand in for this LoRA: "
+                                 + "; ".join(blockers) + " (use fused_lora: auto or off)")
         if self.compile_regions and self.compile_unet in ("full", "auto"):
             raise ValueError(f"compile_regions: true (= compile_unet: regions) contradicts compile_unet: "
                              f"{self.compile_unet}; set only compile_unet")

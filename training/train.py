@@ -33,6 +33,7 @@ from training.data import load_pairs, load_retain, model_resolution
 from training.graph import (
     CapturedStep, graph_blockers, optimizer_flags, resolve_cuda_graph, restore_optimizer_flags, source_blockers,
 )
+from training.fused_lora import install_fused_lora
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
@@ -44,11 +45,12 @@ class TrainingDiverged(PipelineError):
 
 
 # Fields that do not change what is trained; a checkpoint may be resumed under different values.
-# compile_unet / compile_backend / cuda_graph change kernels or how they are launched (rounding at most), not the
+# compile_unet / compile_backend / cuda_graph / fused_lora change kernels or how they are launched (rounding at most), not the
 # objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a run
 # resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.)
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
-                "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph"}
+                "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph",
+                "fused_lora"}
 
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
@@ -302,6 +304,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     params = add_lora(unet, cfg.lora)
     if init_lora is not None:
         init_lora_from(unet, init_lora, cfg.lora, cfg.init_lora)
+    if cfg.use_fused_lora(device.type):
+        install_fused_lora(unet)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP

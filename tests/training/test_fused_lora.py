@@ -1,0 +1,206 @@
+"""training/fused_lora.py computes what peft's LoRA layers compute: outputs and every gradient, eager and
+under torch.compile, in fp32 and under bf16 autocast; the adapter switch and the saved LoRA are peft's; the
+trainer trains the same run with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import ConfigError
+from tests.training.conftest import tiny_config
+from tests.training.test_compile import _check_same, _dpo_step, _inputs, _lora_unet, pick_backend
+from tests.training.test_train import EQUIVALENCE, _assert_same_run
+from training import fused_lora
+from training.compile import compile_whole_unet
+from training.fused_lora import FusedLoraLinear, fused_lora_blockers, install_fused_lora, low_rank_term
+from training.lora import adapters_disabled, lora_parameters
+from training.train import train
+
+
+class _Block(torch.nn.Module):
+    """Two projections the way an attention block chains them: a bias-free one after a norm, and one with a
+    bias feeding a residual add."""
+
+    def __init__(self, width: int = 48):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.to_q = torch.nn.Linear(width, width, bias=False)
+        self.to_out = torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.to_out(torch.nn.functional.gelu(self.to_q(self.norm(x))))
+
+
+def _lora_block(rank: int = 4, alpha: float = 8.0, fused: bool = False) -> torch.nn.Module:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    block = _Block()
+    block.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["to_q", "to_out"], init_lora_weights="gaussian")
+    block = inject_adapter_in_model(config, block, adapter_name="default")
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1)  # B is zero at init; give the adapter an effect
+    if fused:
+        assert install_fused_lora(block) == 2
+    return block
+
+
+def _run(block, x, autocast_dtype=None, compile_backend=None):
+    """Output and the gradients of x and of every LoRA weight for a fixed quadratic loss."""
+    fn = torch.compile(block, backend=compile_backend, fullgraph=True) if compile_backend else block
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        y = fn(x)
+    (y.float().square().mean()).backward()
+    grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.requires_grad}
+    block.zero_grad(set_to_none=True)
+    return y.detach().float(), x.grad.float(), grads
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / (b.float().norm() + 1e-12))
+
+
+def _assert_close(peft_run, fused_run, rtol: float) -> None:
+    (y0, dx0, g0), (y1, dx1, g1) = peft_run, fused_run
+    assert _relative(y1, y0) < rtol and _relative(dx1, dx0) < rtol
+    assert g0.keys() == g1.keys() and len(g0) == 4
+    for name in g0:
+        assert g0[name].norm() > 0, f"fixture broken: {name} has no gradient"
+        assert g1[name].dtype == g0[name].dtype == torch.float32, name
+        assert _relative(g1[name], g0[name]) < rtol, name
+
+
+X = torch.randn(3, 20, 48, generator=torch.Generator().manual_seed(1))
+
+
+def test_fused_layers_match_peft_in_fp32():
+    _assert_close(_run(_lora_block(), X), _run(_lora_block(fused=True), X), rtol=1e-5)
+
+
+def test_fused_layers_match_peft_under_bf16_autocast():
+    """Both compute the products in bf16; they differ only in where the rank-r term is rounded. The bound is
+    set by peft's own compiled-versus-eager spread at these shapes (≈ 3e-3), not loosened to pass."""
+    reference = _run(_lora_block(), X, torch.bfloat16)
+    peft_compiled = _run(_lora_block(), X, torch.bfloat16, compile_backend="aot_eager")
+    spread = max(_relative(a, b) for a, b in zip(reference[:2], peft_compiled[:2]))
+    fused = _run(_lora_block(fused=True), X, torch.bfloat16)
+    _assert_close(reference, fused, rtol=max(1e-2, 4 * spread))
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_fused_layers_match_peft_under_compile(autocast_dtype):
+    """Traced by dynamo, the rank-r terms take the element-wise form (low_rank_term's compiled branch)."""
+    rtol = 1e-5 if autocast_dtype is None else 1e-2
+    _assert_close(_run(_lora_block(), X, autocast_dtype),
+                  _run(_lora_block(fused=True), X, autocast_dtype, compile_backend="aot_eager"), rtol)
+
+
+def test_low_rank_term_forms_agree():
+    z, factor = torch.randn(50, 8), torch.randn(30, 8)
+    eager = low_rank_term(z, factor)
+    traced = torch.compile(low_rank_term, backend="aot_eager", fullgraph=True)(z, factor)
+    torch.testing.assert_close(traced, z @ factor.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eager, z @ factor.t())
+
+
+def test_function_leaves_frozen_weights_and_a_constant_input_without_gradient():
+    x = torch.randn(10, 16)  # the first LoRA layer of a UNet sees no input that requires grad
+    weight, bias = torch.randn(12, 16), torch.randn(12)
+    lora_a, lora_b = torch.randn(4, 16, requires_grad=True), torch.randn(12, 4, requires_grad=True)
+    y = FusedLoraLinear.apply(x, weight, bias, lora_a, lora_b, 0.5, torch.float32)
+    y.sum().backward()
+    expected_a = 0.5 * (torch.ones(10, 12) @ lora_b).t() @ x
+    expected_b = 0.5 * torch.ones(10, 12).t() @ (x @ lora_a.t())
+    torch.testing.assert_close(lora_a.grad, expected_a.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lora_b.grad, expected_b.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, x @ weight.t() + bias + 0.5 * x @ lora_a.t() @ lora_b.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_switch_and_state_dict_are_peft_s():
+    plain, fused = _lora_block(), _lora_block(fused=True)
+    assert plain.state_dict().keys() == fused.state_dict().keys()
+    with torch.no_grad(), adapters_disabled(fused), adapters_disabled(plain):
+        base_fused, base_plain = fused(X), plain(X)
+    torch.testing.assert_close(base_fused, base_plain)
+    assert _relative(fused(X).detach(), base_fused) > 1e-2, "adapter on and off gave the same output"
+
+
+def test_fused_route_is_taken_only_with_the_adapter_on(monkeypatch):
+    calls = []
+    original = FusedLoraLinear.apply
+    monkeypatch.setattr(FusedLoraLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    block = _lora_block(fused=True)
+    block(X)
+    assert len(calls) == 2
+    with adapters_disabled(block):
+        block(X)
+    assert len(calls) == 2
+
+
+def test_blockers_name_what_the_fused_layer_does_not_do():
+    assert fused_lora_blockers(8, 0.0, False) == []
+    reasons = fused_lora_blockers(64, 0.1, True)
+    assert len(reasons) == 3 and "dropout" in reasons[0] and "DoRA" in reasons[1] and "rank=64" in reasons[2]
+
+
+def test_whole_unet_compile_with_fused_layers_matches_peft(tiny_sd15_path):
+    """The trainer's fast configuration (compile_unet full): reference with adapters off, policy with the fused
+    layers, DPO loss and LoRA gradients against peft's eager UNet; then alternation on cached graphs."""
+    unet = _lora_unet(tiny_sd15_path)
+    inputs = _inputs(unet, pairs=2)
+    eager = _dpo_step(unet, inputs)
+    assert install_fused_lora(unet) > 0
+    compile_whole_unet(unet, backend="aot_eager")
+    _check_same(eager, _dpo_step(unet, inputs), rtol=1e-5)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        _check_same(eager, _dpo_step(unet, inputs), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_whole_unet_inductor_with_fused_layers_matches_peft(tiny_sd15_path):
+    unet = _lora_unet(tiny_sd15_path)
+    inputs = _inputs(unet, pairs=2)
+    eager = _dpo_step(unet, inputs)
+    install_fused_lora(unet)
+    compile_whole_unet(unet, backend=pick_backend())
+    for _ in range(2):
+        _check_same(eager, _dpo_step(unet, inputs), rtol=1e-4)
+
+
+def test_trainer_with_fused_layers_trains_the_same_run(tiny_sd15_path, tiny_set, tmp_path, monkeypatch):
+    calls = []
+    original = fused_lora.install_fused_lora
+    monkeypatch.setattr("training.train.install_fused_lora", lambda unet: calls.append(original(unet)))
+    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *EQUIVALENCE))
+    assert calls == []
+    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *EQUIVALENCE, "fused_lora=on"))
+    assert len(calls) == 1 and calls[0] > 0
+    _assert_same_run(tmp_path / "peft", tmp_path / "fused")
+    peft_keys = set(lora_parameters_from(tmp_path / "peft"))
+    assert peft_keys == set(lora_parameters_from(tmp_path / "fused"))
+
+
+def lora_parameters_from(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "lora" / "pytorch_lora_weights.safetensors")).keys()
+
+
+def test_fused_lora_setting(tiny_sd15_path, tiny_set, tmp_path):
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path)
+    assert cfg.fused_lora_setting() == "off" and not cfg.use_fused_lora("cuda")
+    auto = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=auto", "compile_unet=auto")
+    assert auto.use_fused_lora("cuda") and not auto.use_fused_lora("cpu")
+    assert tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=true").use_fused_lora("cpu")
+    dropout = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=auto", "compile_unet=full",
+                          "lora.dropout=0.1")
+    assert not dropout.use_fused_lora("cuda")
+    with pytest.raises(ConfigError, match="fused_lora=on.*dropout"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=on", "lora.dropout=0.1")
+    with pytest.raises(ConfigError, match="fused_lora"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=sometimes")
