@@ -92,7 +92,8 @@ def train_points(arch) -> list:
     from benchmarks.train_bench import TrainPoint
 
     return [TrainPoint(p.micro_batch, p.gradient_checkpointing, p.path, p.regional_compile, p.channels_last,
-                       p.full_compile, tuple(sorted(p.compile_options.items()))) for p in arch.train_points]
+                       p.full_compile, tuple(sorted(p.compile_options.items())), tuple(sorted(p.trainer.items())))
+            for p in arch.train_points]
 
 
 def bench_training(cfg, name: str, model_dir: Path, data_dir: Path, work: Path, device: str,

@@ -28,6 +28,8 @@ class PointSettings:
     full_compile: bool = False  # trainer compile_unet=full (the whole UNet, one graph per adapter state)
     # trainer compile_options (inductor options, e.g. {conv_1x1_as_mm: true}); needs a compile mode
     compile_options: dict[str, Any] = field(default_factory=dict)
+    # more train: keys for this point only (over bench.trainer_extra), e.g. {fused_lora: on}: A/B runs in one call
+    trainer: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.compile_options and not (self.regional_compile or self.full_compile):

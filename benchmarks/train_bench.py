@@ -37,6 +37,7 @@ class TrainPoint:
     channels_last: bool = False  # fast path only
     full_compile: bool = False  # trainer compile_unet=full
     compile_options: tuple = ()  # trainer compile_options as sorted (key, value) pairs (hashable)
+    trainer: tuple = ()  # more train: keys for this point, as sorted (key, value) pairs
 
     @property
     def compile_unet(self) -> str:
@@ -59,6 +60,7 @@ class TrainPoint:
         if self.path == "fast" and self.channels_last:
             parts.append("cl")
         parts += [key if value is True else f"{key}={value}" for key, value in self.compile_options]
+        parts += [f"{key}={value}".replace(" ", "") for key, value in self.trainer]
         return "-".join(parts)
 
 
@@ -87,6 +89,7 @@ def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_d
     if point.compile_options:
         section["compile_options"] = dict(point.compile_options)
     section.update(extra)
+    section.update(dict(point.trainer))
     return section
 
 
@@ -116,6 +119,7 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
     steps = log_every * (1 + timed_intervals)
     section = trainer_overrides(point, model_dir, data_dir, work_dir, steps, log_every, extra)
     record = {"label": point.label, **point.__dict__, "compile_options": dict(point.compile_options),
+              "trainer": dict(point.trainer),
               "steps": steps, "log_every": log_every}
     try:
         with peak_memory(device) as mem:

@@ -173,12 +173,11 @@ class TrainConfig:
     # torch._inductor.list_options(), e.g. {conv_1x1_as_mm: true, coordinate_descent_tuning: true}).
     # They change kernel choice and scheduling only, never the maths. Empty = inductor's defaults.
     compile_options: dict[str, Any] = field(default_factory=dict)
-    # Fused LoRA linear layers (training/fused_lora.py): peft's layers computed with fewer passes over the
-    # activations (one GEMM against [W; A] forward, one against [W, s·B] backward, the rank-r terms summed inside
-    # inductor's element-wise kernels); the same maths, bf16 rounding apart. The layers, parameters and saved
-    # LoRA stay peft's. "auto": on when compile_unet resolves to "full" (without inductor the rank-r terms are
-    # separate products and nothing is saved) and the LoRA has no dropout, no DoRA and rank <= 32; "on": also
-    # without compile, and an error naming what blocks it; "off": peft's forward.
+    # Fused LoRA linear layers (training/fused_lora.py): each peft LoRA layer as one autograd node that runs only
+    # the products the maths needs (none of the casts, scalings and copies of peft's traced graph); the same
+    # maths, bf16 rounding apart. The layers, parameters and saved LoRA stay peft's. "auto": on when compile_unet
+    # resolves to "full" and the LoRA has no dropout and no DoRA; "on": also without compile, and an error naming
+    # what blocks it; "off": peft's forward.
     fused_lora: Union[Literal["auto", "on", "off"], bool] = "off"
     # CUDA-graph capture of the whole optimiser step (training/graph.py): cache gathers, reference and policy
     # forwards, DPO loss + retain anchor, backward, clipping and the AdamW update are captured once after a few
@@ -303,7 +302,7 @@ class TrainConfig:
         from training.fused_lora import fused_lora_blockers
 
         setting = self.fused_lora_setting()
-        if setting == "off" or fused_lora_blockers(self.lora.rank, self.lora.dropout, self.lora.use_dora):
+        if setting == "off" or fused_lora_blockers(self.lora.dropout, self.lora.use_dora):
             return False
         return setting == "on" or self.unet_compile_mode(device_type) == "full"
 
@@ -317,7 +316,7 @@ class TrainConfig:
         if self.fused_lora_setting() == "on":
             from training.fused_lora import fused_lora_blockers
 
-            blockers = fused_lora_blockers(self.lora.rank, self.lora.dropout, self.lora.use_dora)
+            blockers = fused_lora_blockers(self.lora.dropout, self.lora.use_dora)
             if blockers:
                 raise ValueError("fused_lora=on, but the fused layers cannot stand in for this LoRA: "
                                  + "; ".join(blockers) + " (use fused_lora: auto or off)")
