@@ -168,9 +168,12 @@ def test_trainer_with_fused_layers_trains_the_same_run(tiny_sd15_path, tiny_set,
     calls = []
     original = fused_lora.install_fused_lora
     monkeypatch.setattr("training.train.install_fused_lora", lambda unet: calls.append(original(unet)))
-    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *EQUIVALENCE))
+    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *EQUIVALENCE, "compile_unet=full",
+                      "compile_backend=aot_eager", "fused_lora=off"))
     assert calls == []
-    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *EQUIVALENCE, "fused_lora=on"))
+    # compile_unet full with fused_lora at its default (auto): the trainer's fast configuration
+    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *EQUIVALENCE, "compile_unet=full",
+                      "compile_backend=aot_eager"))
     assert len(calls) == 1 and calls[0] > 0
     _assert_same_run(tmp_path / "peft", tmp_path / "fused")
     peft_keys = set(lora_parameters_from(tmp_path / "peft"))
@@ -184,10 +187,11 @@ def lora_parameters_from(run_dir):
 
 
 def test_fused_lora_setting(tiny_sd15_path, tiny_set, tmp_path):
-    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path)
-    assert cfg.fused_lora_setting() == "off" and not cfg.use_fused_lora("cuda")
-    auto = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=auto", "compile_unet=auto")
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path)  # compile_unet none: auto leaves peft's layers
+    assert cfg.fused_lora_setting() == "auto" and not cfg.use_fused_lora("cuda")
+    auto = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=auto")
     assert auto.use_fused_lora("cuda") and not auto.use_fused_lora("cpu")
+    assert not tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "fused_lora=off").use_fused_lora()
     assert tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=true").use_fused_lora("cpu")
     dropout = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "fused_lora=auto", "compile_unet=full",
                           "lora.dropout=0.1")
