@@ -92,6 +92,26 @@ def test_bench_point_compile_options_reach_the_trainer_and_the_label(tmp_path, c
     assert "compile_options need regional_compile or full_compile" in capsys.readouterr().err
 
 
+def test_bench_point_trainer_overrides_win_over_the_bench_wide_ones_and_name_the_point(tmp_path):
+    """Per-point trainer keys (A/B points in one call, e.g. fused_lora on and off) are applied after
+    bench.trainer_extra and appear in the label, so two points of one run never share a name."""
+    from benchmarks.bench import train_points
+    from benchmarks.config import ArchSettings, PointSettings
+    from benchmarks.train_bench import trainer_overrides
+    from core.config import config_from_dict
+    from training.config import TrainConfig
+
+    arch = ArchSettings(train_points=[PointSettings(48, full_compile=True),
+                                      PointSettings(48, full_compile=True, trainer={"fused_lora": "off"})])
+    fused, peft = train_points(arch)
+    assert fused.label == "fast-mb48-fullcompile" and peft.label == "fast-mb48-fullcompile-fused_lora=off"
+    extra = {"fused_lora": "on", "beta": 2500.0}
+    configs = [config_from_dict(TrainConfig, trainer_overrides(p, tmp_path, tmp_path, tmp_path, 1, 1, extra),
+                                where="train") for p in (fused, peft)]
+    assert [c.use_fused_lora("cuda") for c in configs] == [True, False]
+    assert [c.beta for c in configs] == [2500.0, 2500.0]
+
+
 def test_architectures_match_published_sizes():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

@@ -99,13 +99,16 @@ def test_static_step_matches_eager_step(tiny_sd15_path, tiny_set, tiny_retain, t
     assert train(tiny_config(tiny_sd15_path, tiny_set, eager, *STATIC_CASE, *retain))["cuda_graph"] is False
     train(tiny_config(tiny_sd15_path, tiny_set, static, *STATIC_CASE, *retain), static_step=True)
     _assert_same_run(eager, static)
-    # Every metric, not only loss and grad_norm; the LR column is the scheduler's float in both.
+    # Every metric, not only loss and grad_norm; the LR column is the scheduler's float in both. The rewards are
+    # β·(difference of two float32 MSEs of order 1): their resolution is β times the MSEs' (≈ 1e-7), so that is the
+    # absolute bound. (torch 2.15.0+cu132 on CPU: steps 1-3 bitwise equal, step 4 one or two MSE ulps apart.)
+    beta = float(next(arg for arg in EQUIVALENCE if arg.startswith("beta=")).split("=")[1])
     expected, got = _all_metrics(eager), _all_metrics(static)
     assert expected.keys() == got.keys() and len(expected) == 4
     for step, values in expected.items():
         assert values.keys() == got[step].keys()
         for name, value in values.items():
-            assert got[step][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, name)
+            assert got[step][name] == pytest.approx(value, rel=1e-5, abs=beta * 1e-7), (step, name)
 
 
 def test_static_step_resume_matches_uninterrupted(tiny_sd15_path, tiny_set, tmp_path):
