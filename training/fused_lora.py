@@ -2,23 +2,30 @@
 
 peft's LoRA ``Linear`` computes ``y = base(x) + lora_B(lora_A(dropout(x))) * s`` as separate modules. Traced under
 the trainer's bf16 autocast, its graph holds element-wise passes that do none of the LoRA's arithmetic: x cast to
-the fp32 LoRA weights' dtype and back, the output gradient multiplied by s before lora_B's products, a device
-copy. At a UNet's image-token layers each such pass over an (M, N) bf16 activation is pure memory traffic:
-SD1.5's 64x64 level has M = 96 x 4096 rows of 320 features per policy forward (micro-batch 48, winner and loser),
-252 MB per pass, about 85 µs of HBM time on an H100 (benchmarks/lora_layer.py lists the kernels).
+the fp32 LoRA weights' dtype and back (and the same casts of the gradients), the output gradient multiplied by s
+in a pass of its own before lora_B's products, and a device-to-device copy (``Memcpy DtoD`` in the GPU profile).
+At a UNet's image-token layers each such pass reads and writes an (M, N) bf16 activation: SD1.5's 64x64 level
+has M = 96 x 4096 rows of 320 features per policy forward (micro-batch 48, winner and loser), 252 MB each way,
+about 170 µs of HBM time per pass on an H100 (benchmarks/lora_layer.py lists the kernels).
 
 :class:`FusedLoraLinear` computes the same function as one autograd node whose forward and backward run only the
 products the maths needs, in the autocast dtype (A: (r, K), B: (N, r), s = alpha / r, z = x Aᵀ: (M, r)):
 
-* forward: y = x Wᵀ + b + z (s·B)ᵀ;
-* backward: dz = dy (s·B), dx = dy W + dz A, dA = dzᵀ x, dB = s·dyᵀ z. The frozen W and bias get no gradient.
+* forward: y = (x Wᵀ + b) + z (s·B)ᵀ, the first term exactly as peft's frozen layer computes it (``F.linear``);
+* backward: dz = dy (s·B), dx = dy W + dz A, dA = dzᵀ x, dB = dyᵀ (s·z). The frozen W and bias get no gradient.
 
-The maths is peft's exactly (dL/dx = dy W + s·dy B A, dL/dA = s·(dy B)ᵀ x, dL/dB = s·dyᵀ (x Aᵀ)); only the rounding
-differs (s is applied to B before its product instead of to the product), which tests/training/test_fused_lora.py
-bounds against peft's layer. One GEMM against the stacked weights [W; A] (one read of x for both products) was
-tried and measured slower: cuBLAS tiles an output of N + r columns worse than one of N (docs/performance.md,
-session 12). The layers stay peft's (modules, parameters, state-dict keys, adapter switch): :func:`install_fused_lora`
-only replaces each layer's ``forward`` by one that takes the fused route while the adapter is on and peft's own
+The maths is peft's exactly (dL/dx = dy W + s·dy B A, dL/dA = s·(dy B)ᵀ x, dL/dB = s·dyᵀ (x Aᵀ)). The rounding
+differs: s is applied to B and to z (small tensors) instead of to the (M, N) product and gradient; the LoRA
+product is computed in the autocast dtype even without autocast (peft computes it in the LoRA weights' fp32);
+and dx's two terms are summed in the compute dtype before the cast back to x's dtype.
+tests/training/test_fused_lora.py bounds the differences against peft's layer, with the trainer's dtypes (bf16
+frozen weights, fp32 LoRA weights, bf16 autocast). One GEMM against the stacked weights [W; A] (one read of x for
+both products) was tried and measured slower: cuBLAS tiles an output of N + r columns worse than one of N
+(docs/performance.md, session 12).
+
+The layers stay peft's (modules, parameters, state-dict keys, adapter switch): :func:`install_fused_lora` only
+replaces the ``forward`` of each layer it can stand in for (plain LoRA on a frozen ``nn.Linear``: no dropout, no
+DoRA or other variant, no LoRA bias) by one that takes the fused route while the adapter is on, and peft's own
 forward otherwise (the reference pass, adapters off, runs the frozen layer as before).
 """
 
@@ -56,25 +63,23 @@ class FusedLoraLinear(torch.autograd.Function):
         a = lora_a.to(compute_dtype)
         scaled_b = (scaling * lora_b).to(compute_dtype)  # (N, r)
         z = rows @ a.t()  # (M, r)
-        y = rows @ weight.t() + z @ scaled_b.t()
-        if bias is not None:
-            y = y + bias.to(compute_dtype)
-        ctx.save_for_backward(rows, z, weight, a, scaled_b)
-        ctx.scaling = scaling
-        ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
+        base = torch.nn.functional.linear(rows, weight, None if bias is None else bias.to(compute_dtype))
+        y = base + z @ scaled_b.t()
+        ctx.save_for_backward(rows, z * scaling, weight, a, scaled_b)
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
-        rows, z, weight, a, scaled_b = ctx.saved_tensors
+        # Autograd casts the returned gradients of A and B to their parameters' dtype (fp32 in the trainer).
+        rows, scaled_z, weight, a, scaled_b = ctx.saved_tensors
         dy = grad_y.reshape(-1, weight.shape[0]).to(rows.dtype)  # (M, N)
         dz = dy @ scaled_b  # s·dy B: (M, r)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = (dy @ weight + dz @ a).to(ctx.x_dtype).reshape(ctx.x_shape)
-        grad_a = (dz.t() @ rows).to(ctx.a_dtype)  # (r, K)
-        grad_b = ((dy.t() @ z) * ctx.scaling).to(ctx.b_dtype)  # (N, r)
+        grad_a = dz.t() @ rows  # (r, K)
+        grad_b = dy.t() @ scaled_z  # s·dyᵀ z: (N, r)
         return grad_x, None, None, grad_a, grad_b, None, None
 
 
@@ -96,16 +101,31 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     )
 
 
-def install_fused_lora(unet: torch.nn.Module) -> int:
-    """Route every peft LoRA ``Linear`` of ``unet`` through :class:`FusedLoraLinear`; return how many.
-
-    Call after ``add_lora`` (and ``init_lora_from``) and before ``compile_unet``. Other LoRA layer kinds (e.g.
-    convolutions, if targeted) keep peft's forward."""
+def can_fuse(layer) -> bool:
+    """Whether :class:`FusedLoraLinear` computes what peft's ``layer`` computes: plain LoRA (no dropout, no
+    variant such as DoRA, no LoRA bias) of the trainer's one adapter on a frozen ``nn.Linear``."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
+    base = getattr(layer, "base_layer", None)
+    return (
+        type(layer) is LoraLinear
+        and isinstance(base, torch.nn.Linear)
+        and not any(p.requires_grad for p in base.parameters())
+        and list(layer.lora_A) == [ADAPTER_NAME]
+        and not layer.lora_variant
+        and isinstance(layer.lora_dropout[ADAPTER_NAME], torch.nn.Identity)
+        and layer.lora_B[ADAPTER_NAME].bias is None
+    )
+
+
+def install_fused_lora(unet: torch.nn.Module) -> int:
+    """Route every LoRA layer of ``unet`` that :func:`can_fuse` through :class:`FusedLoraLinear`; return how many.
+    The others (LoRA on convolutions, dropout, DoRA, ...) keep peft's forward.
+
+    Call after ``add_lora`` (and ``init_lora_from``) and before ``compile_unet``."""
     count = 0
     for layer in lora_layers(unet):
-        if type(layer) is LoraLinear and isinstance(layer.base_layer, torch.nn.Linear):
+        if can_fuse(layer):
             layer.forward = types.MethodType(_fused_forward, layer)
             count += 1
     return count

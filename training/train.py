@@ -45,9 +45,9 @@ class TrainingDiverged(PipelineError):
 
 
 # Fields that do not change what is trained; a checkpoint may be resumed under different values.
-# compile_unet / compile_backend / cuda_graph / fused_lora change kernels or how they are launched (rounding at most), not the
-# objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a run
-# resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.)
+# compile_unet / compile_backend / cuda_graph / fused_lora change kernels or how they are launched (rounding at most),
+# not the objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a
+# run resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.)
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
                 "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph",
                 "fused_lora"}
@@ -304,8 +304,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     params = add_lora(unet, cfg.lora)
     if init_lora is not None:
         init_lora_from(unet, init_lora, cfg.lora, cfg.init_lora)
-    if cfg.use_fused_lora(device.type):
-        install_fused_lora(unet)
+    fused_lora_layers = install_fused_lora(unet) if cfg.use_fused_lora(device.type) else 0
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP
@@ -407,6 +406,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         "micro_batch_per_process": {"pairs": pair_micro_batch, "retain_images": retain_micro_batch},
         "mixed_precision": mixed_precision,
         "cuda_graph": use_graph,
+        "fused_lora_layers": fused_lora_layers,
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,
         "data": pairs.counts(),

@@ -112,6 +112,12 @@ def test_bench_point_trainer_overrides_win_over_the_bench_wide_ones_and_name_the
     assert [c.beta for c in configs] == [2500.0, 2500.0]
 
 
+def test_bench_point_trainer_overrides_may_not_change_what_the_point_describes(tmp_path, capsys):
+    hidden = "sd15.train_points=[{micro_batch: 2, trainer: {micro_batch_size: 8, fused_lora: off}}]"
+    assert main(["--smoke", f"work_dir={tmp_path}", hidden]) == 2
+    assert "trainer ['micro_batch_size']: set by the point's own fields" in capsys.readouterr().err
+
+
 def test_architectures_match_published_sizes():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

@@ -11,7 +11,6 @@ from core.errors import ConfigError
 from tests.training.conftest import tiny_config
 from tests.training.test_compile import _check_same, _dpo_step, _inputs, _lora_unet, pick_backend
 from tests.training.test_train import EQUIVALENCE, _assert_same_run
-from training import fused_lora
 from training.compile import compile_whole_unet
 from training.fused_lora import FusedLoraLinear, fused_lora_blockers, install_fused_lora
 from training.lora import adapters_disabled, lora_parameters
@@ -32,18 +31,23 @@ class _Block(torch.nn.Module):
         return x + self.to_out(torch.nn.functional.gelu(self.to_q(self.norm(x))))
 
 
-def _lora_block(rank: int = 4, alpha: float = 8.0, fused: bool = False) -> torch.nn.Module:
+def _lora_block(rank: int = 4, alpha: float = 8.0, fused: bool = False, frozen_dtype=torch.float32,
+                **lora_options) -> torch.nn.Module:
+    """The block with a LoRA on both projections (scale alpha / rank = 2); ``frozen_dtype`` bf16 gives the
+    trainer's dtypes (frozen weights bf16, LoRA weights fp32: training/lora.py add_lora)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     torch.manual_seed(0)
     block = _Block()
     block.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["to_q", "to_out"], init_lora_weights="gaussian")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["to_q", "to_out"],
+                        **{"init_lora_weights": "gaussian", **lora_options})
     block = inject_adapter_in_model(config, block, adapter_name="default")
     with torch.no_grad():
         for name, p in block.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.1)  # B is zero at init; give the adapter an effect
+            p.data = p.data.float() if "lora_" in name else p.data.to(frozen_dtype)
     if fused:
         assert install_fused_lora(block) == 2
     return block
@@ -71,7 +75,6 @@ def _assert_close(peft_run, fused_run, rtol: float) -> None:
     assert g0.keys() == g1.keys() and len(g0) == 4
     for name in g0:
         assert g0[name].norm() > 0, f"fixture broken: {name} has no gradient"
-        assert g1[name].dtype == g0[name].dtype == torch.float32, name
         assert _relative(g1[name], g0[name]) < rtol, name
 
 
@@ -80,6 +83,14 @@ X = torch.randn(3, 20, 48, generator=torch.Generator().manual_seed(1))
 
 def test_fused_layers_match_peft_in_fp32():
     _assert_close(_run(_lora_block(), X), _run(_lora_block(fused=True), X), rtol=1e-5)
+
+
+def test_fused_layers_match_peft_with_the_trainers_dtypes():
+    """bf16 frozen weights, fp32 LoRA weights, bf16 autocast, LoRA scale 2: what the trainer runs on a GPU."""
+    x = X.to(torch.bfloat16)
+    peft_run = _run(_lora_block(frozen_dtype=torch.bfloat16), x, torch.bfloat16)
+    fused_run = _run(_lora_block(fused=True, frozen_dtype=torch.bfloat16), x, torch.bfloat16)
+    _assert_close(peft_run, fused_run, rtol=1e-2)
 
 
 def test_fused_layers_match_peft_under_bf16_autocast():
@@ -120,6 +131,36 @@ def test_adapter_switch_and_state_dict_are_peft_s():
         base_fused, base_plain = fused(X), plain(X)
     torch.testing.assert_close(base_fused, base_plain)
     assert _relative(fused(X).detach(), base_fused) > 1e-2, "adapter on and off gave the same output"
+
+
+@pytest.mark.parametrize("options", [{"lora_dropout": 0.1}, {"use_dora": True},
+                                     {"lora_bias": True, "init_lora_weights": True}])
+def test_layers_the_fused_route_cannot_compute_keep_peft_s_forward(options):
+    block = _lora_block(**options)
+    assert install_fused_lora(block) == 0
+    assert "forward" not in vars(block.to_q)
+
+
+def test_a_merged_or_second_adapter_falls_back_to_peft(monkeypatch):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    calls = []
+    original = FusedLoraLinear.apply
+    monkeypatch.setattr(FusedLoraLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    block = _lora_block(fused=True)
+    with torch.no_grad():
+        expected = _lora_block()(X)
+        block.to_q.merge()
+        torch.testing.assert_close(block(X), expected, rtol=1e-5, atol=1e-5)
+        assert len(calls) == 1  # to_out only: to_q is merged and runs its (merged) frozen layer
+        block.to_q.unmerge()
+    inject_adapter_in_model(LoraConfig(r=4, target_modules=["to_out"]), block, adapter_name="other")
+    block.to_q.set_adapter("default")
+    block.to_out.set_adapter(["default", "other"])
+    calls.clear()
+    with torch.no_grad():
+        block(X)
+    assert len(calls) == 1  # to_q; to_out has two active adapters and runs peft's forward
 
 
 def test_fused_route_is_taken_only_with_the_adapter_on(monkeypatch):
@@ -164,17 +205,13 @@ def test_whole_unet_inductor_with_fused_layers_matches_peft(tiny_sd15_path):
         _check_same(eager, _dpo_step(unet, inputs), rtol=1e-4)
 
 
-def test_trainer_with_fused_layers_trains_the_same_run(tiny_sd15_path, tiny_set, tmp_path, monkeypatch):
-    calls = []
-    original = fused_lora.install_fused_lora
-    monkeypatch.setattr("training.train.install_fused_lora", lambda unet: calls.append(original(unet)))
-    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *EQUIVALENCE, "compile_unet=full",
-                      "compile_backend=aot_eager", "fused_lora=off"))
-    assert calls == []
-    # compile_unet full with fused_lora at its default (auto): the trainer's fast configuration
-    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *EQUIVALENCE, "compile_unet=full",
-                      "compile_backend=aot_eager"))
-    assert len(calls) == 1 and calls[0] > 0
+def test_trainer_with_fused_layers_trains_the_same_run(tiny_sd15_path, tiny_set, tmp_path):
+    """compile_unet full with fused_lora at its default (auto, the trainer's fast configuration) against peft's
+    layers; a LoRA scale of 2 so that a misplaced s would show."""
+    common = (*EQUIVALENCE, "compile_unet=full", "compile_backend=aot_eager", "lora.alpha=8")
+    peft_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *common, "fused_lora=off"))
+    fused_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *common))
+    assert peft_summary["fused_lora_layers"] == 0 and fused_summary["fused_lora_layers"] > 0
     _assert_same_run(tmp_path / "peft", tmp_path / "fused")
     peft_keys = set(lora_parameters_from(tmp_path / "peft"))
     assert peft_keys == set(lora_parameters_from(tmp_path / "fused"))
