@@ -25,6 +25,7 @@ import json
 SHAPES = {
     "sd15": [(96 * 4096, 320, 320), (96 * 1024, 640, 640), (96 * 256, 1280, 1280)],
     "sdxl": [(8 * 4096, 640, 640), (8 * 1024, 1280, 1280)],
+    "tiny": [(64, 16, 16)],  # a CPU smoke run of this script (tests/benchmarks/test_lora_layer.py)
 }
 VARIANTS = ["frozen", "peft", "fused"]
 
@@ -76,33 +77,35 @@ def make_step(holder, rows: int, in_features: int, out_features: int, device, dt
     return step
 
 
-def kernels_per_call(step) -> dict[str, float]:
-    """Milliseconds per kernel name for one call of ``step`` (torch.profiler over 3 calls)."""
-    import torch
+def kernels_per_call(step, device) -> dict[str, float]:
+    """Milliseconds per kernel name (GPU kernels; top-level ops on a CPU) for one call of ``step``
+    (torch.profiler over 3 calls)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from benchmarks.measure import synchronize
     from benchmarks.profile_train_step import kernel_ms
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         for _ in range(3):
             step()
-        torch.cuda.synchronize()
-    return {name: ms / 3 for name, ms in kernel_ms(prof.events(), on_gpu=True).items()}
+        synchronize(device)
+    return {name: ms / 3 for name, ms in kernel_ms(prof.events(), on_gpu=on_gpu).items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sd15", choices=sorted(SHAPES))
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--variants", nargs="*", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--out", default="lora_layer.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 
     from benchmarks.measure import time_steady_state
 
-    device, dtype = torch.device("cuda"), torch.bfloat16
+    device, dtype = torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.bfloat16
     results = []
     for rows, in_features, out_features in SHAPES[args.arch]:
         for variant in args.variants:
@@ -110,7 +113,7 @@ def main() -> None:
             holder = build_layer(variant, in_features, out_features, args.rank, device, dtype)
             step = make_step(holder, rows, in_features, out_features, device, dtype)
             timing = time_steady_state(step, device, warmup=3, steps=20)
-            kernels = kernels_per_call(step)
+            kernels = kernels_per_call(step, device)
             top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
             record = {"rows": rows, "in": in_features, "out": out_features, "variant": variant,
                       "ms_fwd_bwd": 1e3 * timing.seconds_per_call, "gpu_kernel_ms": sum(kernels.values()),
@@ -121,9 +124,8 @@ def main() -> None:
             for name, ms in top:
                 print(f"      {ms:6.3f} ms  {name[:100]}")
             del holder, step
-            torch.cuda.empty_cache()
     with open(args.out, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "arch": args.arch,
+        json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "arch": args.arch,
                    "rank": args.rank,
                    "results": results}, f, indent=1)
 
