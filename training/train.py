@@ -30,10 +30,10 @@ from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkp
 from training.compile import compile_unet
 from training.config import TrainConfig, resolve_paths
 from training.data import load_pairs, load_retain, model_resolution
+from training.fused_lora import install_fused_lora
 from training.graph import (
     CapturedStep, graph_blockers, optimizer_flags, resolve_cuda_graph, restore_optimizer_flags, source_blockers,
 )
-from training.fused_lora import install_fused_lora
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
