@@ -16,14 +16,6 @@ def _check_one_compile_mode(settings) -> None:
         raise ValueError("regional_compile and full_compile are two compile modes; set one")
 
 
-# train: keys a point sets from its own fields (benchmarks/train_bench.py trainer_overrides); its label and FLOP
-# count describe them, so a point's ``trainer`` overrides may not set them behind its back.
-POINT_OWNED_TRAIN_KEYS = frozenset({
-    "model", "data", "work_dir", "output_dir", "max_train_steps", "log_every", "micro_batch_size",
-    "gradient_checkpointing", "cache_latents", "channels_last", "compile_unet", "compile_regions", "compile_options",
-})
-
-
 @dataclass
 class PointSettings:
     micro_batch: int
@@ -40,6 +32,8 @@ class PointSettings:
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        from benchmarks.train_bench import POINT_OWNED_TRAIN_KEYS
+
         owned = sorted(POINT_OWNED_TRAIN_KEYS & set(self.trainer))
         if owned:
             raise ValueError(f"trainer {owned}: set by the point's own fields (micro_batch, gradient_checkpointing, "

@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"      {ms:6.3f} ms  {name[:100]}")
             del holder, step
     with open(args.out, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "arch": args.arch,
-                   "rank": args.rank,
+        device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        json.dump({"device": device_name, "torch": torch.__version__, "arch": args.arch, "rank": args.rank,
                    "results": results}, f, indent=1)
 
 

@@ -64,6 +64,14 @@ class TrainPoint:
         return "-".join(parts)
 
 
+# train: keys trainer_overrides sets from a point's own fields; its label and FLOP count describe them, so a point's
+# ``trainer`` overrides may not set them behind its back (benchmarks/config.py PointSettings.validate).
+POINT_OWNED_TRAIN_KEYS = frozenset({
+    "model", "data", "work_dir", "output_dir", "max_train_steps", "log_every", "micro_batch_size",
+    "gradient_checkpointing", "cache_latents", "channels_last", "compile_unet", "compile_regions", "compile_options",
+})
+
+
 def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Path, steps: int,
                       log_every: int, extra: dict) -> dict:
     """The ``train:`` section for one sweep point (everything else: the trainer's defaults + ``extra``)."""

@@ -252,6 +252,7 @@ class TrainConfig:
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
         self._validate_compile()
+        self._validate_fused_lora()
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
 
@@ -294,33 +295,32 @@ class TrainConfig:
 
     def fused_lora_setting(self) -> str:
         """``fused_lora`` as "auto", "on" or "off" (YAML's true/false folded in)."""
-        if isinstance(self.fused_lora, bool):
-            return "on" if self.fused_lora else "off"
-        return self.fused_lora
+        return _auto_on_off(self.fused_lora)
+
+    def fused_lora_blockers(self) -> list[str]:
+        """Why training/fused_lora.py cannot stand in for this LoRA (empty: it can)."""
+        from training.fused_lora import fused_lora_blockers
+
+        return fused_lora_blockers(self.lora.dropout, self.lora.use_dora)
 
     def use_fused_lora(self, device_type: str = "cpu") -> bool:
         """Whether the trainer routes its LoRA layers through training/fused_lora.py on ``device_type``."""
-        from training.fused_lora import fused_lora_blockers
-
         setting = self.fused_lora_setting()
-        if setting == "off" or fused_lora_blockers(self.lora.dropout, self.lora.use_dora):
+        if setting == "off" or self.fused_lora_blockers():
             return False
         return setting == "on" or self.unet_compile_mode(device_type) == "full"
 
     def cuda_graph_setting(self) -> str:
         """``cuda_graph`` as "auto", "on" or "off" (YAML's true/false for on/off folded in)."""
-        if isinstance(self.cuda_graph, bool):
-            return "on" if self.cuda_graph else "off"
-        return self.cuda_graph
+        return _auto_on_off(self.cuda_graph)
+
+    def _validate_fused_lora(self) -> None:
+        blockers = self.fused_lora_blockers()
+        if self.fused_lora_setting() == "on" and blockers:
+            raise ValueError("fused_lora=on, but the fused layers cannot stand in for this LoRA: "
+                             + "; ".join(blockers) + " (use fused_lora: auto or off)")
 
     def _validate_compile(self) -> None:
-        if self.fused_lora_setting() == "on":
-            from training.fused_lora import fused_lora_blockers
-
-            blockers = fused_lora_blockers(self.lora.dropout, self.lora.use_dora)
-            if blockers:
-                raise ValueError("fused_lora=on, but the fused layers cannot stand in for this LoRA: "
-                                 + "; ".join(blockers) + " (use fused_lora: auto or off)")
         if self.compile_regions and self.compile_unet in ("full", "auto"):
             raise ValueError(f"compile_regions: true (= compile_unet: regions) contradicts compile_unet: "
                              f"{self.compile_unet}; set only compile_unet")
@@ -339,6 +339,13 @@ class TrainConfig:
             from core.speedups import check_inductor_options
 
             check_inductor_options(self.compile_options, "compile_options")
+
+
+def _auto_on_off(setting: str | bool) -> str:
+    """An "auto" / "on" / "off" setting with YAML's true / false (what it reads on / off as) folded in."""
+    if isinstance(setting, bool):
+        return "on" if setting else "off"
+    return setting
 
 
 def resolve_paths(cfg: TrainConfig, run_name: str) -> TrainConfig:

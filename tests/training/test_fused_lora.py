@@ -13,7 +13,7 @@ from tests.training.test_compile import _check_same, _dpo_step, _inputs, _lora_u
 from tests.training.test_train import EQUIVALENCE, _assert_same_run
 from training.compile import compile_whole_unet
 from training.fused_lora import FusedLoraLinear, fused_lora_blockers, install_fused_lora
-from training.lora import adapters_disabled, lora_parameters
+from training.lora import adapters_disabled, read_lora_file
 from training.train import train
 
 
@@ -213,14 +213,8 @@ def test_trainer_with_fused_layers_trains_the_same_run(tiny_sd15_path, tiny_set,
     fused_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *common))
     assert peft_summary["fused_lora_layers"] == 0 and fused_summary["fused_lora_layers"] > 0
     _assert_same_run(tmp_path / "peft", tmp_path / "fused")
-    peft_keys = set(lora_parameters_from(tmp_path / "peft"))
-    assert peft_keys == set(lora_parameters_from(tmp_path / "fused"))
-
-
-def lora_parameters_from(run_dir):
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "lora" / "pytorch_lora_weights.safetensors")).keys()
+    saved_keys = [read_lora_file(tmp_path / run / "lora")[0].keys() for run in ("peft", "fused")]
+    assert saved_keys[0] == saved_keys[1]
 
 
 def test_fused_lora_setting(tiny_sd15_path, tiny_set, tmp_path):
