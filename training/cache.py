@@ -117,15 +117,20 @@ class CachedPairSource:
         return _make_batch(self.components, g["latents_w"], g["latents_l"], cond)
 
 
-def encoder_fingerprint(model_path: str | Path) -> str:
-    """Content hash of everything that determines the cache: VAE, text encoders, tokenizers."""
+def model_fingerprint(model_path: str | Path, subfolders: tuple[str, ...]) -> str:
+    """Content hash of the files in ``subfolders`` of a diffusers model folder (those present)."""
     model_path = Path(model_path)
     parts = []
-    for sub in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+    for sub in subfolders:
         folder = model_path / sub
         if folder.is_dir():
             parts += [(f"{sub}/{p.name}", sha256_file(p)) for p in sorted(folder.iterdir()) if p.is_file()]
     return stable_key(parts)
+
+
+def encoder_fingerprint(model_path: str | Path) -> str:
+    """Content hash of everything that determines the cache: VAE, text encoders, tokenizers."""
+    return model_fingerprint(model_path, ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
 
 
 def cache_key(components: DiffusionComponents, pairs: PreferencePairs) -> str:

@@ -189,6 +189,18 @@ class TrainConfig:
     # configuration where capture is impossible is an error naming why; "off": the eager step. YAML reads on/off
     # as true/false, so both spellings are accepted (cuda_graph_setting() folds them).
     cuda_graph: Union[Literal["auto", "on", "off"], bool] = "auto"
+    # Reference losses computed once per pair and noise draw, in a pass before the training loop
+    # (training/reference_cache.py). Step s's draws are a pure function of (seed, s) and the reference (LoRA off)
+    # is frozen, so err(ref, w) and err(ref, l) of every pair of every step are fixed numbers before training
+    # starts: the pass computes the same values the inline reference forward would (same inputs, same graph). The
+    # training step then runs the policy only (6 UNet forward-equivalents per pair instead of 8). The pass costs
+    # the reference's 2 forward-equivalents per pair once; they are reused by every run that shares the base
+    # model, data, seed, pairs per step and noise settings, whatever its β, learning rate, LoRA, loss type or
+    # optimiser (a sweep), and by resumed or longer runs. Needs cache_latents, a loss with a reference (not sft)
+    # and no retain anchor (which needs whole reference predictions, not losses). "on"/"off" (or true/false).
+    reference_cache: Union[Literal["on", "off"], bool] = "off"
+    # Where the reference-loss files live; default <work_dir>/cache. Point the runs of a sweep at one folder.
+    reference_cache_dir: Optional[str] = None
     allow_tf32: bool = True
 
     # --- bookkeeping -----------------------------------------------------------------------------
@@ -253,6 +265,7 @@ class TrainConfig:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
         self._validate_compile()
         self._validate_fused_lora()
+        self._validate_reference_cache()
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
 
@@ -313,6 +326,24 @@ class TrainConfig:
     def cuda_graph_setting(self) -> str:
         """``cuda_graph`` as "auto", "on" or "off" (YAML's true/false for on/off folded in)."""
         return _auto_on_off(self.cuda_graph)
+
+    def uses_reference_cache(self) -> bool:
+        """Whether the reference losses come from training/reference_cache.py's pass (``reference_cache`` on)."""
+        return _auto_on_off(self.reference_cache) == "on"
+
+    def _validate_reference_cache(self) -> None:
+        if not self.uses_reference_cache():
+            return
+        problems = []
+        if self.loss_type == "sft":
+            problems.append("loss_type sft has no reference pass to cache")
+        if not self.cache_latents:
+            problems.append("it needs cache_latents: true (the reference pass reads the cached latents)")
+        if self.retain.weight > 0:
+            problems.append("the retain anchor needs the reference's whole predictions every step, not losses "
+                            "(set retain.weight: 0 or reference_cache: off)")
+        if problems:
+            raise ValueError("reference_cache=on: " + "; ".join(problems))
 
     def _validate_fused_lora(self) -> None:
         blockers = self.fused_lora_blockers()

@@ -55,21 +55,28 @@ class StepDraws:
     noise: torch.Tensor  # (E, C, h, w) shared by winner and loser
     timesteps: torch.Tensor  # (E,) int64, shared by winner and loser
     drop_prompt: torch.Tensor  # (E,) bool
+    # (E, 2) float32 reference errors (winner, loser) of these draws from training/reference_cache.py's pass, on
+    # the training device; None = the step runs the reference forward itself.
+    reference_errors: torch.Tensor | None = None
 
     def micro_slice(self, micro_step: int, process: int, num_processes: int, micro_batch: int) -> "StepDraws":
         start = (micro_step * num_processes + process) * micro_batch
         w = slice(start, start + micro_batch)
-        return StepDraws(self.indices[w], self.cpu_indices[w], self.noise[w], self.timesteps[w], self.drop_prompt[w])
+        cached = self.reference_errors[w] if self.reference_errors is not None else None
+        return StepDraws(self.indices[w], self.cpu_indices[w], self.noise[w], self.timesteps[w], self.drop_prompt[w],
+                         cached)
 
 
 def static_draws_like(draws: StepDraws, device) -> StepDraws:
     """Static input tensors of a captured step (training/graph.py), shaped like ``draws``: the device fields on
     ``device``, ``cpu_indices`` on the host. Filled per step by :func:`copy_draws_`."""
     device = torch.device(device)
+    cached = draws.reference_errors
     return StepDraws(
         torch.empty_like(draws.indices, device=device), torch.empty_like(draws.cpu_indices, device="cpu"),
         torch.empty_like(draws.noise, device=device), torch.empty_like(draws.timesteps, device=device),
         torch.empty_like(draws.drop_prompt, device=device),
+        torch.empty_like(cached, device=device) if cached is not None else None,
     )
 
 
@@ -80,8 +87,12 @@ def copy_draws_(static: StepDraws, draws: StepDraws) -> None:
 
     A captured graph sees only device memory: ``cpu_indices`` is kept in step for the eager static form, but a
     source that gathers on the host (``CachedPairSource`` with ``on_device`` False) is never captured (graph.py)."""
-    for name in ("indices", "cpu_indices", "noise", "timesteps", "drop_prompt"):
+    for name in ("indices", "cpu_indices", "noise", "timesteps", "drop_prompt", "reference_errors"):
         dst, src = getattr(static, name), getattr(draws, name)
+        if dst is None and src is None:
+            continue
+        if dst is None or src is None:
+            raise ValueError(f"draws.{name} is {'missing' if src is None else 'given'}, unlike the static inputs")
         if dst.shape != src.shape or dst.dtype != src.dtype:
             # copy_ would broadcast a smaller source silently.
             raise ValueError(f"draws.{name} {tuple(src.shape)} {src.dtype} does not fit the static "
@@ -198,6 +209,22 @@ def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Ten
     return module(noisy, timesteps, **kwargs).sample
 
 
+def _reference_prediction(unwrapped_unet, noisy, timesteps, cond, autocast, channels_last: bool) -> torch.Tensor:
+    """The reference (LoRA off, no grad) prediction for the rows of ``noisy``."""
+    with torch.no_grad(), adapters_disabled(unwrapped_unet), autocast():
+        return _unet_call(unwrapped_unet, noisy, timesteps, cond, channels_last)
+
+
+def reference_pair_errors(unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, autocast,
+                          channels_last: bool = False) -> torch.Tensor:
+    """(B, 2) float32 reference errors (winner, loser) of one micro-batch: the reference half of
+    :func:`pair_errors`, with the same inputs and the same call (so the same compiled graph), for
+    training/reference_cache.py's pass."""
+    noisy, timesteps, cond, target = _pair_inputs(batch, draws, schedule)
+    ref_pred = _reference_prediction(unwrapped_unet, noisy, timesteps, cond, autocast, channels_last)
+    return torch.stack(per_sample_mse(ref_pred, target).chunk(2), dim=1)
+
+
 def pair_errors(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, with_reference: bool,
     autocast, channels_last: bool = False, retain=None, retain_target: str = "reference",
@@ -209,6 +236,8 @@ def pair_errors(
     (possibly DDP-wrapped); ``unwrapped_unet`` is the same module without the wrapper, used to switch the
     adapter off for the reference pass (no grad). Retain images ride in the same forward as the pairs
     (one policy call per micro-step: DDP expects one forward per backward, and one larger batch is faster).
+    With ``draws.reference_errors`` set (training/reference_cache.py) the pairs' reference errors are read from it
+    and no reference forward runs, unless the retain rows need one.
     """
     noisy, timesteps, cond, target = _pair_inputs(batch, draws, schedule)
     num_pair_rows = noisy.shape[0]
@@ -217,16 +246,18 @@ def pair_errors(
         noisy, timesteps = torch.cat([noisy, r_noisy]), torch.cat([timesteps, r_timesteps])
         cond = {key: torch.cat([value, r_cond[key]]) for key, value in cond.items()}
 
+    cached = draws.reference_errors  # (B, 2) from the reference-loss pass, or None
     ref_pred = None
-    if with_reference or retain is not None:
-        with torch.no_grad(), adapters_disabled(unwrapped_unet), autocast():
-            ref_pred = _unet_call(unwrapped_unet, noisy, timesteps, cond, channels_last)
+    if (with_reference and cached is None) or retain is not None:
+        ref_pred = _reference_prediction(unwrapped_unet, noisy, timesteps, cond, autocast, channels_last)
     with autocast():
         model_pred = _unet_call(unet, noisy, timesteps, cond, channels_last)
 
     model_err_w, model_err_l = per_sample_mse(model_pred[:num_pair_rows], target).chunk(2)
     ref_err_w = ref_err_l = None
-    if with_reference:
+    if with_reference and cached is not None:
+        ref_err_w, ref_err_l = cached.unbind(1)
+    elif with_reference:
         ref_err_w, ref_err_l = per_sample_mse(ref_pred[:num_pair_rows], target).chunk(2)
     retain_distance = None
     if retain is not None:

@@ -23,7 +23,8 @@ from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
 from core.models import check_model_dir
 from training.cache import (
-    CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache, load_or_build_retain_cache,
+    CachedPairSource, CachedRetainSource, UncachedPairSource, cache_key, load_or_build_cache,
+    load_or_build_retain_cache, model_fingerprint,
 )
 from training.card import render_model_card
 from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
@@ -37,7 +38,13 @@ from training.graph import (
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
 from training.metrics import MetricAccumulator, MetricLogger, all_finite
 from training.models import NoiseSchedule, load_components
-from training.step import draw_retain_step, draw_step, dpo_loss_on_batch, risk_sampling_order, timestep_bounds
+from training.reference_cache import (
+    ReferencePass, extend_reference_errors, gather_step_errors, read_reference_errors, reference_cache_key,
+    reference_cache_path, write_reference_errors,
+)
+from training.step import (
+    draw_retain_step, draw_step, dpo_loss_on_batch, reference_pair_errors, risk_sampling_order, timestep_bounds,
+)
 
 
 class TrainingDiverged(PipelineError):
@@ -47,10 +54,11 @@ class TrainingDiverged(PipelineError):
 # Fields that do not change what is trained; a checkpoint may be resumed under different values.
 # compile_unet / compile_backend / cuda_graph / fused_lora change kernels or how they are launched (rounding at most),
 # not the objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a
-# run resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.)
+# run resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.) reference_cache
+# moves the reference pass before the loop; the reference losses are the same numbers (training/reference_cache.py).
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
                 "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph",
-                "fused_lora"}
+                "fused_lora", "reference_cache", "reference_cache_dir"}
 
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
@@ -169,6 +177,36 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device, capturable:
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps
     )
     return optimizer, lr_scheduler
+
+
+def _reference_pass(cfg: TrainConfig, accelerator, components, pairs, unwrapped, source, schedule,
+                    prediction_type: str, mixed_precision: str, pair_micro_batch: int, latent_shape, order, bounds,
+                    show: bool) -> tuple[torch.Tensor, ReferencePass]:
+    """(S, E, 2) reference errors of every optimiser step on the device, read from or added to this run's
+    reference-loss file (training/reference_cache.py); each process computes its own micro-slices of each step."""
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
+    key = reference_cache_key(model_fingerprint(cfg.model, ("unet", "scheduler")), cache_key(components, pairs),
+                              cfg.seed, pairs_per_step, cfg.prompt_dropout, cfg.risk_repeats,
+                              cfg.timestep_range_per_risk, prediction_type, mixed_precision)
+    path = reference_cache_path(cfg.reference_cache_dir or Path(cfg.work_dir) / "cache", key)
+    existing = read_reference_errors(path, pairs_per_step)
+    accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
+
+    def compute_step(step: int) -> torch.Tensor:
+        draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape, schedule.num_train_timesteps,
+                          cfg.prompt_dropout, device, order, bounds)
+        parts = [draws.micro_slice(a, rank, world, pair_micro_batch) for a in range(cfg.gradient_accumulation_steps)]
+        local = torch.stack([reference_pair_errors(unwrapped, source.batch(part), part, schedule, accelerator.autocast,
+                                                   cfg.channels_last) for part in parts])  # (A, B, 2)
+        return gather_step_errors(local, accelerator.gather, world)
+
+    save_rows = (lambda rows: write_reference_errors(path, rows)) if accelerator.is_main_process else None
+    errors, seconds, rate = extend_reference_errors(existing, cfg.max_train_steps, compute_step, device, save_rows,
+                                                    show)
+    reused = min(int(existing.shape[0]), cfg.max_train_steps)
+    accelerator.wait_for_everyone()
+    return errors.to(device), ReferencePass(str(path), reused, cfg.max_train_steps - reused, seconds, rate)
 
 
 def _accumulate_and_step(cfg, accelerator, unet, unwrapped, source, draws, schedule, params, optimizer,
@@ -332,6 +370,12 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
     latent_shape = (int(unwrapped.config.in_channels), components.latent_size, components.latent_size)
 
+    reference_errors, reference_pass = None, None
+    if cfg.uses_reference_cache():
+        reference_errors, reference_pass = _reference_pass(
+            cfg, accelerator, components, pairs, unwrapped, source, schedule, prediction_type, mixed_precision,
+            pair_micro_batch, latent_shape, order, bounds, show)
+
     # The graph path: one captured step (use_graph), or in tests its static-input form run eagerly.
     captured_step = None
     if use_graph or static_step:
@@ -348,6 +392,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     for step in range(start_step, cfg.max_train_steps):
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape,
                           schedule.num_train_timesteps, cfg.prompt_dropout, draw_device, order, bounds)
+        if reference_errors is not None:
+            draws.reference_errors = reference_errors[step]  # (E, 2) on the device
         retain_draws = None
         if retain_source is not None:
             retain_draws = draw_retain_step(step, cfg.seed, retain_micro_batch * cfg.gradient_accumulation_steps
@@ -407,6 +453,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         "mixed_precision": mixed_precision,
         "cuda_graph": use_graph,
         "fused_lora_layers": fused_lora_layers,
+        "reference_cache": reference_pass.as_dict() if reference_pass is not None else None,
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,
         "data": pairs.counts(),
