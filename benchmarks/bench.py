@@ -98,7 +98,7 @@ def train_points(arch) -> list:
 
 def bench_training(cfg, name: str, model_dir: Path, data_dir: Path, work: Path, device: str,
                    unet_fwd_flops: float, peak_flops: float, on_progress=lambda summary: None) -> dict:
-    from benchmarks.train_bench import TrainPoint, add_throughput_figures, count_step_flops_per_pair, time_point
+    from benchmarks.train_bench import add_throughput_figures, count_step_flops_per_pair, time_point
 
     trainer_work = work / "train" / f"{name}-{cfg.scale}"
     points = train_points(cfg.arch(name))
@@ -136,7 +136,7 @@ def bench_training(cfg, name: str, model_dir: Path, data_dir: Path, work: Path, 
         print(f"[bench]   -> {record.get('status')} {record.get('pairs_per_s', '')} pairs/s", flush=True)
         figures()
     if cfg.count_flops:
-        for point in {TrainPoint(1, p.gradient_checkpointing, p.path) for p in points}:
+        for point in {p.flop_count_point() for p in points}:
             print(f"[bench] {name}: counting FLOPs of one {point.flops_key} step", flush=True)
             try:
                 flops_per_pair[point.flops_key] = count_step_flops_per_pair(

@@ -47,9 +47,20 @@ class TrainPoint:
         return "full" if self.full_compile else "regions" if self.regional_compile else "none"
 
     @property
+    def reference_cache(self) -> bool:
+        """Whether the point's trainer reads its reference losses from a pass before the loop (train.reference_cache):
+        its step then runs no reference forward."""
+        return dict(self.trainer).get("reference_cache") in ("on", True)
+
+    @property
     def flops_key(self) -> str:
         """Points with the same key do the same FLOPs per pair."""
-        return f"{self.path}{'-ckpt' if self.gradient_checkpointing else ''}"
+        return f"{self.path}{'-ckpt' if self.gradient_checkpointing else ''}{'-refcache' if self.reference_cache else ''}"
+
+    def flop_count_point(self) -> "TrainPoint":
+        """The 1-pair point whose step :func:`count_step_flops_per_pair` counts for this point's ``flops_key``."""
+        return TrainPoint(1, self.gradient_checkpointing, self.path,
+                          trainer=(("reference_cache", "on"),) if self.reference_cache else ())
 
     @property
     def label(self) -> str:
@@ -126,6 +137,10 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
     """Run the trainer for one point; steady pairs/s, its spread, and peak device memory."""
     steps = log_every * (1 + timed_intervals)
     section = trainer_overrides(point, model_dir, data_dir, work_dir, steps, log_every, extra)
+    if point.reference_cache:
+        # A folder of the point's own, emptied: its reference pass is computed and timed here, not read from an
+        # earlier point's file (which would be a sweep's second run).
+        section["reference_cache_dir"] = str(fresh_folder(work_dir / "reference_cache" / point.label))
     record = {"label": point.label, **point.__dict__, "compile_options": dict(point.compile_options),
               "trainer": dict(point.trainer),
               "steps": steps, "log_every": log_every}
@@ -154,14 +169,40 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
         # compile) should log the same losses to bf16 rounding.
         interval_losses=interval_values(work_dir, "loss"),
     )
+    if point.reference_cache:
+        record.update(reference_pass_figures(summary.get("reference_cache") or {}, record["pairs_per_s"]))
     return record
+
+
+def fresh_folder(folder: Path) -> Path:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def reference_pass_figures(reference: dict, loop_pairs_per_s: float) -> dict:
+    """The reference pass of a ``reference_cache`` point next to its training loop: the pass's steady pairs/s, and
+    pairs/s of one whole run that computes its pass (1 / (1/loop + 1/pass): both do every pair once) and of each
+    further run of a sweep that reads it (the loop alone)."""
+    rate = reference.get("pairs_per_s")
+    return {
+        "reference_pass": reference,
+        "reference_pass_pairs_per_s": rate,
+        "one_run_pairs_per_s": 1.0 / (1.0 / loop_pairs_per_s + 1.0 / rate) if rate else None,
+    }
 
 
 def count_step_flops_per_pair(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Path,
                               extra: dict) -> float:
-    """FLOPs of one real trainer step with 1 pair (FlopCounterMode; uncompiled, same maths)."""
-    one = TrainPoint(1, point.gradient_checkpointing, point.path)
+    """FLOPs of one real trainer step with 1 pair (FlopCounterMode; uncompiled, same maths). With the reference cache
+    the trainer runs once uncounted first, so the counted run reads its reference losses and counts the step alone."""
+    one = point.flop_count_point()
     section = trainer_overrides(one, model_dir, data_dir, work_dir, steps=1, log_every=1, extra=extra)
+    if one.reference_cache:
+        section["reference_cache_dir"] = str(fresh_folder(work_dir / "reference_cache" / "flop-count"))
+        run_trainer(section)
     flops = count_flops(lambda: run_trainer(section))
     free_device_memory()
     return float(flops)

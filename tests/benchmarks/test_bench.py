@@ -159,3 +159,25 @@ def test_architecture_spec(arch):
     from benchmarks.architectures import arch_spec
 
     assert arch_spec(arch, "full").latent_size * 8 == arch_spec(arch, "full").resolution
+
+
+def test_reference_cache_point_times_its_pass_and_counts_the_step_without_the_reference(tmp_path, capsys):
+    """A bench point with trainer reference_cache on: its own pass is computed (not an earlier point's file) and
+    timed, the one-run figure folds it in, and its counted FLOPs per pair leave the reference forward out."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    points = "sd15.train_points=[{micro_batch: 2}, {micro_batch: 2, trainer: {reference_cache: on}}]"
+    assert main(["--smoke", f"work_dir={work}", f"results_dir={results}", "archs=[sd15]", "parts=[train]",
+                 points]) == 0
+    (result_file,) = results.glob("*.json")
+    train = json.loads(result_file.read_text())["archs"]["sd15"]["train"]
+    inline, cached = train["points"]
+    assert cached["label"] == "fast-mb2-reference_cache=True" and cached["flops_key"] == "fast-refcache"  # YAML on
+    assert cached["reference_pass"]["steps_computed"] == cached["steps"]
+    assert cached["reference_pass"]["steps_reused"] == 0
+    rate, loop = cached["reference_pass_pairs_per_s"], cached["pairs_per_s"]
+    assert rate > 0 and cached["one_run_pairs_per_s"] == pytest.approx(1 / (1 / loop + 1 / rate))
+    assert "reference_pass" not in inline
+    flops = train["counted_tflop_per_pair"]
+    # Policy forward + backward without the reference's forward (2 of ~8 UNet forward-equivalents per pair).
+    assert 0.6 * flops["fast"] < flops["fast-refcache"] < 0.9 * flops["fast"]
+    assert "ref pass" in capsys.readouterr().out
