@@ -191,7 +191,11 @@ def _reference_pass(cfg: TrainConfig, accelerator, components, pairs, unwrapped,
                               cfg.timestep_range_per_risk, prediction_type, mixed_precision)
     path = reference_cache_path(cfg.reference_cache_dir or Path(cfg.work_dir) / "cache", key)
     existing = read_reference_errors(path, pairs_per_step)
-    accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
+    # Every process has read the file before the main one rewrites it, and all keep the rows all of them have (a
+    # node that cannot see the main one's folder computes from 0, and so must everyone: each step's gather is
+    # collective).
+    rows_everywhere = accelerator.gather(torch.tensor([existing.shape[0]], device=device)).min()
+    existing = existing[: int(rows_everywhere)]
 
     def compute_step(step: int) -> torch.Tensor:
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape, schedule.num_train_timesteps,
