@@ -10,6 +10,7 @@ TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 are set for every 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.train_bench import TrainPoint, interval_rates, trainer_overrides
+from benchmarks.train_bench import TrainPoint, interval_rates, reference_pass_figures, trainer_overrides
 
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -46,6 +47,12 @@ def launch_command(accelerate_config: str, gpus: int, config_file: Path) -> list
         "--num_processes", str(gpus),
         "-m", "training.train", "--config", str(config_file),
     ]
+
+
+def launch_reference_pass(output_dir: Path) -> dict | None:
+    """The reference-loss pass of the launch that wrote ``output_dir`` (training_summary.json), or None."""
+    summary = output_dir / "training_summary.json"
+    return json.loads(summary.read_text()).get("reference_cache") if summary.is_file() else None
 
 
 def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path, output_dir: str | Path | None = None) -> dict:
@@ -91,6 +98,9 @@ def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path, output_dir: st
             steady = rates[1:] or rates
             record.update(status="ok", pairs_per_s=statistics.median(steady), pairs_per_s_intervals=steady,
                           first_interval_pairs_per_s=rates[0] if rates else None)
+            reference = launch_reference_pass(Path(section["output_dir"]))
+            if reference is not None:  # train.reference_cache: the pass before the loop, split over the GPUs
+                record.update(reference_pass_figures(reference, record["pairs_per_s"]))
         print(f"[bench]   -> {record.get('status')} {record.get('pairs_per_s')} pairs/s, intervals "
               f"{record.get('pairs_per_s_intervals')}, launch {record['launch_wall_s']} s, NCCL {transports}",
               flush=True)
