@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from core.io import atomic_write_bytes, stable_key
 
-FORMAT = "dpo-reference-errors-v1"
+FORMAT = "dpo-reference-errors-v1"  # bump when training/step.py changes how a step draws its pairs or noise
 SAVE_EVERY_S = 60.0  # seconds of the pass between atomic rewrites of the file
 
 
