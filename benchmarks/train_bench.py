@@ -16,6 +16,7 @@ counted by FlopCounterMode), over the bf16 matmul peak measured on the same GPU.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import traceback
 from dataclasses import dataclass
@@ -175,8 +176,6 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
 
 
 def fresh_folder(folder: Path) -> Path:
-    import shutil
-
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder

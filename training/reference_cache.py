@@ -106,16 +106,16 @@ def _sync(device: torch.device) -> None:
 
 def extend_reference_errors(existing: torch.Tensor, steps: int, compute_step: Callable[[int], torch.Tensor],
                             device, save_rows: Callable[[torch.Tensor], None] | None,
-                            show_progress: bool = True) -> tuple[torch.Tensor, float, float | None]:
+                            show_progress: bool = True) -> tuple[torch.Tensor, int, float, float | None]:
     """Rows 0..steps-1: ``existing`` ones kept, the others from ``compute_step(s)`` ((E, 2) on ``device``).
 
     ``save_rows`` (main process; None elsewhere) receives all rows so far every ``SAVE_EVERY_S`` seconds and at the
-    end. Returns (rows (steps, E, 2) on the CPU, seconds spent computing, steady pairs/s of the computing loop
-    without its first step, None when it computed fewer than two steps)."""
+    end. Returns (rows (steps, E, 2) on the CPU, how many of them were ``existing`` ones, seconds spent computing,
+    steady pairs/s of the computing loop without its first step, None when it computed fewer than two steps)."""
     device = torch.device(device)
     have = min(int(existing.shape[0]), steps)
     if have == steps:
-        return existing[:steps], 0.0, None
+        return existing[:steps], have, 0.0, None
     rows = [existing[:have]]
     pending: list[torch.Tensor] = []  # (E, 2) rows on the device since the last save: no per-step host sync
     start = last_save = time.perf_counter()
@@ -139,7 +139,7 @@ def extend_reference_errors(existing: torch.Tensor, steps: int, compute_step: Ca
     computed = steps - have
     pairs_per_step = int(errors.shape[1])
     rate = (computed - 1) * pairs_per_step / max(end - after_first, 1e-9) if computed > 1 else None
-    return errors, end - start, rate
+    return errors, have, end - start, rate
 
 
 def gather_step_errors(local: torch.Tensor, gather: Callable[[torch.Tensor], torch.Tensor], num_processes: int

@@ -23,8 +23,8 @@ from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
 from core.models import check_model_dir
 from training.cache import (
-    CachedPairSource, CachedRetainSource, UncachedPairSource, cache_key, load_or_build_cache,
-    load_or_build_retain_cache, model_fingerprint,
+    CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache, load_or_build_retain_cache,
+    model_fingerprint,
 )
 from training.card import render_model_card
 from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
@@ -179,14 +179,16 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device, capturable:
     return optimizer, lr_scheduler
 
 
-def _reference_pass(cfg: TrainConfig, accelerator, components, pairs, unwrapped, source, schedule,
-                    prediction_type: str, mixed_precision: str, pair_micro_batch: int, latent_shape, order, bounds,
-                    show: bool) -> tuple[torch.Tensor, ReferencePass]:
+def _reference_pass(cfg: TrainConfig, accelerator, latent_cache_file: Path, pairs, unwrapped, source, schedule,
+                    prediction_type: str, mixed_precision: str, micro_batches: tuple[int, int], latent_shape, order,
+                    bounds, show: bool) -> tuple[torch.Tensor, ReferencePass]:
     """(S, E, 2) reference errors of every optimiser step on the device, read from or added to this run's
-    reference-loss file (training/reference_cache.py); each process computes its own micro-slices of each step."""
+    reference-loss file (training/reference_cache.py); each process computes its own micro-slices of each step.
+    ``micro_batches``: (pairs per micro-batch, E pairs per step). ``latent_cache_file``'s name holds the latent
+    cache's key (encoders, set, resolution, pairs), which the reference key reuses rather than hashing again."""
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
-    key = reference_cache_key(model_fingerprint(cfg.model, ("unet", "scheduler")), cache_key(components, pairs),
+    pair_micro_batch, pairs_per_step = micro_batches
+    key = reference_cache_key(model_fingerprint(cfg.model, ("unet", "scheduler")), latent_cache_file.stem,
                               cfg.seed, pairs_per_step, cfg.prompt_dropout, cfg.risk_repeats,
                               cfg.timestep_range_per_risk, prediction_type, mixed_precision)
     path = reference_cache_path(cfg.reference_cache_dir or Path(cfg.work_dir) / "cache", key)
@@ -206,9 +208,8 @@ def _reference_pass(cfg: TrainConfig, accelerator, components, pairs, unwrapped,
         return gather_step_errors(local, accelerator.gather, world)
 
     save_rows = (lambda rows: write_reference_errors(path, rows)) if accelerator.is_main_process else None
-    errors, seconds, rate = extend_reference_errors(existing, cfg.max_train_steps, compute_step, device, save_rows,
-                                                    show)
-    reused = min(int(existing.shape[0]), cfg.max_train_steps)
+    errors, reused, seconds, rate = extend_reference_errors(existing, cfg.max_train_steps, compute_step, device,
+                                                            save_rows, show)
     accelerator.wait_for_everyone()
     return errors.to(device), ReferencePass(str(path), reused, cfg.max_train_steps - reused, seconds, rate)
 
@@ -317,7 +318,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         module.to(device)
     if cfg.cache_latents:
         with accelerator.main_process_first():
-            tensors, _ = load_or_build_cache(components, pairs, work_dir / "cache", device, is_main, show)
+            tensors, latent_cache_file = load_or_build_cache(components, pairs, work_dir / "cache", device, is_main,
+                                                             show)
         source = CachedPairSource(components, tensors, device)
     else:
         source = UncachedPairSource(components, pairs, device)
@@ -377,8 +379,8 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     reference_errors, reference_pass = None, None
     if cfg.uses_reference_cache():
         reference_errors, reference_pass = _reference_pass(
-            cfg, accelerator, components, pairs, unwrapped, source, schedule, prediction_type, mixed_precision,
-            pair_micro_batch, latent_shape, order, bounds, show)
+            cfg, accelerator, latent_cache_file, pairs, unwrapped, source, schedule, prediction_type, mixed_precision,
+            (pair_micro_batch, pairs_per_step), latent_shape, order, bounds, show)
 
     # The graph path: one captured step (use_graph), or in tests its static-input form run eagerly.
     captured_step = None

@@ -71,13 +71,15 @@ def test_extend_keeps_existing_rows_computes_the_rest_and_saves():
         computed.append(step)
         return torch.full((3, 2), float(step))
 
-    rows, seconds, rate = extend_reference_errors(existing, 5, compute_step, "cpu", saved.append, show_progress=False)
-    assert computed == [2, 3, 4]
+    rows, reused, seconds, rate = extend_reference_errors(existing, 5, compute_step, "cpu", saved.append,
+                                                          show_progress=False)
+    assert computed == [2, 3, 4] and reused == 2
     assert torch.equal(rows[:2], existing) and torch.equal(rows[4], torch.full((3, 2), 4.0))
     assert torch.equal(saved[-1], rows) and seconds >= 0 and rate is not None and rate > 0
     # Enough rows already: nothing computed, nothing written, the first `steps` rows returned.
-    rows, seconds, rate = extend_reference_errors(rows, 4, compute_step, "cpu", saved.append, show_progress=False)
-    assert rows.shape[0] == 4 and computed == [2, 3, 4] and len(saved) == 1 and rate is None
+    rows, reused, seconds, rate = extend_reference_errors(rows, 4, compute_step, "cpu", saved.append,
+                                                          show_progress=False)
+    assert rows.shape[0] == 4 and reused == 4 and computed == [2, 3, 4] and len(saved) == 1 and rate is None
 
 
 @pytest.mark.parametrize("override, message", [
