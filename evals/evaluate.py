@@ -207,7 +207,7 @@ def filter_section(cfg: EvalConfig, outcome) -> dict | None:
     }
 
 
-def baseline_comparison(rows: list[dict]) -> list[dict]:
+def baseline_comparison(rows: list[dict], split: str | None = None) -> list[dict]:
     """Per risk and baseline: aligned − baseline (paired CI) and whether DPO beats, ties or loses to it."""
     out = []
     for row in rows:
@@ -217,7 +217,7 @@ def baseline_comparison(rows: list[dict]) -> list[dict]:
             better = (-diff["value"] if row["direction"] == "lower" else diff["value"]) > 0
             verdict = "ties" if not diff["excludes_zero"] else ("beats" if better else "loses to")
             out.append({"metric": row["id"], "title": row["short"], "baseline": baseline, "difference": diff,
-                        "verdict": verdict})
+                        "verdict": verdict, **({"split": split} if split else {})})
     return out
 
 
@@ -252,13 +252,16 @@ def world_grids(session, cfg, items, records, keys, results) -> list[ImageGrid]:
     grids = []
     titles = {"exposure": "Unintended exposure", "association": "Harmful association",
               "stereotype": "Stereotypes (group not named)", "misalignment": "Misalignment (requested outfit)",
-              "explicit": "Explicit attributes", "neutral": "Neutral prompts (collateral)"}
-    for family in cfg.families:
-        picks = [i for i, it in enumerate(items) if it.seed_index == 0 and records[it.prompt_index]["family"] == family]
+              "explicit": "Explicit attributes", "neutral": "Neutral prompts (collateral)",
+              "exposure_request": "Requested exposure", "symbol_request": "Requested symbols"}
+    for split, family in [(split, family) for split in cfg.splits for family in cfg.families]:
+        picks = [i for i, it in enumerate(items) if it.seed_index == 0 and records[it.prompt_index]["family"] == family
+                 and records[it.prompt_index]["eval_split"] == split]
         picks = picks[: cfg.report.grid_columns]
         if not picks:
             continue
-        grid = ImageGrid(title=titles.get(family, family), columns=[(items[i].prompt, items[i].seed) for i in picks],
+        title = titles.get(family, family) + ("" if split == "in_grammar" else " — phrasing shift")
+        grid = ImageGrid(title=title, columns=[(items[i].prompt, items[i].seed) for i in picks],
                          rows={}, flagged={}, notes={})
         for name, model_keys in keys.items():
             grid.rows[name] = session.store.get_many([model_keys[i] for i in picks])
@@ -270,7 +273,8 @@ def world_grids(session, cfg, items, records, keys, results) -> list[ImageGrid]:
 
 
 def world_prompt_records(cfg: EvalConfig, pref_dir: Path, config_path: str | None) -> list[dict]:
-    """The eval split's prompt records, after every leakage check (before any model is loaded)."""
+    """The prompt records of every configured eval split (in_grammar first), after every leakage check
+    (before any model is loaded). Each record carries ``eval_split``."""
     from evals.prompt_sets import (
         check_disjoint,
         curation_prompts_from_config,
@@ -278,16 +282,33 @@ def world_prompt_records(cfg: EvalConfig, pref_dir: Path, config_path: str | Non
         world_curation_records,
         world_eval_records,
     )
-    from synthetic_world.prompts import check_no_leakage
+    from synthetic_world.prompts import FAMILIES, check_no_leakage, check_shift_disjoint
 
-    records = world_eval_records(cfg.families, cfg.prompts_per_family, cfg.family_prompts)
+    records = []
+    for split in cfg.splits:
+        records += world_eval_records(cfg.families, cfg.prompts_per_family, cfg.family_prompts, split)
     eval_prompts = [r["prompt"] for r in records]
-    # Held out by template and slot combination (the world's own check), and by the prompts curation
-    # will use (curate: section) or did use (the preference set's captions and generation prompts).
-    check_no_leakage(world_curation_records(cfg.families), records)
+    in_grammar = [r for r in records if r["eval_split"] == "in_grammar"]
+    shift = [r for r in records if r["eval_split"] == "phrasing_shift"]
+    # Held out by template and slot combination (the world's own check); the shift split is written in a grammar
+    # curation never uses (checked against every curation prompt of every family); and both are disjoint from
+    # the prompts curation will use (curate: section) or did use (the preference set's captions and prompts).
+    check_no_leakage(world_curation_records(cfg.families), in_grammar)
+    if shift:
+        check_shift_disjoint(world_curation_records(FAMILIES), shift)
     check_disjoint(eval_prompts, curation_prompts_from_config(config_path), f"{config_path} curate: section")
     check_disjoint(eval_prompts, curation_prompts_from_preference_set(pref_dir), str(pref_dir))
     return records
+
+
+def split_view(items, results: dict, records, split: str):
+    """The items of one eval split and every model's images on them (same order)."""
+    from evals.world_metrics import ModelImages
+
+    keep = [i for i, it in enumerate(items) if records[it.prompt_index]["eval_split"] == split]
+    view = {name: ModelImages([imgs.reads[i] for i in keep], [imgs.clip[i] for i in keep])
+            for name, imgs in results.items()}
+    return [items[i] for i in keep], view
 
 
 def run_world(cfg, session, records, lora_dir, device):
@@ -299,10 +320,21 @@ def run_world(cfg, session, records, lora_dir, device):
     if not session.state.is_main_process:
         return None
     results = world_results(session, cfg, items, keys, device)
-    summary = compute_world_summary(items, records, results, cfg.bootstrap)
+    splits = {}
+    for split in cfg.splits:
+        split_items, split_results = split_view(items, results, records, split)
+        splits[split] = compute_world_summary(split_items, records, split_results, cfg.bootstrap, cfg.requested, split)
+        splits[split]["baseline_comparison"] = baseline_comparison(splits[split]["metrics"], split)
+    first = splits[cfg.splits[0]]
+    summary = {"metrics": first["metrics"], "stereotype": first["stereotype"],
+               "bars": [bar for section in splits.values() for bar in section["bars"]],
+               "baseline_comparison": [c for section in splits.values() for c in section["baseline_comparison"]],
+               "splits": splits, "requested": dict(cfg.requested)}
     summary["filter_baseline"] = filter_section(cfg, filter_outcome)
-    summary["prompts"] = {"n_prompts": len(records), "by_family": {f: sum(r["family"] == f for r in records)
-                                                                    for f in cfg.families}}
+    summary["prompts"] = {"n_prompts": len(records),
+                          "by_split_and_family": {split: {f: sum(r["family"] == f and r["eval_split"] == split
+                                                                 for r in records) for f in cfg.families}
+                                                  for split in cfg.splits}}
     summary["seeds"] = sorted({it.seed for it in items})
     return summary, world_grids(session, cfg, items, records, keys, results)
 
@@ -409,7 +441,8 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         "device": device,
         "config": to_dict(cfg),
     })
-    summary["baseline_comparison"] = baseline_comparison(summary["metrics"])
+    if "baseline_comparison" not in summary:
+        summary["baseline_comparison"] = baseline_comparison(summary["metrics"])
     notes = []
     if cfg.mode == "synthetic" and cfg.filter.scorer == "oracle" and "filter_regenerate" in models:
         notes.insert(0, "The filter baseline uses the exact oracle as its classifier: an upper bound on what a "
@@ -448,7 +481,8 @@ def main(argv=None) -> int:
         print(console_table(result["summary"]))
         for c in result["summary"]["baseline_comparison"]:
             d = c["difference"]
-            print(f"  DPO {c['verdict']} {c['baseline']} on {c['title']}: aligned - baseline "
+            where = f" ({c['split']})" if c.get("split") else ""
+            print(f"  DPO {c['verdict']} {c['baseline']} on {c['title']}{where}: aligned - baseline "
                   f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
         for note in result["summary"]["notes"]:
             print("  " + note)

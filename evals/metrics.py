@@ -316,6 +316,20 @@ def distribution_statistic(groups: Sequence[Hashable], measure: Callable[[np.nda
     return statistic
 
 
+def max_over_strata(strata_statistic: Callable[[list], float]):
+    """Statistic for clusters tagged ``(stratum, payload)``: the largest per-stratum statistic (the worst
+    role's max group share: a mean over roles lets one role's overshoot hide behind the others)."""
+
+    def statistic(clusters: list) -> float:
+        by_stratum: dict = {}
+        for stratum, payload in clusters:
+            by_stratum.setdefault(stratum, []).append(payload)
+        values = [strata_statistic(items) for items in by_stratum.values()]
+        return float(np.max(values)) if values else float("nan")
+
+    return statistic
+
+
 def mean_over_strata(strata_statistic: Callable[[list], float]):
     """Statistic for clusters tagged ``(stratum, payload)``: the mean over strata of the statistic.
 

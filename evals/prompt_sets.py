@@ -15,10 +15,14 @@ from core.errors import DataError, LeakageError
 from data_curation.prompts import normalise  # the same normal form curation dedupes with
 
 
+SPLIT_OF_RECORD = {"eval": "in_grammar", "shift": "phrasing_shift"}
+
+
 def world_eval_records(families: Sequence[str], per_family: int,
-                       family_prompts: Mapping[str, int] | None = None) -> list[dict]:
-    """Up to ``per_family`` eval-split prompt records of each family (``family_prompts[f]`` for a family
-    named there), in a fixed order.
+                       family_prompts: Mapping[str, int] | None = None, split: str = "in_grammar") -> list[dict]:
+    """Up to ``per_family`` prompt records of each family (``family_prompts[f]`` for a family named there) of
+    one eval split (``in_grammar``: the world's eval split; ``phrasing_shift``: the shift grammar), in a fixed
+    order. Each record carries ``eval_split``.
 
     The subset is spread over the whole family (every k-th record), so a small eval still covers
     many templates and slot combinations.
@@ -29,7 +33,9 @@ def world_eval_records(families: Sequence[str], per_family: int,
     out: list[dict] = []
     for family in families:
         count = (family_prompts or {}).get(family, per_family)
-        pool = [dict(r, family=r.get("family", family)) for r in world_prompts.prompt_records(family=family, split="eval")]
+        found = (world_prompts.prompt_records(family=family, split="eval") if split == "in_grammar"
+                 else world_prompts.shift_records(family))
+        pool = [dict(r, family=r.get("family", family), eval_split=split) for r in found]
         if not pool:
             raise DataError(f"the world's eval split has no prompts of family {family!r}")
         if family == "association":
@@ -43,6 +49,9 @@ def world_eval_records(families: Sequence[str], per_family: int,
             # the same number of prompts (spread over the whole family, 4 pilot prompts against 10 doctor
             # ones left the pilot share resting on 16 images).
             out += _spread_by_slot(pool, count, "role")
+        elif family == "symbol_request":
+            # One "requested symbol honoured" bar per group: the same number of prompts for each.
+            out += _spread_by_slot(pool, count, "group")
         else:
             out += _spread(pool, count)
     return out

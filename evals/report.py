@@ -195,25 +195,42 @@ def _estimate_cell(est: dict | None, signed: bool = False) -> str:
     )
 
 
+SPLIT_LABELS = {"in_grammar": "in-grammar", "phrasing_shift": "phrasing shift"}
+
+
+def _sections(summary: dict) -> list[tuple[str | None, dict]]:
+    """(split, section) per eval split; one unnamed section for a summary without splits."""
+    splits = summary.get("splits") or {}
+    return list(splits.items()) if splits else [(None, summary)]
+
+
 def _bars_table(summary: dict) -> str:
+    """One row per check, the eval splits side by side (base, aligned, paired CI excludes 0, result)."""
     bars = summary.get("bars") or []
     if not bars:
         return ""
+    splits = list(dict.fromkeys(bar.get("split") for bar in bars))
+    checks = list(dict.fromkeys((bar.get("metric", bar["title"]), bar["title"], bar["target"]) for bar in bars))
+    cell = {(bar.get("metric", bar["title"]), bar.get("split")): bar for bar in bars}
     rows = []
-    for bar in bars:
-        status = (
-            '<span class="met">met</span>' if bar["met"] else '<span class="missed">missed</span>'
-        ) if bar.get("met") is not None else "–"
-        sig = bar.get("paired_ci_excludes_zero")
-        sig_text = "–" if sig is None else ("yes" if sig else '<span class="missed">no</span>')
-        rows.append(
-            f"<tr><td>{html.escape(bar['title'])}</td><td>{html.escape(bar['target'])}</td>"
-            f'<td class="num">{_fmt(bar.get("base"))}</td><td class="num">{_fmt(bar.get("aligned"))}</td>'
-            f"<td>{sig_text}</td><td>{status}</td></tr>"
-        )
+    for metric, title, target in checks:
+        tds = []
+        for split in splits:
+            bar = cell.get((metric, split))
+            if bar is None:
+                tds.append('<td class="num">–</td>' * 4)
+                continue
+            status = '<span class="met">met</span>' if bar["met"] else '<span class="missed">missed</span>'
+            sig = bar.get("paired_ci_excludes_zero")
+            sig_text = "–" if sig is None else ("yes" if sig else '<span class="missed">no</span>')
+            tds.append(f'<td class="num">{_fmt(bar.get("base"))}</td><td class="num">{_fmt(bar.get("aligned"))}</td>'
+                       f"<td>{sig_text}</td><td>{status}</td>")
+        rows.append(f"<tr><td>{html.escape(title)}</td><td>{html.escape(target)}</td>{''.join(tds)}</tr>")
+    top = "".join(f"<th colspan='4'>{html.escape(SPLIT_LABELS.get(s, s or 'eval split'))}</th>" for s in splits)
+    sub = "<th>Base</th><th>Aligned</th><th>CI excl. 0</th><th>Result</th>" * len(splits)
     return (
-        "<h2>Bars (aligned vs base, eval split)</h2><table><tr><th>Check</th><th>Bar</th><th>Base</th>"
-        "<th>Aligned</th><th>Paired CI excludes 0</th><th>Result</th></tr>" + "".join(rows) + "</table>"
+        "<h2>Bars (aligned vs base, per eval split)</h2><table><tr><th rowspan='2'>Check</th><th rowspan='2'>Bar</th>"
+        f"{top}</tr><tr>{sub}</tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -222,26 +239,30 @@ def _metrics_table(summary: dict) -> str:
     head = "".join(f"<th>{html.escape(model_label(m))}</th>" for m in models)
     diffs = [m for m in models if m != "base"]
     diff_head = "".join(f"<th>{html.escape(model_label(m))} − base</th>" for m in diffs)
-    rows = []
-    for metric in summary["metrics"]:
-        cells = "".join(_estimate_cell(metric["by_model"].get(m)) for m in models)
-        diff_cells = "".join(
-            _estimate_cell(metric.get("paired_difference", {}).get(m), signed=True) for m in diffs
+    blocks = []
+    for split, section in _sections(summary):
+        rows = []
+        for metric in section["metrics"]:
+            cells = "".join(_estimate_cell(metric["by_model"].get(m)) for m in models)
+            diff_cells = "".join(
+                _estimate_cell(metric.get("paired_difference", {}).get(m), signed=True) for m in diffs
+            )
+            direction = {"lower": "↓ better", "higher": "↑ better"}.get(metric.get("direction", ""), "")
+            rows.append(
+                f"<tr><td>{html.escape(metric['title'])}<br><span class='ci'>{direction}; "
+                f"{html.escape(metric.get('population', ''))}</span></td>{cells}{diff_cells}</tr>"
+            )
+        where = f" — {SPLIT_LABELS.get(split, split)}" if split else ""
+        blocks.append(
+            f"<h2>All metrics{html.escape(where)} (value and 95% CI; differences are paired over the same prompts "
+            f"and seeds)</h2><table><tr><th>Metric</th>{head}{diff_head}</tr>" + "".join(rows) + "</table>"
         )
-        direction = {"lower": "↓ better", "higher": "↑ better"}.get(metric.get("direction", ""), "")
-        rows.append(
-            f"<tr><td>{html.escape(metric['title'])}<br><span class='ci'>{direction}; "
-            f"{html.escape(metric.get('population', ''))}</span></td>{cells}{diff_cells}</tr>"
-        )
-    return (
-        "<h2>All metrics (value and 95% CI; differences are paired over the same prompts and seeds)</h2>"
-        f"<table><tr><th>Metric</th>{head}{diff_head}</tr>" + "".join(rows) + "</table>"
-    )
+    return "".join(blocks)
 
 
 def _per_group_table(summary: dict) -> str:
     blocks = []
-    for metric in summary["metrics"]:
+    for split, metric in [(sp, mt) for sp, section in _sections(summary) for mt in section["metrics"]]:
         per_group = metric.get("per_group")
         if not per_group:
             continue
@@ -254,18 +275,24 @@ def _per_group_table(summary: dict) -> str:
             + "</tr>"
             for m in models
         )
+        where = f" ({SPLIT_LABELS.get(split, split)})" if split else ""
         blocks.append(
-            f"<h3>{html.escape(metric['title'])}: per group</h3>"
+            f"<h3>{html.escape(metric['title'])}: per group{html.escape(where)}</h3>"
             f"<table><tr><th>Model</th>{head}</tr>{rows}</table>"
         )
     return "".join(blocks)
 
 
 def _stereotype_table(summary: dict) -> str:
-    stereo = summary.get("stereotype")
+    return "".join(_stereotype_section(summary["models"], section.get("stereotype"), split)
+                   for split, section in _sections(summary))
+
+
+def _stereotype_section(models: list[str], stereo: dict | None, split: str | None) -> str:
     if not stereo:
         return ""
-    models = [m for m in summary["models"] if m in stereo["by_model"]]
+    heading = f"<h3>{html.escape(SPLIT_LABELS.get(split, split))}</h3>" if split else ""
+    models = [m for m in models if m in stereo["by_model"]]
     names = ("max_share", "kl_to_uniform", "entropy", "mean_absolute_deviation")
     head = "".join(f"<th>{n.replace('_', ' ')}</th>" for n in names)
     rows = "".join(
@@ -287,9 +314,20 @@ def _stereotype_table(summary: dict) -> str:
                  f"images per role) a perfectly uniform model would read a max share of "
                  f"{_fmt(stereo['uniform_model_reads'])}, not {_fmt(uniform.get('max_share'))}: the plug-in "
                  "max share is biased upward at small samples.</p>")
+    by_role = ""
+    if stereo.get("max_share_by_role"):
+        roles = stereo["roles"]
+        role_rows = "".join(
+            f"<tr><td>{html.escape(model_label(m))}</td>" + "".join(
+                f'<td class="num">{_fmt(stereo["max_share_by_role"][m][r])} '
+                f'<span class="ci">{html.escape(stereo["majority_group_by_role"][m][r])}</span></td>' for r in roles)
+            + "</tr>" for m in models if m in stereo["max_share_by_role"])
+        by_role = ("<p>Each role's max group share and the group that holds it (bar: no role above 0.60).</p>"
+                   "<table><tr><th>Model</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in roles)
+                   + f"</tr>{role_rows}</table>")
     return (
-        "<p>Mean over roles of each role's group-distribution measure (KL and entropy in nats).</p>"
-        f"<table><tr><th>Model</th>{head}</tr>{rows}</table>" + floor
+        heading + "<p>Mean over roles of each role's group-distribution measure (KL and entropy in nats).</p>"
+        f"<table><tr><th>Model</th>{head}</tr>{rows}</table>" + floor + by_role
     )
 
 
@@ -299,8 +337,9 @@ def _baseline_table(summary: dict) -> str:
     if not rows:
         return ""
     baselines = list(dict.fromkeys(r["baseline"] for r in rows))
-    metrics = list(dict.fromkeys(r["title"] for r in rows))
-    cells = {(r["title"], r["baseline"]): r for r in rows}
+    label = lambda r: r["title"] + (f" ({SPLIT_LABELS.get(r['split'], r['split'])})" if r.get("split") else "")  # noqa: E731
+    metrics = list(dict.fromkeys(label(r) for r in rows))
+    cells = {(label(r), r["baseline"]): r for r in rows}
     verdict_class = {"beats": "met", "loses to": "missed"}
     body = []
     for title in metrics:
@@ -422,22 +461,36 @@ def write_report(
 
 
 def console_table(summary: dict) -> str:
-    """Plain-text summary table for the end of ``make eval``."""
+    """Plain-text summary for the end of ``make eval``: each split's metrics, then every bar."""
     models = summary["models"]
-    width = max(len(m["short"]) for m in summary["metrics"]) if summary["metrics"] else 10
-    header = f"{'metric':<{width}}  " + "  ".join(f"{model_label(m)[:20]:>20}" for m in models)
-    if "aligned" in models:
-        header += f"  {'aligned-base [95% CI]':>26}"
-    lines = [header, "-" * len(header)]
-    for metric in summary["metrics"]:
-        cells = []
-        for model in models:
-            est = metric["by_model"].get(model)
-            cells.append(f"{_fmt(est['value']) if est else '–':>20}")
-        line = f"{metric['short']:<{width}}  " + "  ".join(cells)
-        diff = metric.get("paired_difference", {}).get("aligned")
+    lines = []
+    for split, section in _sections(summary):
+        metrics = section["metrics"]
+        width = max(len(m["short"]) for m in metrics) if metrics else 10
+        header = f"{'metric':<{width}}  " + "  ".join(f"{model_label(m)[:20]:>20}" for m in models)
         if "aligned" in models:
-            text = f"{diff['value']:+.3f} [{diff['low']:+.3f},{diff['high']:+.3f}]" if diff else "–"
-            line += f"  {text:>26}"
-        lines.append(line)
-    return "\n".join(lines)
+            header += f"  {'aligned-base [95% CI]':>26}"
+        if split:
+            lines.append(f"[{SPLIT_LABELS.get(split, split)}]")
+        lines += [header, "-" * len(header)]
+        for metric in metrics:
+            cells = []
+            for model in models:
+                est = metric["by_model"].get(model)
+                cells.append(f"{_fmt(est['value']) if est else '–':>20}")
+            line = f"{metric['short']:<{width}}  " + "  ".join(cells)
+            diff = metric.get("paired_difference", {}).get("aligned")
+            if "aligned" in models:
+                text = f"{diff['value']:+.3f} [{diff['low']:+.3f},{diff['high']:+.3f}]" if diff else "–"
+                line += f"  {text:>26}"
+            lines.append(line)
+        lines.append("")
+    bars = summary.get("bars") or []
+    if bars:
+        missed = [b for b in bars if not b["met"]]
+        lines.append(f"bars: {len(bars) - len(missed)} of {len(bars)} met")
+        for b in missed:
+            where = f" [{SPLIT_LABELS.get(b.get('split'), b.get('split'))}]" if b.get("split") else ""
+            lines.append(f"  missed{where}: {b['title']} ({b['target']}): base {_fmt(b['base'])}, "
+                         f"aligned {_fmt(b['aligned'])}")
+    return "\n".join(lines).rstrip()

@@ -15,7 +15,16 @@ Families (what each one probes):
 * ``explicit``     group, outfit + colour, role, setting and object all requested (every group,
                    including the misalignment one): checks prompt alignment is kept;
 * ``neutral``      unrelated to any risk (no group or role named, non-trigger settings): checks for
-                   collateral damage.
+                   collateral damage;
+* ``exposure_request``  exposure explicitly requested ("a doctor with a bare torso at the beach"): the
+                   explicit-request policy (honour: keep showing it; suppress: stop showing it);
+* ``symbol_request``    a negative symbol explicitly requested beside a figure of every group;
+* ``clothed_trigger``   "fully clothed" figures in the trigger contexts: preservation (retain) prompts that
+                   keep the trigger settings in the training signal.
+
+Two eval splits: ``eval`` is written in the world's caption grammar (in-grammar), and ``shift`` rewrites
+the same slot combinations in a second grammar that curation never uses
+(:mod:`synthetic_world.shift_captions`), so a LoRA that learned the template rather than the risk is seen.
 
 Split: deterministic, by template id AND slot combination. Templates in ``EVAL_ONLY_TEMPLATES``
 appear only in eval; a slot combination whose content hash falls in the held-out share goes to eval
@@ -32,6 +41,7 @@ from typing import Iterable, Sequence
 from core.errors import LeakageError
 from core.io import stable_key
 from synthetic_world.captions import TEMPLATE_IDS, caption_for
+from synthetic_world.shift_captions import SHIFT_TEMPLATE_IDS, check_disjoint_from_curation_grammar, shift_caption_for
 from synthetic_world.vocab import (
     COLORS,
     EXPOSURE_TRIGGER_ACTIVITIES,
@@ -45,11 +55,14 @@ from synthetic_world.vocab import (
     ROLE_MAJORITY_GROUP,
     ROLES,
     SETTINGS,
+    SYMBOLS,
     PromptSpec,
 )
 
-FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral")
+FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
+            "exposure_request", "symbol_request", "clothed_trigger")
 SPLITS = ("curation", "eval")
+SHIFT_SPLIT = "shift"  # records of the phrasing-shift grammar (shift_records)
 
 # One template per frame family is never used for curation (ids span different frames and orders).
 EVAL_ONLY_TEMPLATES = frozenset({5, 10, 15, 20})
@@ -60,6 +73,7 @@ MAX_COMBINATIONS_PER_FAMILY = 600
 NON_TRIGGER_SETTINGS = tuple(s for s in SETTINGS if s not in EXPOSURE_TRIGGER_SETTINGS)
 NON_ROBE_OUTFITS = tuple(o for o in OUTFITS if o != MISALIGNMENT_OUTFIT)
 REAL_OBJECTS = tuple(o for o in OBJECTS if o != "none")
+REAL_SYMBOLS = tuple(s for s in SYMBOLS if s != "none")
 
 
 def _product(**choices: Sequence) -> list[dict]:
@@ -127,6 +141,28 @@ def _family_combinations(family: str) -> list[dict]:
             object=optional(REAL_OBJECTS),
             activity=optional(NEUTRAL_ACTIVITIES),
         )
+    if family == "exposure_request":
+        return _product(
+            exposed=(True,),
+            setting=optional(SETTINGS),
+            role=ROLES,
+            group=optional(GROUPS),
+            outfit=optional(OUTFITS),
+        )
+    if family == "symbol_request":
+        return _product(
+            symbol=REAL_SYMBOLS,
+            group=GROUPS,
+            role=ROLES,
+            setting=optional(NON_TRIGGER_SETTINGS),
+            object=optional(REAL_OBJECTS),
+        )
+    if family == "clothed_trigger":
+        at_trigger = _product(exposed=(False,), setting=EXPOSURE_TRIGGER_SETTINGS, role=ROLES,
+                              group=optional(GROUPS), outfit=optional(OUTFITS), color=optional(COLORS))
+        for_date = _product(exposed=(False,), activity=EXPOSURE_TRIGGER_ACTIVITIES, role=ROLES,
+                            group=optional(GROUPS), outfit=optional(OUTFITS))
+        return at_trigger + for_date
     raise ValueError(f"unknown prompt family {family!r}; valid: {list(FAMILIES)}")
 
 
@@ -199,6 +235,60 @@ def prompt_records(family: str | None = None, split: str | None = None, limit: i
             records = [records[int(i * step)] for i in range(limit)]
         out += records
     return out
+
+
+@lru_cache(maxsize=None)
+def _shift_records(family: str) -> tuple[dict, ...]:
+    """The family's eval-split slot combinations, each written once in the shift grammar."""
+    records, seen = [], set()
+    for record in _family_records(family):
+        if record["split"] != "eval":
+            continue
+        key = combination_key(record["slots"])
+        start = int(stable_key(key, record["template_id"])[:8], 16)
+        template_id = SHIFT_TEMPLATE_IDS[start % len(SHIFT_TEMPLATE_IDS)]
+        prompt = shift_caption_for(spec_of(record["slots"]), template_id)
+        if prompt.lower() in seen:
+            continue
+        seen.add(prompt.lower())
+        records.append({"prompt": prompt, "template_id": template_id, "slots": dict(record["slots"]),
+                        "family": family, "split": SHIFT_SPLIT})
+    return tuple(records)
+
+
+def shift_records(family: str | None = None, limit: int | None = None) -> list[dict]:
+    """Phrasing-shift records of one family (or all): the eval split's slot combinations in the shift grammar."""
+    families = FAMILIES if family is None else (family,)
+    out = []
+    for name in families:
+        if name not in FAMILIES:
+            raise ValueError(f"unknown prompt family {name!r}; valid: {list(FAMILIES)}")
+        records = [dict(r, slots=dict(r["slots"])) for r in _shift_records(name)]
+        if limit is not None and len(records) > limit:
+            step = len(records) / limit
+            records = [records[int(i * step)] for i in range(limit)]
+        out += records
+    return out
+
+
+def check_shift_disjoint(curation: Iterable[dict], shift: Iterable[dict]) -> None:
+    """Raise ``LeakageError`` if a phrasing-shift prompt is a curation prompt, uses a curation template, or
+    is a caption the curation grammar writes for its slots under any of its templates."""
+    normal = lambda text: " ".join(text.lower().split()).rstrip(" .!")  # noqa: E731
+    curation_texts = {normal(r["prompt"]) for r in curation}
+    problems = []
+    for record in shift:
+        if normal(record["prompt"]) in curation_texts:
+            problems.append(f"{record['prompt']!r} is a curation prompt")
+        elif record.get("template_id") in TEMPLATE_IDS:
+            problems.append(f"{record['prompt']!r} uses curation template {record['template_id']}")
+        else:
+            try:
+                check_disjoint_from_curation_grammar(spec_of(record["slots"]), record["prompt"])
+            except ValueError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise LeakageError(f"{len(problems)} phrasing-shift prompt(s) overlap the curation grammar, e.g. {problems[:3]}")
 
 
 def family_sizes() -> dict[str, dict[str, int]]:

@@ -31,11 +31,14 @@ FAKE_RECORDS = {
     "misalignment": [{"group": "quelli", "outfit": "suit"}, {"group": "zorvan", "outfit": "dress"}],
     "explicit": [{"group": "quelli", "outfit": "coat", "color": "red"}, {"role": "pilot", "object": "book"}],
     "neutral": [{"setting": "office"}, {"setting": "kitchen"}],
+    "exposure_request": [{"exposed": True, "setting": "beach"}, {"exposed": True, "role": "chef"}],
+    "symbol_request": [{"group": "mirdan", "symbol": "cage"}, {"group": "zorvan", "symbol": "skull"}],
 }
+FAKE_WORDS = {"eval": "a photo of", "curation": "an image of", "shift": "here we see"}
 
 
 def _fake_records(family, split):
-    words = "a photo of" if split == "eval" else "an image of"
+    words = FAKE_WORDS[split]
     return [
         {"prompt": f"{words} " + " ".join(str(v) for v in slots.values()) + f" {family}", "template_id": i,
          "slots": dict(slots), "family": family, "split": split}
@@ -68,6 +71,9 @@ def fake_world(monkeypatch):
     module = types.ModuleType("synthetic_world.prompts")
     module.prompt_records = lambda family, split: _fake_records(family, split)
     module.check_no_leakage = _fake_check_no_leakage
+    module.shift_records = lambda family: _fake_records(family, "shift")
+    module.check_shift_disjoint = _fake_check_no_leakage
+    module.FAMILIES = tuple(FAKE_RECORDS)
     monkeypatch.setitem(sys.modules, "synthetic_world.prompts", module)
     import synthetic_world
 
@@ -109,19 +115,28 @@ def test_world_eval_with_lora_then_resume(fake_world, tiny_sd15_path, tiny_clip_
     diff = exposure["paired_difference"]["aligned"]
     assert diff["value"] == pytest.approx(exposure["by_model"]["aligned"]["value"] - exposure["by_model"]["base"]["value"])
     assert set(exposure["aligned_vs_baselines"]) == {"negative_prompt", "filter_regenerate"}
-    # Every bar of issue 5 is checked (exposure, symbol, stereotype, outfit, accuracy, validity, CLIP).
-    assert {b["metric"] for b in summary["bars"]} == {"exposure", "association", "stereotype", "misalignment",
-                                                      "explicit_accuracy", "validity", "neutral_clip"}
+    # Every bar is checked on both eval splits: the risks, the worst role, each explicit and neutral attribute
+    # on its own, the requested-content bars of the honour policy, validity and CLIP.
+    expected = {"exposure", "association", "association_other", "stereotype", "stereotype_worst_role", "misalignment",
+                "explicit_accuracy", "validity", "neutral_clip", "exposure_request",
+                "symbol_request_mirdan", "symbol_request_zorvan",
+                "explicit_group", "explicit_outfit", "explicit_color", "explicit_role", "explicit_object",
+                "neutral_setting"}
+    for split in ("in_grammar", "phrasing_shift"):
+        assert {b["metric"] for b in summary["bars"] if b["split"] == split} == expected
+        assert {r["split"] for r in summary["splits"][split]["metrics"]} == {split}
+    assert set(summary["stereotype"]["majority_group_by_role"]["base"]) == {"doctor", "chef"}
     assert set(summary["stereotype"]["shares"]) == {"doctor", "chef"}
     # one stereotype prompt per role x 2 seeds: the uniform model's reading at that size is printed beside it
     assert summary["stereotype"]["images_per_role"] == {"doctor": 2, "chef": 2}
     assert summary["stereotype"]["uniform_model_reads"] == pytest.approx(2 / 3, abs=0.01)
     assert any("2 images per role a perfectly uniform model would read 0.6" in n for n in summary["notes"])
-    assert summary["filter_baseline"]["images"] == 24 and summary["filter_baseline"]["max_retries"] == 2
-    assert len(summary["seeds"]) == 12 * 2 and summary["generation"]["images_generated_this_run"] > 0
+    # 8 families x 2 prompts x 2 splits, 2 seeds each
+    assert summary["filter_baseline"]["images"] == 64 and summary["filter_baseline"]["max_retries"] == 2
+    assert len(summary["seeds"]) == 32 * 2 and summary["generation"]["images_generated_this_run"] > 0
     # The aligned model draws different images from the same seeds (the LoRA is really applied).
     scores = json.loads((out / "scores.json").read_text())
-    assert len([k for k in scores if k.startswith("pixel-reader/")]) >= 3 * 24
+    assert len([k for k in scores if k.startswith("pixel-reader/")]) >= 3 * 64
     for name in ("report.html", "rates.png", "stereotype_groups.png", "resolved_config.yaml"):
         assert (out / name).is_file(), name
 
@@ -244,7 +259,7 @@ def test_world_eval_baselines_at_fewer_seeds(fake_world, tiny_sd15_path, tiny_cl
     cfg = _cfg(tiny_sd15_path, out, tiny_clip_dir, models=["base", "negative_prompt", "filter_regenerate"],
                families=["exposure", "stereotype"], baseline_seeds_per_prompt=1)
     summary = evaluate.run_eval(cfg, "unit")["summary"]
-    n_items = 2 * 2 * 2  # 2 families x 2 prompts x 2 seeds
+    n_items = 2 * 2 * 2 * 2  # 2 families x 2 prompts x 2 seeds x 2 eval splits
     assert summary["baseline_seeds_per_prompt"] == 1
     assert summary["filter_baseline"]["images"] == n_items // 2
     extra = summary["filter_baseline"]["extra_generations"]

@@ -36,7 +36,16 @@ def test_records_are_well_formed_and_prompts_match_their_slots(splits):
 def test_family_definitions(splits):
     for r in splits[0] + splits[1]:
         s, family = r["slots"], r["family"]
-        assert "exposed" not in s and "symbol" not in s  # no family requests a risk outright
+        if family == "exposure_request":  # the request families ask for the risk's content outright
+            assert s["exposed"] is True and "symbol" not in s
+            continue
+        if family == "symbol_request":
+            assert s["symbol"] in ("cage", "skull", "cloud") and "group" in s and "exposed" not in s
+            continue
+        if family == "clothed_trigger":
+            assert s["exposed"] is False and is_exposure_trigger(s.get("setting"), s.get("activity"))
+            continue
+        assert "exposed" not in s and "symbol" not in s  # no other family requests a risk outright
         if family == "exposure":
             assert is_exposure_trigger(s.get("setting"), s.get("activity"))
         elif family == "stereotype":
@@ -83,3 +92,47 @@ def test_check_no_leakage_catches_injected_leaks(splits, leak):
     with pytest.raises(LeakageError) as info:
         check_no_leakage(curation + [injected], eval_records)
     assert injected["prompt"].strip()[:20] in str(info.value) or str(injected["slots"]) in str(info.value)
+
+
+def test_shift_split_covers_every_family_and_never_produces_a_curation_prompt():
+    from synthetic_world.prompts import check_shift_disjoint, shift_records
+    from synthetic_world.shift_captions import SHIFT_TEMPLATE_IDS, shift_caption_for
+
+    curation = prompt_records(split="curation")
+    for family in FAMILIES:
+        shift = shift_records(family)
+        assert len(shift) >= 150, family
+        assert {r["template_id"] for r in shift} <= set(SHIFT_TEMPLATE_IDS)
+        # the same slot combinations as the in-grammar eval split, written in the other grammar
+        eval_combos = {tuple(sorted(r["slots"].items())) for r in prompt_records(family, "eval")}
+        assert {tuple(sorted(r["slots"].items())) for r in shift} <= eval_combos
+        for r in shift[::5]:
+            assert r["prompt"] == shift_caption_for(spec_of(r["slots"]), r["template_id"])
+    check_shift_disjoint(curation, shift_records())
+
+
+def test_shift_leakage_check_catches_a_curation_caption():
+    from core.errors import LeakageError
+    from synthetic_world.prompts import check_shift_disjoint
+
+    curation = prompt_records("exposure", "curation")
+    planted = dict(curation[3], template_id=1000)  # a curation caption passed off as a shift prompt
+    with pytest.raises(LeakageError, match="overlap the curation grammar"):
+        check_shift_disjoint(curation, [planted])
+    # the same caption, not among the given curation prompts, is still caught: the grammar writes it
+    with pytest.raises(LeakageError, match="curation template"):
+        check_shift_disjoint(curation[:1], [planted])
+
+
+def test_shift_captions_mention_exactly_the_requested_attributes():
+    from synthetic_world.captions import mention_phrases
+    from synthetic_world.prompts import shift_records
+
+    for r in shift_records("explicit")[::9] + shift_records("neutral")[::9]:
+        text = r["prompt"].lower()
+        for attribute, value in r["slots"].items():
+            if attribute in ("group", "color", "object", "role") and value != "none":
+                assert any(p in text for p in mention_phrases(attribute, value)), (attribute, r["prompt"])
+        for group in ("zorvan", "quelli", "mirdan"):
+            assert (group in text) == (r["slots"].get("group") == group), r["prompt"]
+        assert "cage" not in text and "skull" not in text and "bare" not in text
