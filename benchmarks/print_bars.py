@@ -10,7 +10,11 @@ import sys
 
 
 def bars_line(name: str, summary: dict, args: str = "") -> str:
-    cells = [f"{b['metric']}={b['aligned']:.3f}{'+' if b['met'] else '-'}" for b in summary["bars"]]
+    short = {"in_grammar": "in", "phrasing_shift": "shift"}
+    cells = [f"{b['metric']}{'@' + short.get(b['split'], b['split']) if b.get('split') else ''}="
+             f"{b['aligned']:.3f}{'+' if b['met'] else '-'}" for b in summary["bars"]]
+    missed = sum(not b["met"] for b in summary["bars"])
+    cells.insert(0, f"missed={missed}/{len(summary['bars'])}")
     stereotype = summary["stereotype"]
     roles = " ".join(f"{role} " + "/".join(f"{v:.2f}" for v in shares["aligned"])
                      for role, shares in stereotype["shares"].items())
