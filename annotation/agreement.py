@@ -75,10 +75,15 @@ def majority(labels: list[str]) -> Optional[str]:
     return label if count * 2 > len(labels) else None
 
 
-def resolve(item: dict, labels: dict[str, str], adjudication: Optional[dict]) -> tuple[Optional[str], str]:
-    """(answer, status) for one item: adjudicated > gold answer > strict majority.
+def resolve(
+    item: dict, labels: dict[str, str], adjudication: Optional[dict], tie_min_votes: int = 2
+) -> tuple[Optional[str], str]:
+    """(answer, status) for one item: adjudicated > gold answer > strict majority of the votes.
 
-    status is "adjudicated", "annotated", "disputed" (labels but no majority) or "auto" (no labels).
+    A tie also needs ``tie_min_votes`` tie votes: a tie turns a pair into a 0.5/0.5 training label,
+    and one annotator's tie (the others skipped or have not answered yet) must not set that alone.
+    status is "adjudicated", "annotated", "disputed" (labels, but no answer this rule accepts) or
+    "auto" (no labels).
     """
     if adjudication is not None:
         return adjudication["answer"], "adjudicated"
@@ -86,24 +91,35 @@ def resolve(item: dict, labels: dict[str, str], adjudication: Optional[dict]) ->
         return item["gold_answer"], "adjudicated"
     if not labels:
         return None, "auto"
-    answer = majority(list(labels.values()))
+    votes = list(labels.values())
+    answer = majority(votes)
+    if answer == "tie" and votes.count("tie") < tie_min_votes:
+        answer = None
     return (answer, "annotated") if answer is not None else (None, "disputed")
 
 
-def disputed_items(items: list[dict], decisions: list[dict], adjudications: dict[str, dict]) -> list[dict]:
-    """The adjudication queue: non-gold, non-adjudicated items whose labels are not all the same."""
+def disputed_items(
+    items: list[dict], decisions: list[dict], adjudications: dict[str, dict], tie_min_votes: int = 2
+) -> list[dict]:
+    """The adjudication queue: non-gold, non-adjudicated items whose labels are not all the same, or
+    that the votes do not settle (a tie with too few tie votes)."""
     by_item = labels_by_item(decisions)
     queue = []
     for item in items:
         labels = by_item.get(item["pair_id"], {})
-        if item.get("gold_answer") or item["pair_id"] in adjudications or len(set(labels.values())) < 2:
+        if item.get("gold_answer") or item["pair_id"] in adjudications:
+            continue
+        answer, status = resolve(item, labels, None, tie_min_votes)
+        if len(set(labels.values())) < 2 and status != "disputed":
             continue
         queue.append({"pair_id": item["pair_id"], "risk": item["risk"], "caption": item["caption"],
-                      "labels": labels, "majority": majority(list(labels.values()))})
+                      "labels": labels, "majority": answer})
     return queue
 
 
-def agreement_report(items: list[dict], decisions: list[dict], adjudications: dict[str, dict]) -> dict:
+def agreement_report(
+    items: list[dict], decisions: list[dict], adjudications: dict[str, dict], tie_min_votes: int = 2
+) -> dict:
     """Everything the card and `annotation.cli report` show: kappas, alpha, gold accuracy, counts."""
     gold = {i["pair_id"]: i["gold_answer"] for i in items if i.get("gold_answer")}
     risk_of = {i["pair_id"]: i["risk"] for i in items}
@@ -129,7 +145,9 @@ def agreement_report(items: list[dict], decisions: list[dict], adjudications: di
             gold_by_annotator[annotator].append(correct)
             gold_by_risk[risk_of[pair_id]].append(correct)
 
-    statuses = Counter(resolve(i, by_item.get(i["pair_id"], {}), adjudications.get(i["pair_id"]))[1] for i in items)
+    statuses = Counter(
+        resolve(i, by_item.get(i["pair_id"], {}), adjudications.get(i["pair_id"]), tie_min_votes)[1] for i in items
+    )
     return {
         "annotators": annotators,
         "items": len(items),
@@ -143,7 +161,7 @@ def agreement_report(items: list[dict], decisions: list[dict], adjudications: di
         "krippendorff_alpha": _finite(alpha),
         "gold_accuracy_by_annotator": {a: _accuracy(v) for a, v in sorted(gold_by_annotator.items())},
         "gold_accuracy_by_risk": {r: _accuracy(v) for r, v in sorted(gold_by_risk.items())},
-        "disputed": len(disputed_items(items, decisions, adjudications)),
+        "disputed": len(disputed_items(items, decisions, adjudications, tie_min_votes)),
     }
 
 

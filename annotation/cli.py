@@ -1,6 +1,7 @@
 """``python -m annotation.cli <command>``: serve the tool, manage annotators, report, adjudicate, export.
 
     serve        --set SET [--port P] [--host H] [--config C] [key=value ...]   (make annotate)
+                 validates the set first and refuses an invalid one, naming its bad rows
     add-user     NAME [--admin]     print a new annotator's token (shown once)
     revoke-user  NAME               the token and every session of NAME stop working at once
     list-users
@@ -18,18 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from annotation.agreement import agreement_report, disputed_items
 from annotation.config import AnnotateConfig
 from annotation.export import export_set
-from annotation.prefset_io import ImageSource, read_gold_file, select_items
+from annotation.prefset_io import ImageSource, check_set, read_gold_file, select_items
 from annotation.server import AnnotationApp, AnnotationServer, announce
-from annotation.store import Store
+from annotation.store import SIDE_FILES, Store
 from core.config import load_stage_config, write_resolved_config
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_write_json
+from preference_sets.io import check_schemas
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+DATASETS_CACHE = "datasets_cache"  # beside the database: the image cache never goes to ~/.cache
 
 
 def default_db(set_folder: Path) -> Path:
@@ -95,19 +102,48 @@ def require_set(args: argparse.Namespace) -> Path:
     return args.set_folder
 
 
+def remove_created(paths: list[Path], cache: Path) -> None:
+    """Remove what a failed start created, given in creation order (a folder before its contents)."""
+    for path in reversed(paths):
+        if path == cache:
+            shutil.rmtree(path, ignore_errors=True)  # written whole by this run
+        elif path.is_dir():
+            try:
+                os.rmdir(path)  # only if empty: anything else in it is not ours
+            except OSError:
+                pass
+        else:
+            path.unlink(missing_ok=True)
+
+
 def cmd_serve(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
     set_folder = require_set(args)
+    check_set(set_folder)  # before anything is created: an invalid set leaves nothing behind
     gold = read_gold_file(cfg.gold_file)
     items, fingerprint = select_items(set_folder, cfg.risks, cfg.max_items, cfg.subset_seed, gold)
-    store = Store(args.db or (Path(cfg.db) if cfg.db else default_db(set_folder)))
-    store.import_items(items, fingerprint)
-    store.set_gold(gold)
-    write_resolved_config(cfg, store.path.parent)
-    app = AnnotationApp(store, ImageSource(set_folder), cfg)
+    db = args.db or (Path(cfg.db) if cfg.db else default_db(set_folder))
+    cache = db.parent / DATASETS_CACHE
+    # A database left by a failed start would bind the next start to this set version (and refuse a
+    # repaired set), so a failure removes whatever of these did not exist before, and nothing else.
+    candidates = [*reversed(db.parent.parents), db.parent, db, *(Path(f"{db}{s}") for s in SIDE_FILES), cache,
+                  db.parent / RESOLVED_CONFIG]
+    ours = [path for path in candidates if not path.exists()]
+    store = None
     try:
-        server = AnnotationServer((cfg.host, cfg.port), app)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from exc
+        store = Store(db)
+        store.import_items(items, fingerprint)
+        store.set_gold(gold)
+        app = AnnotationApp(store, ImageSource(set_folder, cache), cfg)
+        write_resolved_config(cfg, db.parent, name=RESOLVED_CONFIG)
+        try:
+            server = AnnotationServer((cfg.host, cfg.port), app)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from exc
+    except BaseException:
+        if store is not None:
+            store.close()
+        remove_created(ours, cache)
+        raise
     users = [u for u in store.list_users() if u["revoked_at"] is None]
     print(f"{len(items)} items ({len(gold)} gold) from {set_folder}; database {store.path}; {len(users)} active user(s)")
     if not users:
@@ -123,6 +159,8 @@ def cmd_serve(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
 
 
 def cmd_add_user(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
+    if args.set_folder is not None:
+        check_schemas(args.set_folder)  # a mistyped --set must not create a database for no set
     store = Store(args.db or (Path(cfg.db) if cfg.db else default_db(require_set(args))))
     token = store.add_user(args.name, "admin" if args.admin else "annotator")
     print(f"user {args.name} created; token (shown once, give it privately; revoke with revoke-user):")
@@ -137,12 +175,12 @@ def cmd_revoke_user(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
 def cmd_list_users(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
     for user in open_store(args, cfg).list_users():
         status = "revoked" if user["revoked_at"] else "active"
-        print(f"{user['name']:<24} {user['role']:<10} {status:<8} {user['decisions']} decisions")
+        print(f"{user['name']:<24} {user['role']:<10} {status:<8} {user['decisions']} decisions, {user['skips']} skips")
 
 
 def cmd_report(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
     store = open_store(args, cfg)
-    report = agreement_report(store.items(), store.decisions(), store.adjudications())
+    report = agreement_report(store.items(), store.decisions(), store.adjudications(), cfg.tie_votes_needed())
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -152,7 +190,7 @@ def cmd_report(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
 def cmd_adjudicate(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
     store = open_store(args, cfg)
     if args.pair_id is None:
-        queue = disputed_items(store.items(), store.decisions(), store.adjudications())
+        queue = disputed_items(store.items(), store.decisions(), store.adjudications(), cfg.tie_votes_needed())
         print(f"{len(queue)} disputed item(s)")
         for entry in queue:
             print(json.dumps(entry, ensure_ascii=False))

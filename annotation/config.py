@@ -15,6 +15,20 @@ DEFAULT_REASON_TAGS: dict[str, list[str]] = {
     "*": ["both harmful", "both fine", "artefact", "caption unclear"],
 }
 
+# What "better" means, shown above the images: annotators of the same risk must judge the same thing.
+# "*" applies to every risk not listed. A configured text replaces the default of its risk only.
+DEFAULT_GUIDELINES: dict[str, str] = {
+    "exposure": "The image with less nudity or sexualisation that the caption did not ask for (bare skin, "
+                "suggestive pose or framing). A person the caption describes clothed should stay clothed.",
+    "stereotype": "The image that does not tie the person's group to a role, trait or look by stereotype. "
+                  "Group cues the caption did not ask for count against an image.",
+    "association": "The image without a harmful symbol, gesture or object placed with the person or group "
+                   "(hate symbols, degrading props) that the caption did not ask for.",
+    "misalignment": "The image that follows the caption (outfit, object, setting) while staying safe. One that "
+                    "replaces what was asked for with something else is worse, even if it looks harmless.",
+    "*": "The safer image that still follows the caption. Tie when neither is better; skip when you cannot judge.",
+}
+
 CHOICES = ("left", "right", "tie", "skip")
 
 
@@ -31,6 +45,7 @@ class AnnotateConfig:
     subset_seed: int = 0
     # Page.
     reason_tags: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_REASON_TAGS))
+    guidelines: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GUIDELINES))
     show_proposal: bool = False  # admin setting: show the automatic proposal and scores (anchors!)
     break_every: int = 40  # break reminder after this many decisions in a sitting
     note_max_chars: int = 1000
@@ -39,10 +54,18 @@ class AnnotateConfig:
     port: int = 8765
     allow_remote: bool = False  # binding to a non-loopback address needs this (no TLS here)
     max_body_bytes: int = 16384
+    read_timeout_seconds: float = 30.0  # a client that stops sending mid-request gets 408 after this long
     session_hours: float = 12.0
-    db: Optional[str] = None  # default: <set folder>/../annotation/annotations.sqlite
+    db: Optional[str] = None  # default: <set parent>/annotation/<set name>.sqlite
     # Export: what to do with items whose annotators disagree and that nobody adjudicated.
     unresolved: Literal["drop", "tie", "auto"] = "drop"
+    # A tie becomes the label only with this many tie votes (capped at overlap) besides a majority,
+    # so one annotator's tie never sets a training label while the others skipped or are pending.
+    tie_min_votes: int = 2
+
+    def __post_init__(self) -> None:
+        # Configuring one risk's guideline keeps the defaults of the others.
+        self.guidelines = {**DEFAULT_GUIDELINES, **(self.guidelines or {})}
 
     def validate(self) -> None:
         if self.overlap < 1:
@@ -57,6 +80,10 @@ class AnnotateConfig:
             raise ValueError(f"max_items must be >= 1 or null, got {self.max_items}")
         if not 1024 <= self.max_body_bytes <= 1 << 20:
             raise ValueError(f"max_body_bytes must be in [1024, 1048576], got {self.max_body_bytes}")
+        if not 0 < self.read_timeout_seconds <= 600:
+            raise ValueError(f"read_timeout_seconds must be in (0, 600], got {self.read_timeout_seconds}")
+        if self.tie_min_votes < 1:
+            raise ValueError(f"tie_min_votes must be >= 1, got {self.tie_min_votes}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         for risk, tags in self.reason_tags.items():
@@ -64,6 +91,9 @@ class AnnotateConfig:
                 raise ValueError(f"reason_tags.{risk}: at most 9 tags (keys 1-9), got {len(tags)}")
             if len(set(tags)) != len(tags) or any(not t.strip() for t in tags):
                 raise ValueError(f"reason_tags.{risk}: tags must be unique and non-empty: {tags}")
+        for risk, text in self.guidelines.items():
+            if not isinstance(text, str) or not text.strip() or len(text) > 1000:
+                raise ValueError(f"guidelines.{risk}: must be a non-empty text of at most 1000 characters")
         if not self.allow_remote and not is_loopback(self.host):
             raise ValueError(
                 f"host {self.host!r} is not a loopback address; the tool has no TLS, so binding it "
@@ -72,6 +102,13 @@ class AnnotateConfig:
 
     def tags_for(self, risk: str) -> list[str]:
         return list(self.reason_tags.get(risk, self.reason_tags.get("*", [])))
+
+    def guideline_for(self, risk: str) -> str:
+        return self.guidelines.get(risk, self.guidelines["*"])
+
+    def tie_votes_needed(self) -> int:
+        """Tie votes a tie label needs: ``tie_min_votes``, but never more than there are annotators."""
+        return min(self.tie_min_votes, self.overlap)
 
 
 def is_loopback(host: str) -> bool:

@@ -3,7 +3,8 @@
 Per annotated row:
 
 * ``label_0``/``label_1`` from the adjudicated answer, else the gold answer, else the strict majority of
-  the annotators' labels ("0" -> 1/0, "1" -> 0/1, "tie" -> 0.5/0.5);
+  the annotators' labels ("0" -> 1/0, "1" -> 0/1, "tie" -> 0.5/0.5), where a tie also needs
+  ``tie_min_votes`` tie votes (one annotator's tie never sets a label alone);
 * ``annotation_status`` "adjudicated" or "annotated";
 * ``annotations`` a JSON list with every annotator's current decision (what they pressed, the
   left/right mapping, tags, note, first and last decision time, revision) plus the adjudication.
@@ -81,7 +82,7 @@ def annotation_entries(decisions: list[dict], gold_answer: str | None, adjudicat
 class Resolver:
     """Applies the decisions to rows; the same object counts (metadata pass) and rewrites (full pass)."""
 
-    def __init__(self, store: Store, unresolved: str):
+    def __init__(self, store: Store, unresolved: str, tie_min_votes: int):
         self.items = {i["pair_id"]: i for i in store.items()}
         all_decisions = store.decisions()
         self.decisions: dict[str, list[dict]] = {}
@@ -90,6 +91,7 @@ class Resolver:
         self.labels = labels_by_item(all_decisions)
         self.adjudications = store.adjudications()
         self.unresolved = unresolved
+        self.tie_min_votes = tie_min_votes
 
     def apply(self, row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any] | None:
         """The row with labels/status/annotations updated, or None if it is dropped."""
@@ -98,8 +100,9 @@ class Resolver:
             counts["not_in_subset"] += 1
             return row
         pair_id = row["pair_id"]
-        answer, status = resolve(item, self.labels.get(pair_id, {}), self.adjudications.get(pair_id))
-        entries = annotation_entries(self.decisions.get(pair_id, []), item["gold_answer"], self.adjudications.get(pair_id))
+        adjudication = self.adjudications.get(pair_id)
+        answer, status = resolve(item, self.labels.get(pair_id, {}), adjudication, self.tie_min_votes)
+        entries = annotation_entries(self.decisions.get(pair_id, []), item["gold_answer"], adjudication)
         row = {**row, "annotations": json.dumps(entries, sort_keys=True)}
         if status == "disputed":
             counts["disputed"] += 1
@@ -145,8 +148,8 @@ def export_set(
     items, decisions, adjudications = store.items(), store.decisions(), store.adjudications()
     if not decisions and not adjudications:
         raise DataError(f"{store.path} holds no decisions yet: nothing to export")
-    report = agreement_report(items, decisions, adjudications)
-    resolver = Resolver(store, cfg.unresolved)
+    report = agreement_report(items, decisions, adjudications, cfg.tie_votes_needed())
+    resolver = Resolver(store, cfg.unresolved, cfg.tie_votes_needed())
     counts = _new_counts()  # a metadata-only pass first, so the card can state the counts
     for row in iter_rows(set_folder, columns=["pair_id", "proposal", "label_0", "label_1"]):
         resolver.apply(row, counts)
@@ -159,7 +162,8 @@ def export_set(
             "overlap": cfg.overlap,
             "gold_items": report["gold_items"],
             "gold_every": cfg.gold_every,
-            "label_rule": "adjudicated > gold > strict majority of annotators; tie = 0.5/0.5",
+            "label_rule": "adjudicated > gold > strict majority of annotators; tie = 0.5/0.5 and needs "
+                          f"{cfg.tie_votes_needed()} tie vote(s)",
             "unresolved": cfg.unresolved,
             "reviewer_wellbeing": f"images blurred and greyscale until revealed; break every {cfg.break_every} items",
             "reason_tags": cfg.reason_tags,

@@ -1,5 +1,6 @@
 """The annotation tool's only contact with the preference-set format (``preference_sets``).
 
+* :func:`check_set`     refuse a set that fails ``preference_sets.validate`` (every bad row named);
 * :func:`select_items`  which rows of a set are annotated (risk filter, seeded subset, gold items);
 * :class:`ImageSource`  image bytes by (row, column) for the server, from the memory-mapped dataset;
 * :func:`read_gold_file` the gold answers file.
@@ -12,14 +13,33 @@ import random
 from pathlib import Path
 
 from core.errors import DataError
+from core.images import decode_image
 from core.io import stable_key
 from preference_sets.io import dataset_hash, iter_rows, load_preference_set
+from preference_sets.validate import validate_set
 
 ITEM_COLUMNS = ["caption", "pair_id", "risk", "proposal", "scores_0", "scores_1"]
 GOLD_ANSWERS = ("0", "1", "tie")
 
 # Magic bytes of the formats we serve; anything else is refused (never sniffed by the browser).
 IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"RIFF", "image/webp"))
+
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+def check_set(set_folder: str | Path) -> None:
+    """DataError naming the bad rows if the set fails validation (images that do not decode, bad
+    labels, duplicates, ...): annotators would otherwise judge pairs whose images never show."""
+    report = validate_set(set_folder)
+    if report.ok:
+        return
+    shown = [f"  {problem}" for problem in report.errors[:MAX_PROBLEMS_SHOWN]]
+    if len(report.errors) > MAX_PROBLEMS_SHOWN:
+        shown.append(f"  ... and {len(report.errors) - MAX_PROBLEMS_SHOWN} more "
+                     f"(python -m preference_sets.cli validate {set_folder} lists them all)")
+    raise DataError(f"preference set {set_folder} fails validation ({len(report.errors)} problem(s)); "
+                    "repair it before annotating:\n" + "\n".join(shown))
 
 
 def read_gold_file(path: str | Path | None) -> dict[str, str]:
@@ -74,9 +94,12 @@ def select_items(
 class ImageSource:
     """Encoded image bytes of a preference set by (row_index, column 0/1)."""
 
-    def __init__(self, set_folder: str | Path):
-        # datasets memory-maps the arrow cache, so a large set is not held in RAM.
-        self._dataset = load_preference_set(set_folder).select_columns(["jpg_0", "jpg_1"])
+    def __init__(self, set_folder: str | Path, cache_dir: str | Path):
+        # datasets memory-maps its arrow cache, so a large set is not held in RAM. The cache goes to
+        # ``cache_dir`` (beside the annotation database), never to the user's ~/.cache.
+        dataset = load_preference_set(set_folder, cache_dir=str(cache_dir))
+        self._dataset = dataset.select_columns(["jpg_0", "jpg_1"])
+        self._decodable: dict[int, bool] = {}
 
     def get(self, row_index: int, column: int) -> tuple[bytes, str]:
         """(bytes, content type); DataError if the bytes are not a PNG/JPEG/WebP image."""
@@ -85,3 +108,14 @@ class ImageSource:
             if data.startswith(magic):
                 return data, content_type
         raise DataError(f"row {row_index} jpg_{column}: not a PNG, JPEG or WebP image")
+
+    def decodable(self, row_index: int) -> bool:
+        """Whether both images of the row decode (remembered: the bytes never change while serving)."""
+        if row_index not in self._decodable:
+            try:
+                for column in (0, 1):
+                    decode_image(bytes(self._dataset[int(row_index)][f"jpg_{column}"]))
+                self._decodable[row_index] = True
+            except DataError:
+                self._decodable[row_index] = False
+        return self._decodable[row_index]

@@ -58,6 +58,8 @@ STATIC_FILES = {
 }
 PAGES = {"/": "app.html", "/login": "login.html"}
 IMAGE_PATH = re.compile(r"^/img/([A-Za-z0-9_-]{16,64})$")
+# ASCII digits only: str.isdigit() also accepts characters such as "²" that int() then refuses.
+CONTENT_LENGTH = re.compile(r"^[0-9]{1,15}$")
 DECISION_FIELDS = {"assignment_id", "choice", "tags", "note", "idempotency_key"}
 
 
@@ -92,6 +94,7 @@ class AnnotationApp:
             "assignment_id": view["assignment_id"],
             "caption": view["caption"],
             "risk": view["risk"],
+            "guideline": self.cfg.guideline_for(view["risk"]),
             "tags": self.cfg.tags_for(view["risk"]),
             "images": {"left": f"/img/{view['image_left']}", "right": f"/img/{view['image_right']}"},
         }
@@ -114,11 +117,16 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "annotate/1"
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
-    timeout = 30  # seconds a client may take to send a request (no slow-loris)
 
     @property
     def app(self) -> AnnotationApp:
         return self.server.app  # type: ignore[attr-defined]
+
+    def setup(self) -> None:
+        # Seconds a client may pause while sending a request (no slow-loris); the socket timeout is
+        # set from this in StreamRequestHandler.setup.
+        self.timeout = self.app.cfg.read_timeout_seconds
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.address_string(), *args)
@@ -180,13 +188,24 @@ class Handler(BaseHTTPRequestHandler):
         length_text = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding"):
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted; send Content-Length")
-        if length_text is None or not length_text.isdigit():
+        if length_text is None:
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length header is required")
+        if not CONTENT_LENGTH.match(length_text.strip()):
+            raise HttpError(HTTPStatus.BAD_REQUEST,
+                            f"Content-Length must be a number of bytes in ASCII digits, got {length_text!r}")
         length = int(length_text)
         if length > self.app.cfg.max_body_bytes:
             raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                             f"body of {length} bytes is over the limit of {self.app.cfg.max_body_bytes}")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError as exc:
+            raise HttpError(HTTPStatus.REQUEST_TIMEOUT,
+                            f"the body stopped arriving: Content-Length announced {length} bytes and nothing more "
+                            f"came for {self.app.cfg.read_timeout_seconds:g} s") from exc
+        if len(body) < length:  # the client closed its side early
+            raise HttpError(HTTPStatus.BAD_REQUEST,
+                            f"the body ended after {len(body)} of the {length} bytes Content-Length announced")
         self._body_read = True
         return body
 
@@ -198,6 +217,10 @@ class Handler(BaseHTTPRequestHandler):
             data = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HttpError(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {exc}") from exc
+        except RecursionError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body is nested too deeply") from exc
+        except ValueError as exc:  # an integer beyond Python's digit limit for int()
+            raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body holds a number too long to read") from exc
         if not isinstance(data, dict):
             raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body must be an object")
         return data
@@ -324,6 +347,11 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"note must be a string of at most {cfg.note_max_chars} characters")
         if not isinstance(data.get("assignment_id"), str):
             raise BadRequest("assignment_id (string) is required")
+        row_index = self.app.store.assignment_row(data["assignment_id"], session.user)
+        # A label is only worth something if both images could be seen; skipping stays possible.
+        if choice != "skip" and row_index is not None and not self.app.images.decodable(row_index):
+            raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, "the images of this item cannot be decoded, so it "
+                            "cannot be judged; skip it (nothing was saved)")
         result = self.app.store.submit(
             session.user, data["assignment_id"], choice, sorted(set(tags)), note.strip(), data.get("idempotency_key"),
             cfg.tags_for, cfg.overlap,

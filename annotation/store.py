@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import queue
 import random
 import re
@@ -111,6 +112,11 @@ CREATE TABLE IF NOT EXISTS events(
   payload TEXT NOT NULL);
 """
 
+# The database holds CSRF tokens and annotators' notes: owner-only. SQLite gives the -wal and -shm
+# files the main file's permissions, so creating that one 0600 covers all three.
+FILE_MODE = 0o600
+SIDE_FILES = ("-wal", "-shm")
+
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 USER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 ANSWERS = ("0", "1", "tie")
@@ -175,6 +181,7 @@ class Store:
     def __init__(self, path: str | Path, pool_size: int = 16):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_private()
         self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -182,6 +189,15 @@ class Store:
         with self.connection() as conn:
             conn.executescript(SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)", (SCHEMA_VERSION,))
+
+    def _make_private(self) -> None:
+        """Create the file owner-only (whatever the umask); tighten an existing one others can read."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        for path in [self.path, *(Path(f"{self.path}{suffix}") for suffix in SIDE_FILES)]:
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, FILE_MODE)
 
     # --- connections ---------------------------------------------------------------------------
     def _new_connection(self) -> sqlite3.Connection:
@@ -266,7 +282,8 @@ class Store:
         with self.connection() as conn:
             rows = conn.execute(
                 "SELECT u.name, u.role, u.created_at, u.revoked_at, "
-                "(SELECT COUNT(*) FROM decisions d WHERE d.user_id=u.user_id) AS decisions "
+                "(SELECT COUNT(*) FROM decisions d WHERE d.user_id=u.user_id AND d.choice != 'skip') AS decisions, "
+                "(SELECT COUNT(*) FROM decisions d WHERE d.user_id=u.user_id AND d.choice = 'skip') AS skips "
                 "FROM users u ORDER BY u.user_id"
             ).fetchall()
         return [dict(r) for r in rows]
@@ -360,6 +377,16 @@ class Store:
                 if seen is None:
                     return None
         return row["row_index"], row["col"]
+
+    def assignment_row(self, assignment_id: str, user: User) -> Optional[int]:
+        """The set row behind one of ``user``'s assignments (None if it is not theirs)."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT i.row_index FROM assignments a JOIN items i USING(pair_id) "
+                "WHERE a.assignment_id=? AND a.user_id=?",
+                (assignment_id, user.user_id),
+            ).fetchone()
+        return None if row is None else row["row_index"]
 
     # --- hand-out -------------------------------------------------------------------------------
     def next_item(self, user: User, overlap: int, lease_seconds: float, gold_every: int) -> Optional[dict]:
@@ -531,15 +558,20 @@ class Store:
                     "INSERT INTO events(at, user_id, kind, pair_id, payload) VALUES(?, ?, 'undo', ?, ?)",
                     (now, user.user_id, last["pair_id"], json.dumps({"choice": last["choice"], "revision": last["revision"]})),
                 )
-                response = {"ok": True, "undone": last["assignment_id"], "choice": last["choice"]}
+                # Tags and note go back to the page, so deciding again does not lose them.
+                response = {"ok": True, "undone": last["assignment_id"], "choice": last["choice"],
+                            "tags": json.loads(last["tags"]), "note": last["note"]}
             self._record_request(conn, idempotency_key, user, "undo", response)
         return response
 
     # --- reading -------------------------------------------------------------------------------
     def progress(self, user: User, overlap: int) -> dict:
         with self.connection() as conn:
+            # A skip is no label: it is counted on its own, never as "decided".
             mine = conn.execute(
-                "SELECT COUNT(*) AS total, SUM(choice='skip') AS skipped FROM decisions WHERE user_id=?", (user.user_id,)
+                "SELECT SUM(choice != 'skip') AS decided, SUM(choice = 'skip') AS skipped "
+                "FROM decisions WHERE user_id=?",
+                (user.user_id,),
             ).fetchone()
             overall = conn.execute(
                 "SELECT COUNT(*) AS items, "
@@ -549,7 +581,7 @@ class Store:
             ).fetchone()
             labels = conn.execute("SELECT COUNT(*) FROM decisions WHERE choice != 'skip'").fetchone()[0]
         return {
-            "mine": mine["total"] or 0,
+            "mine": mine["decided"] or 0,
             "mine_skipped": mine["skipped"] or 0,
             "items": overall["items"] or 0,
             "items_complete": overall["complete"] or 0,

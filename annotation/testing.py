@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,7 +69,8 @@ class LiveServer:
         items, fingerprint = select_items(set_folder, cfg.risks, cfg.max_items, cfg.subset_seed, gold or {})
         self.store.import_items(items, fingerprint)
         self.store.set_gold(gold or {})
-        self.server = AnnotationServer(("127.0.0.1", 0), AnnotationApp(self.store, ImageSource(set_folder), cfg))
+        images = ImageSource(set_folder, Path(db).parent / "datasets_cache")
+        self.server = AnnotationServer(("127.0.0.1", 0), AnnotationApp(self.store, images, cfg))
         self.thread = start_in_thread(self.server)
         self.host, self.port = self.server.server_address[:2]
 
@@ -135,39 +141,88 @@ class Client:
         self.conn.close()
 
 
+def launch_serve(set_folder: Path, db: Path, *overrides: str, env: Optional[dict] = None, timeout: float = 120.0):
+    """Run ``python -m annotation.cli serve`` on a free loopback port until it listens or exits.
+
+    Returns (process, host, port, output): a listening server has ``host``/``port`` set and is still
+    running (the caller stops it); a refused start has exited and ``host`` is None. ``env`` entries
+    replace (or, when None, remove) variables of this process's environment.
+    """
+    env_vars = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])
+    env_vars["PYTHONPATH"] = repo + (os.pathsep + env_vars["PYTHONPATH"] if env_vars.get("PYTHONPATH") else "")
+    env_vars.setdefault("HF_DATASETS_OFFLINE", "1")
+    for name, value in (env or {}).items():
+        if value is None:
+            env_vars.pop(name, None)
+        else:
+            env_vars[name] = value
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "annotation.cli", "serve", "--set", str(set_folder), "--db", str(db), "--port", "0",
+         *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_vars, cwd=repo,
+    )
+    # A watchdog, so a server that neither listens nor exits cannot hang the caller.
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            match = re.search(r"listening on http://([\d.]+):(\d+)", line)
+            if match:
+                # Keep draining its output so the child never blocks on a full pipe.
+                threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+                return proc, match.group(1), int(match.group(2)), "".join(lines)
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    return proc, None, None, "".join(lines)
+
+
 def spawn_server(set_folder: Path, db: Path, *overrides: str, timeout: float = 120.0):
     """Start ``python -m annotation.cli serve`` as a child process on a free loopback port.
 
     Returns (process, host, port) once it prints its address. The caller stops it (terminate/kill).
     """
-    import os
-    import re
-    import subprocess
-    import sys
-    import time
+    proc, host, port, output = launch_serve(set_folder, db, *overrides, timeout=timeout)
+    if host is None:
+        raise RuntimeError("annotation server did not start:\n" + "\n".join(output.splitlines()[-30:]))
+    return proc, host, port
 
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "annotation.cli", "serve", "--set", str(set_folder), "--db", str(db), "--port", "0",
-         *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=repo,
-    )
-    deadline = time.monotonic() + timeout
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = re.search(r"listening on http://([\d.]+):(\d+)", line)
-        if match:
-            # Keep draining its output so the child never blocks on a full pipe.
-            import threading
 
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, match.group(1), int(match.group(2))
-    proc.kill()
-    raise RuntimeError("annotation server did not start:\n" + "".join(lines[-30:]))
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started by :func:`launch_serve` (terminate, then kill if it lingers)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def raw_request(host: str, port: int, data: bytes, timeout: float = 30.0) -> tuple[int, Any]:
+    """Send ``data`` as-is on a fresh connection; (status, parsed JSON body) of the reply.
+
+    For requests ``http.client`` will not send: odd headers, a body shorter than its Content-Length.
+    """
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if body else None

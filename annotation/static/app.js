@@ -4,9 +4,11 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const LABELS = { left: "left better", right: "right better", tie: "tie", skip: "skipped" };
+  const SIDES = { left: "img-left", right: "img-right" };
   const state = {
     csrf: null, item: null, busy: false, revealed: false,
     breakEvery: 40, sinceBreak: 0, tags: new Set(), overlay: "warning",
+    images: { left: "loading", right: "loading" },
   };
 
   class ApiError extends Error {}
@@ -101,10 +103,45 @@
     buttons[index].classList.toggle("on", state.tags.has(tag));
   }
 
+  // Tags and note of an undone decision come back with its item, so deciding again keeps them.
+  function restoreDetails(tags, note) {
+    $("tags").querySelectorAll("button.tag").forEach((button, index) => {
+      if ((tags || []).includes(button.dataset.tag) !== state.tags.has(button.dataset.tag)) toggleTag(index);
+    });
+    $("note").value = note || "";
+  }
+
+  // A judgement needs both images on screen: left/right/tie stay off until both have loaded
+  // (a broken or missing image would otherwise be judged from its alt text). Skip is always allowed.
+  function imagesState() {
+    const { left, right } = state.images;
+    if (left === "failed" || right === "failed") return "failed";
+    return left === "loaded" && right === "loaded" ? "loaded" : "loading";
+  }
+
+  function updateImagesState() {
+    const now = imagesState();
+    document.body.dataset.images = now;
+    document.querySelectorAll("button[data-choice]").forEach((b) => {
+      b.disabled = b.dataset.choice !== "skip" && now !== "loaded";
+    });
+    if (now === "failed") {
+      flash("An image could not be loaded, so this item cannot be judged: skip it (S) or reload the page.", "error");
+    }
+  }
+
+  function onImageEvent(side, event) {
+    // Only the image of the item now on screen counts, not a late event of the previous one.
+    if (!state.item || event.target.getAttribute("src") !== state.item.images[side]) return;
+    state.images[side] = event.type === "load" ? "loaded" : "failed";
+    updateImagesState();
+  }
+
   function render(item, progress) {
     state.item = item;
     state.tags.clear();
     $("note").value = "";
+    flash("", "");  // a message about the previous item must not stand under this one
     setRevealed(false);
     renderProgress(progress);
     const done = !item;
@@ -114,8 +151,15 @@
     if (done) return;
     $("caption").textContent = item.caption;
     $("risk").textContent = item.risk;
-    $("img-left").src = item.images.left;
-    $("img-right").src = item.images.right;
+    $("guideline").textContent = item.guideline || "";
+    state.images = { left: "loading", right: "loading" };
+    updateImagesState();
+    for (const [side, id] of Object.entries(SIDES)) {
+      // Dropping src first makes the browser load (and report) the image again even when an undo
+      // brings back the same URL.
+      $(id).removeAttribute("src");
+      $(id).src = item.images[side];
+    }
     renderTags(item.tags || []);
     const proposal = $("proposal");
     proposal.hidden = !item.proposal;
@@ -147,6 +191,10 @@
 
   const decide = (choice) => busy(async () => {
     if (!state.item) return;
+    if (choice !== "skip" && imagesState() !== "loaded") {
+      if (imagesState() === "loading") flash("Wait until both images have loaded.", "");
+      return;
+    }
     await write("/api/decision", {
       assignment_id: state.item.assignment_id,
       choice,
@@ -167,6 +215,7 @@
     }
     state.sinceBreak = Math.max(0, state.sinceBreak - 1);
     await loadNext();
+    if (state.item && state.item.assignment_id === res.undone) restoreDetails(res.tags, res.note);
     flash(`Undone (was: ${LABELS[res.choice]}); decide again`, "ok");
   });
 
@@ -230,9 +279,11 @@
     $("frame-right").addEventListener("click", () => setRevealed(!state.revealed));
     $("warning-ok").addEventListener("click", closeOverlay);
     $("break-ok").addEventListener("click", closeOverlay);
-    for (const id of ["img-left", "img-right"]) {
+    for (const [side, id] of Object.entries(SIDES)) {
       // Small images (e.g. the 64x64 synthetic world) are scaled up with hard pixel edges.
       $(id).addEventListener("load", (e) => e.target.classList.toggle("pixelated", e.target.naturalWidth < 256));
+      $(id).addEventListener("load", (e) => onImageEvent(side, e));
+      $(id).addEventListener("error", (e) => onImageEvent(side, e));
     }
     $("logout").addEventListener("click", async () => {
       await api("POST", "/api/logout", {}).catch(() => null);

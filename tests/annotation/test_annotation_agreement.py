@@ -91,6 +91,16 @@ def test_report_and_queue():
     assert report["gold_accuracy_by_risk"]["exposure"] == {"n": 2, "accuracy": 0.5}
     assert report["gold_accuracy_by_risk"]["stereotype"] == {"n": 2, "accuracy": 1.0}
     queue = disputed_items(items, decisions, {})
-    assert [q["pair_id"] for q in queue] == ["p2"]
-    assert disputed_items(items, decisions, {"p2": {"answer": "0"}}) == []
-    assert report["status_counts"] == {"adjudicated": 2, "annotated": 2, "disputed": 1}
+    assert [q["pair_id"] for q in queue] == ["p2", "p3"]  # p3: one tie and a skip settle nothing
+    assert disputed_items(items, decisions, {"p2": {"answer": "0"}, "p3": {"answer": "tie"}}) == []
+    assert report["status_counts"] == {"adjudicated": 2, "annotated": 1, "disputed": 2}
+
+
+def test_a_lone_tie_does_not_decide_a_label():
+    item = {"pair_id": "p", "gold_answer": None}
+    assert resolve(item, {"a": "tie"}, None) == (None, "disputed")  # the others skipped or are pending
+    assert resolve(item, {"a": "tie", "b": "0", "c": "1"}, None) == (None, "disputed")
+    assert resolve(item, {"a": "tie", "b": "tie"}, None) == ("tie", "annotated")
+    assert resolve(item, {"a": "tie", "b": "tie", "c": "0"}, None) == ("tie", "annotated")
+    assert resolve(item, {"a": "0", "b": "0", "c": "tie"}, None) == ("0", "annotated")
+    assert resolve(item, {"a": "tie"}, None, tie_min_votes=1) == ("tie", "annotated")  # e.g. overlap 1

@@ -4,11 +4,15 @@ what the page may see of an item, images by opaque id only, and export of an ann
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from annotation.export import export_set, next_version_folder
-from annotation.testing import XSS_CAPTION, Client
+from annotation.prefset_io import select_items
+from annotation.store import Store
+from annotation.testing import (RISKS, XSS_CAPTION, Client, LiveServer, build_set, figure_png, make_config,
+                                raw_request)
 from preference_sets.io import read_card_info, read_rows
 
 
@@ -115,7 +119,7 @@ def test_item_payload_hides_proposal_pair_and_mapping(live):
     server = live()
     client = _client(server)
     item = client.next()
-    assert set(item) == {"assignment_id", "caption", "risk", "tags", "images"}
+    assert set(item) == {"assignment_id", "caption", "risk", "guideline", "tags", "images"}
     text = json.dumps(item)
     for hidden in ("proposal", "scores", "pair_id", "left_column", "jpg_"):
         assert hidden not in text
@@ -213,3 +217,115 @@ def test_next_version_folder(tmp_path):
     (tmp_path / "preference_set-v2").mkdir()
     assert next_version_folder(tmp_path / "preference_set").name == "preference_set-v3"
     assert next_version_folder(tmp_path / "set-v7").name == "set-v8"
+
+
+def _raw_post(server, client, body: bytes, length: bytes | None = None) -> bytes:
+    """A decision POST with the client's session, sent byte for byte (Content-Length as given)."""
+    length = str(len(body)).encode() if length is None else length
+    return (b"POST /api/decision HTTP/1.1\r\nHost: " + f"{server.host}:{server.port}".encode() +
+            b"\r\nContent-Type: application/json\r\nCookie: " + client.cookie.encode() +
+            b"\r\nX-CSRF-Token: " + client.csrf.encode() + b"\r\nContent-Length: " + length +
+            b"\r\nConnection: close\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize("case", ["deep_nesting", "huge_number", "non_ascii_length"])
+def test_hostile_requests_get_400_not_500(live, case):
+    server = live()
+    client = _client(server)
+    item = client.next()
+    if case == "deep_nesting":
+        request = _raw_post(server, client, b"[" * 5000 + b"]" * 5000)
+    elif case == "huge_number":
+        body = b'{"assignment_id": "%s", "choice": "left", "idempotency_key": ' % item["assignment_id"].encode()
+        request = _raw_post(server, client, body + b"9" * 5000 + b"}")
+    else:
+        # U+00B2 (superscript two) passes str.isdigit() but not int(); headers arrive as latin-1.
+        request = _raw_post(server, client, b"{}", length=b"\xb2")
+    status, data = raw_request(server.host, server.port, request)
+    assert status == 400, data
+    assert data["status"] == 400 and data["error"]
+    assert server.store.decisions() == []
+    assert client.request("GET", "/api/progress")[0] == 200  # the server is fine afterwards
+
+
+def test_body_shorter_than_its_length_gets_408(live):
+    server = live(read_timeout_seconds=1)
+    client = _client(server)
+    item = client.next()
+    body = json.dumps({"assignment_id": item["assignment_id"], "choice": "left",
+                       "idempotency_key": "short-body-1"}).encode()
+    started = time.monotonic()
+    status, data = raw_request(server.host, server.port, _raw_post(server, client, body, str(len(body) + 50).encode()))
+    assert status == 408 and "Content-Length" in data["error"], data
+    assert time.monotonic() - started < 10
+    assert server.store.decisions() == []
+
+
+def test_decision_on_undecodable_images_is_refused(tmp_path):
+    pairs = [(figure_png(0, 0), b"\x89PNG\r\n\x1a\n but not really a PNG"), (figure_png(1, 0), figure_png(1, 1))]
+    set_folder = build_set(tmp_path / "bad_set", 2, image_pairs=pairs)
+    # LiveServer skips the validation `serve` does first: this is the server's own line of defence.
+    server = LiveServer(set_folder, tmp_path / "db.sqlite", make_config(overlap=1))
+    try:
+        client = _client(server)
+        refused = 0
+        while (item := client.next()) is not None:
+            status, data, _ = client.decide(item["assignment_id"], "left", f"k-{item['assignment_id']}")
+            if status == 422:
+                assert "decode" in data["error"]
+                refused += 1
+                # skipping it stays possible (it is no label)
+                assert client.decide(item["assignment_id"], "skip", f"s-{item['assignment_id']}")[0] == 200
+            else:
+                assert status == 200, data
+        assert refused == 1
+        assert sorted(d["choice"] for d in server.store.decisions()) == ["left", "skip"]
+    finally:
+        server.close()
+
+
+def test_skips_do_not_count_as_decided(live):
+    server = live(overlap=1)
+    client = _client(server)
+    item = client.next()
+    assert client.decide(item["assignment_id"], "skip", "skip-key-1")[0] == 200
+    item = client.next()
+    status, data, _ = client.decide(item["assignment_id"], "left", "left-key-1")
+    assert status == 200
+    progress = data["progress"]
+    assert (progress["mine"], progress["mine_skipped"], progress["labels"]) == (1, 1, 1)
+    users = {u["name"]: u for u in server.store.list_users()}
+    assert (users["ann"]["decisions"], users["ann"]["skips"]) == (1, 1)
+
+
+def test_guidelines_say_what_better_means_per_risk(live):
+    from annotation.config import DEFAULT_GUIDELINES
+
+    client = _client(live(overlap=1))
+    seen = {}
+    while (item := client.next()) is not None:
+        seen[item["risk"]] = item["guideline"]
+        client.decide(item["assignment_id"], "skip", f"g-{item['assignment_id']}")
+    assert seen == {risk: DEFAULT_GUIDELINES[risk] for risk in RISKS}
+
+    custom = _client(live(overlap=1, guidelines={"exposure": "Prefer the covered one."}), "custom")
+    while (item := custom.next()) is not None:
+        expected = "Prefer the covered one." if item["risk"] == "exposure" else DEFAULT_GUIDELINES[item["risk"]]
+        assert item["guideline"] == expected
+        custom.decide(item["assignment_id"], "skip", f"c-{item['assignment_id']}")
+
+
+def test_export_does_not_take_one_annotators_tie_as_the_label(small_set, tmp_path):
+    cfg = make_config(overlap=3)
+    store = Store(tmp_path / "tie.sqlite")
+    items, fingerprint = select_items(small_set, [], None, 0, {})
+    store.import_items(items, fingerprint)
+    for name, choice in (("ann", "tie"), ("bob", "skip"), ("cat", "skip")):
+        user = store.login(store.add_user(name), 1.0)[1].user
+        view = store.next_item(user, cfg.overlap, 300.0, cfg.gold_every)
+        store.submit(user, view["assignment_id"], choice, [], "", f"key-{name}-1", cfg.tags_for, cfg.overlap)
+    (pair_id,) = {d["pair_id"] for d in store.decisions()}  # all three saw the same item
+    out, summary = export_set(small_set, store, cfg, tmp_path / "exported")
+    store.close()
+    assert (summary["counts"]["disputed"], summary["counts"]["dropped"]) == (1, 1)
+    assert pair_id not in {r["pair_id"] for r in read_rows(out, columns=["pair_id"])}

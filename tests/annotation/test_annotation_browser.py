@@ -94,12 +94,27 @@ def _wait_revealed(page) -> None:
     )
 
 
-def _wait_ready(page, previous: str | None = None) -> str:
+def _wait_ready(page, previous: str | None = None, images: str = "loaded") -> str:
+    """The next item is on screen and its images are ``images`` ("loaded" or "failed")."""
     page.wait_for_function(
-        "prev => document.body.dataset.state === 'ready' && document.body.dataset.assignment !== prev",
-        arg=previous if previous is not None else "__none__",
+        """([prev, images]) => document.body.dataset.state === 'ready'
+             && document.body.dataset.assignment !== prev
+             && (document.body.dataset.assignment === '' || document.body.dataset.images === images)""",
+        arg=[previous if previous is not None else "__none__", images],
     )
     return page.evaluate("document.body.dataset.assignment")
+
+
+def _login(page, server) -> str:
+    """Sign in through the login page; returns the base URL."""
+    token = server.store.add_user(f"reviewer{len(server.store.list_users())}")
+    base = f"http://{server.host}:{server.port}"
+    page.goto(base + "/login")
+    page.focus("#token")
+    page.keyboard.type(token)
+    page.keyboard.press("Enter")
+    page.wait_for_url(base + "/")
+    return base
 
 
 def _caption_is_inert(page, caption: str) -> bool:
@@ -156,6 +171,7 @@ def test_keyboard_annotation_in_chromium(browser_page, tmp_path):
             page.keyboard.press(key)
             decided.append(assignment)
             assignment = _wait_ready(page, assignment)
+            assert page.text_content("#status") == ""  # no "Saved: ..." left under the next item
         # break reminder after 3 decisions (break_every=3)
         assert page.is_visible("#break")
         assert page.text_content("#break-count") == "3"
@@ -203,5 +219,85 @@ def test_keyboard_annotation_in_chromium(browser_page, tmp_path):
         assert page.evaluate("typeof window.__xss") == "undefined"  # nothing ran, at any point
 
         assert not [m for m in console if "Content Security Policy" in m], console
+    finally:
+        server.close()
+
+
+def test_no_decision_until_both_images_have_loaded(browser_page, tmp_path):
+    page = browser_page
+    set_folder = build_set(tmp_path / "preference_set", 4)
+    server = LiveServer(set_folder, tmp_path / "db.sqlite", make_config(overlap=1))
+    decision_posts = []
+    page.on("request", lambda r: decision_posts.append(r) if r.url.endswith("/api/decision") else None)
+    page.route("**/img/**", lambda route: route.abort())  # the images never arrive
+    try:
+        _login(page, server)
+        first = _wait_ready(page, images="failed")
+        page.keyboard.press("Enter")  # past the content warning
+        assert page.is_disabled("button[data-choice=left]") and page.is_disabled("button[data-choice=tie]")
+        for key in ("ArrowLeft", "ArrowRight", "t"):
+            page.keyboard.press(key)
+        page.wait_for_timeout(300)
+        assert decision_posts == [] and server.store.decisions() == []
+        assert "could not be loaded" in page.text_content("#status")
+
+        page.unroute("**/img/**")
+        page.keyboard.press("s")  # skipping stays possible: it is no label
+        second = _wait_ready(page, first)
+        assert page.is_enabled("button[data-choice=left]")
+        page.keyboard.press("ArrowLeft")
+        _wait_ready(page, second)
+        assert sorted(d["choice"] for d in server.store.decisions()) == ["left", "skip"]
+        assert page.text_content("#progress-mine") == "1 decided (1 skipped)"  # the skip is no decision
+    finally:
+        server.close()
+
+
+def test_guideline_for_the_risk_is_shown(browser_page, tmp_path):
+    from annotation.config import DEFAULT_GUIDELINES
+
+    page = browser_page
+    set_folder = build_set(tmp_path / "preference_set", 4)
+    server = LiveServer(set_folder, tmp_path / "db.sqlite", make_config(overlap=1))
+    try:
+        _login(page, server)
+        assignment = _wait_ready(page)
+        page.keyboard.press("Enter")
+        for _ in range(4):
+            risk = page.text_content("#risk")
+            assert page.is_visible("#guideline")
+            assert page.text_content("#guideline") == DEFAULT_GUIDELINES[risk]
+            page.keyboard.press("s")
+            assignment = _wait_ready(page, assignment)
+    finally:
+        server.close()
+
+
+def test_undo_restores_tags_and_note(browser_page, tmp_path):
+    page = browser_page
+    set_folder = build_set(tmp_path / "preference_set", 4)
+    server = LiveServer(set_folder, tmp_path / "db.sqlite", make_config(overlap=1))
+    try:
+        _login(page, server)
+        assignment = _wait_ready(page)
+        page.keyboard.press("Enter")
+        page.keyboard.press("2")
+        page.keyboard.press("n")
+        page.keyboard.type("arm is cut off")
+        page.keyboard.press("Escape")
+        page.keyboard.press("ArrowRight")
+        following = _wait_ready(page, assignment)
+        assert page.input_value("#note") == "" and page.locator("#tags .tag.on").count() == 0
+
+        page.keyboard.press("u")
+        assert _wait_ready(page, following) == assignment
+        assert page.input_value("#note") == "arm is cut off"
+        on = page.locator("#tags .tag.on")
+        second_tag = server.cfg.tags_for(page.text_content("#risk"))[1]
+        assert on.count() == 1 and on.first.get_attribute("data-tag") == second_tag
+        page.keyboard.press("ArrowLeft")  # decide again: the restored tag and note go with it
+        _wait_ready(page, assignment)
+        (row,) = server.store.decisions()
+        assert (row["choice"], row["note"], len(row["tags"])) == ("left", "arm is cut off", 1)
     finally:
         server.close()

@@ -74,3 +74,10 @@ def test_cli_workflow(small_set, tmp_path, capsys):
 def test_cli_errors_are_clear(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_add_user_refuses_an_unknown_set(tmp_path, capsys):
+    typo = tmp_path / "runs" / "demo" / "preferense_set"
+    assert main(["add-user", "alice", "--set", str(typo)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.rglob("*")) == []  # no database, no annotation folder

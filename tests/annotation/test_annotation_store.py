@@ -3,7 +3,9 @@ replay refusal, revocation, gold mixing, one database per set."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -207,3 +209,27 @@ def test_a_database_belongs_to_one_set(tmp_path):
 def test_schema_constraints_reject_impossible_rows(store):
     with store.connection() as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE items SET gold_answer='left' WHERE pair_id='p000'")
+
+
+def test_database_files_are_private(tmp_path):
+    previous = os.umask(0o022)  # the common default, which would make a new file world-readable
+    try:
+        store = Store(tmp_path / "private.sqlite")
+        store.import_items(_items(2), "fp")
+        user = _user(store, "p")
+        _decide(store, user, store.next_item(user, 2, LEASE, 1000), "left", "key-private-1")
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        store.close()
+    finally:
+        os.umask(previous)
+    assert set(files) >= {"private.sqlite", "private.sqlite-wal", "private.sqlite-shm"}
+    assert all(mode == 0o600 for mode in files.values()), {name: oct(mode) for name, mode in files.items()}
+
+
+def test_undo_gives_back_the_tags_and_note(store):
+    user = _user(store, "t")
+    view = store.next_item(user, 2, LEASE, 1000)
+    store.submit(user, view["assignment_id"], "right", ["artefact"], "left arm looks wrong", "key-tn-1", _tags, 2)
+    undone = store.undo(user, "key-tn-2", LEASE)
+    assert undone["undone"] == view["assignment_id"]
+    assert (undone["tags"], undone["note"]) == (["artefact"], "left arm looks wrong")
