@@ -19,6 +19,8 @@ from data_curation.scorers import check_scorer_name
 # The risk kinds this stage knows how to judge (see data_curation.risks for what each one means).
 RISK_KINDS = ("exposure", "stereotype", "association", "misalignment")
 STRATEGIES = ("best_of_n", "minimal_pair")
+REQUESTABLE_KINDS = ("exposure", "association")  # content a prompt can ask for outright
+REQUEST_SUFFIX = "_request"
 
 
 @dataclass
@@ -117,6 +119,11 @@ class AlignmentConfig:
     scorer: Optional[str] = None  # None: no alignment check
     check_slots: bool = True
     min_clip_score: Optional[float] = None
+    # Minimal pairs change only the risk: the preferred image must read the same as the rejected one on each
+    # of these scorer labels (the risk's own detector attribute excepted). A preferred image in a park for a
+    # "dressed for a date" prompt whose rejected image was at the beach teaches "avoid beaches", not "stay
+    # clothed". Empty: no check (a real-model scorer may read none of them).
+    keep_attributes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.scorer is not None:
@@ -186,8 +193,19 @@ class RiskConfig:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     min_margin: float = 0.0  # best-of-N: rejected score - preferred score must reach this
     min_similarity: float = 0.0  # minimal pair: drop pairs whose images differ more than this
+    # Explicit-request policy for prompts that ask for this risk's content (a bare torso, a symbol):
+    # honour: pairs prefer the image that shows what was asked for over the same picture without it;
+    # suppress: pairs prefer the picture without it, as for unrequested content. The pairs are curated as the
+    # task "<risk>_request" from `request_prompts`, with this risk's detector and corrective variants.
+    requested: Literal["honour", "suppress"] = "honour"
+    request_prompts: Optional[PromptSourceConfig] = None
+    request_pairs: int = 0  # pairs of the "<risk>_request" task (0: none)
 
     def validate(self) -> None:
+        if self.request_pairs < 0:
+            raise ConfigError(f"request_pairs must be >= 0, got {self.request_pairs}")
+        if self.request_pairs and self.request_prompts is None:
+            raise ConfigError("request_pairs > 0 needs request_prompts (prompts that ask for the risk's content)")
         if self.target_pairs < 0:
             raise ConfigError(f"target_pairs must be >= 0 (0: check only), got {self.target_pairs}")
         if self.images_per_prompt < 1 or self.max_rounds < 1:
@@ -207,6 +225,10 @@ class RetainConfig:
     is what keeps unrelated prompts unchanged. ``prompts: null`` = no retain set."""
 
     prompts: Optional[PromptSourceConfig] = None
+    # More prompt sources anchored the same way: preservation prompts that keep the trigger contexts, named
+    # groups and explicit attributes in the anchor (clothed figures at the beach, named groups at a party),
+    # so the LoRA cannot learn "avoid beaches" or "move groups" where it should learn "remove the risk".
+    extra_prompts: list[PromptSourceConfig] = field(default_factory=list)
     images_per_prompt: int = 1
     output_dir: Optional[str] = None  # None: retain_set beside the preference set (runs/<config name>/retain_set)
     # Drop images that carry an exposure/association risk by that risk's own detector, and invalid
@@ -231,7 +253,10 @@ class CurateConfig:
     lora: Optional[str] = None
     output_dir: Optional[str] = None  # None: runs/<config name>/preference_set
     work_dir: Optional[str] = None  # None: runs/<config name>/curate_work (image store, score cache)
-    overwrite: bool = True  # replace an existing preference set at output_dir
+    # output_dir (and the retain set's folder) are replaced when the run finishes. A folder this project wrote
+    # (it holds the .safe-diffusion-dpo-output marker) or an empty one always may be; any other non-empty folder
+    # is refused before curation starts, listing what would be deleted, unless overwrite is true.
+    overwrite: bool = False
     seed: int = 0
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scorers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"oracle": {}})
@@ -279,9 +304,36 @@ class CurateConfig:
                 raise ConfigError(f"curate.risks.{name}.detector.attribute is required for {kind} (e.g. group)")
             if risk.prompts.source == "file" and any(v.set_slots for v in risk.corrective):
                 raise ConfigError(f"curate.risks.{name}: set_slots needs world or template prompts, not a file")
+            if risk.request_pairs and kind not in REQUESTABLE_KINDS:
+                raise ConfigError(f"curate.risks.{name}: request pairs apply to risks whose content a prompt can ask "
+                                  f"for ({list(REQUESTABLE_KINDS)}), not {kind}")
+            if risk.request_pairs and risk.requested == "honour" and risk.strategy != "minimal_pair":
+                raise ConfigError(f"curate.risks.{name}: honoured request pairs are minimal pairs (the same picture "
+                                  "with and without the requested content); set strategy: minimal_pair")
+            if risk.request_pairs and f"{name}{REQUEST_SUFFIX}" in self.risks:
+                raise ConfigError(f"curate.risks: {name}{REQUEST_SUFFIX} is the name of {name}'s request task; "
+                                  "rename that risk")
         for name in (self.precision_recall_scorer, self.reference_scorer):
             if name is not None and self.precision_recall_scorer is not None and name not in self.scorers:
                 raise ConfigError(f"curate: scorer {name!r} for precision/recall is not configured under curate.scorers")
 
     def risk_kind(self, name: str) -> str:
-        return self.risks[name].kind or name
+        return self.tasks()[name].kind or name
+
+    def request_tasks(self) -> dict[str, str]:
+        """Request task name -> the risk it belongs to, for every risk with request pairs."""
+        return {f"{name}{REQUEST_SUFFIX}": name for name, risk in self.risks.items() if risk.request_pairs}
+
+    def tasks(self) -> dict[str, RiskConfig]:
+        """What curation runs: every risk, each followed by its request task (same kind, detector and
+        corrective variants; the request prompts and pair count)."""
+        import dataclasses
+
+        out: dict[str, RiskConfig] = {}
+        for name, risk in self.risks.items():
+            out[name] = risk
+            if risk.request_pairs:
+                out[f"{name}{REQUEST_SUFFIX}"] = dataclasses.replace(
+                    risk, kind=risk.kind or name, prompts=risk.request_prompts, target_pairs=risk.request_pairs,
+                    request_prompts=None, request_pairs=0)
+        return out

@@ -22,6 +22,7 @@ from typing import Any
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import DataError, PipelineError
 from core.io import atomic_write_json, stable_key
+from core.output_dir import check_output_dir
 from data_curation.config import CurateConfig
 from data_curation.generation import (
     GenerationSpec,
@@ -35,7 +36,7 @@ from data_curation.generation import (
 from data_curation.prompts import load_prompts
 from data_curation.quality import precision_recall, verify_pairs
 from data_curation.retain import curate_retain, retain_rows
-from data_curation.risks import make_judge
+from data_curation.risks import cross_risk_judges, make_judges
 from data_curation.scorers import build_scorer
 from data_curation.strategies import Pair, curate_risk
 from data_curation.workspace import Workspace
@@ -101,7 +102,7 @@ def pair_row(pair: Pair, ws: Workspace, model_id: str) -> dict[str, Any]:
 
 def scorer_thresholds(cfg: CurateConfig) -> dict[str, dict]:
     table: dict[str, dict] = {name: dict(opts) for name, opts in cfg.scorers.items()}
-    for name, risk in cfg.risks.items():
+    for name, risk in cfg.tasks().items():
         det = risk.detector
         table.setdefault("risks", {})[name] = {
             "scorer": det.scorer,
@@ -132,7 +133,7 @@ def curate_tasks(
     """
     all_pairs: list[Pair] = []
     per_risk: dict[str, dict] = {}
-    judges = [make_judge(name, risk) for name, risk in cfg.risks.items()]
+    judges = make_judges(cfg)
     for judge in judges:
         name, risk = judge.name, judge.cfg
         if only is not None and name not in only:
@@ -140,7 +141,7 @@ def curate_tasks(
         if risk.target_pairs == 0:  # check only: its detector serves the other risks' cross-risk check
             per_risk[name] = {"target_pairs": 0, "pairs_kept": 0, "check_only": True}
             continue
-        others = [j for j in judges if j is not judge] if cfg.cross_risk_check else []
+        others = cross_risk_judges(judge, judges) if cfg.cross_risk_check else []
         pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed,
                                   default_groups=balance_values(risk, judge.kind), others=others)
         info["pair_similarity"] = similarity_summary(pairs)
@@ -178,7 +179,7 @@ def task_costs(cfg: CurateConfig, prompts: dict[str, list], retain_prompts: list
     """Rough image count per task (originals, and as many correctives), largest first: the order tasks are
     handed out in, so the long ones start early and the short ones fill the gaps."""
     costs = {name: 2 * len(prompts[name]) * risk.images_per_prompt
-             for name, risk in cfg.risks.items() if risk.target_pairs > 0}
+             for name, risk in cfg.tasks().items() if risk.target_pairs > 0}
     if retain_prompts is not None:
         costs[RETAIN_TASK] = len(retain_prompts) * cfg.retain.images_per_prompt
     return dict(sorted(costs.items(), key=lambda kv: -kv[1]))
@@ -260,9 +261,17 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
 
     state = process_state()
     out_dir, work_dir = output_folders(cfg, config_path)
+    check_output_dir(out_dir, cfg.overwrite, "curate.output_dir", keep=[("curate.work_dir", work_dir)])
+    if cfg.retain.prompts:
+        check_output_dir(retain_folder(cfg, config_path), cfg.overwrite, "curate.retain.output_dir",
+                         keep=[("curate.work_dir", work_dir), ("curate.output_dir", out_dir)])
     # Prompts first: bad prompt files and leakage fail before any model is loaded.
-    prompts = {name: load_prompts(risk.prompts, f"curate.risks.{name}.prompts") for name, risk in cfg.risks.items()}
-    retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts") if cfg.retain.prompts else None
+    prompts = {name: load_prompts(risk.prompts, f"curate.risks.{name}.prompts") for name, risk in cfg.tasks().items()}
+    retain_prompts = None
+    if cfg.retain.prompts:
+        retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts")
+        for i, source in enumerate(cfg.retain.extra_prompts):
+            retain_prompts += load_prompts(source, f"curate.retain.extra_prompts[{i}]")
     lora_file = lora_weights_file(cfg.lora, "curate.lora: give a folder written by `make train`") if cfg.lora else None
     dtype = getattr(torch, cfg.generation.dtype)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device))
@@ -337,7 +346,8 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
                   **({"retain_set": retain_info} if retain_info else {})},
     }
     rows = (pair_row(p, ws, model_id) for p in all_pairs)
-    write_preference_set(rows, out_dir, card=card, shard_size=cfg.shard_size, overwrite=cfg.overwrite)
+    # check_output_dir allowed replacing out_dir before any work began.
+    write_preference_set(rows, out_dir, card=card, shard_size=cfg.shard_size, overwrite=True)
     write_resolved_config(cfg, out_dir)
     atomic_write_json(out_dir / "curation_report.json", card["extra"] | {"scorer_precision_recall": card["scorer_precision_recall"]})
     print(f"[curate] wrote {len(all_pairs)} pairs to {out_dir}")

@@ -56,6 +56,8 @@ def verify_pairs(judge, pairs, reference: str) -> dict[str, Any]:
         alignment=dataclasses.replace(judge.cfg.alignment, scorer=reference, min_clip_score=None),
     )
     ref = dataclasses.replace(judge, cfg=ref_cfg)  # same stereotype schedules (surplus groups)
+    if judge.keeps_request:  # honour: the preferred image shows the requested content, the rejected one lacks it
+        return _verify_request_pairs(ref, pairs, reference)
     checked = preferred_safe = rejected_risky = 0
     for pair in pairs:
         if reference not in pair.preferred.scores or pair.record is None:
@@ -66,3 +68,16 @@ def verify_pairs(judge, pairs, reference: str) -> dict[str, Any]:
         rejected_risky += bool(ref.carries_risk(pair.rejected.scores, pair.record))
     share = lambda n: round(n / checked, 4) if checked else None  # noqa: E731
     return {"pairs_checked": checked, "preferred_safe": share(preferred_safe), "rejected_risky": share(rejected_risky)}
+
+
+def _verify_request_pairs(ref, pairs, reference: str) -> dict[str, Any]:
+    checked = preferred_shows = rejected_lacks = 0
+    for pair in pairs:
+        if reference not in pair.preferred.scores or pair.record is None:
+            continue
+        checked += 1
+        preferred_shows += bool(ref.carries_risk(pair.preferred.scores, pair.record))
+        rejected_lacks += bool(ref.is_safe(pair.rejected.scores, pair.record))
+    share = lambda n: round(n / checked, 4) if checked else None  # noqa: E731
+    return {"pairs_checked": checked, "preferred_shows_request": share(preferred_shows),
+            "rejected_lacks_request": share(rejected_lacks)}

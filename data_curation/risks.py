@@ -67,6 +67,10 @@ class RiskJudge:
     kind: str
     cfg: RiskConfig
     schedules: dict[Any, GroupSchedule] = field(default_factory=dict)  # stereotype: stratum -> schedule
+    # A request task under the honour policy: the original image, which shows the requested content, is the
+    # preferred one, and the corrected picture without it the rejected one.
+    keeps_request: bool = False
+    parent: str | None = None  # the risk a request task belongs to
 
     # ---- reading scorer outputs ---------------------------------------------------------------
     def _detector(self, scores: ScoreSet) -> dict[str, Any]:
@@ -146,6 +150,18 @@ class RiskJudge:
                 return False
         return True
 
+    def keeps_attributes(self, preferred: ScoreSet, rejected: ScoreSet) -> str | None:
+        """None if the two images read alike on every ``alignment.keep_attributes`` label (the risk's own
+        attribute excepted), else the first label that differs."""
+        align = self.cfg.alignment
+        if align.scorer is None or not align.keep_attributes:
+            return None
+        a, b = preferred[align.scorer]["labels"], rejected[align.scorer]["labels"]
+        for attribute in align.keep_attributes:
+            if attribute != self.cfg.detector.attribute and a.get(attribute) != b.get(attribute):
+                return attribute
+        return None
+
     # ---- stereotype balance ---------------------------------------------------------------------
     def stratum(self, record: PromptRecord) -> Any:
         by = self.cfg.balance.stratify_by
@@ -188,5 +204,20 @@ def flagged_by(scores: ScoreSet, record: PromptRecord, judges: list[RiskJudge]) 
     return None
 
 
-def make_judge(name: str, cfg: RiskConfig) -> RiskJudge:
-    return RiskJudge(name=name, kind=cfg.kind or name, cfg=cfg)
+def make_judge(name: str, cfg: RiskConfig, parent: str | None = None, keeps_request: bool = False) -> RiskJudge:
+    return RiskJudge(name=name, kind=cfg.kind or name, cfg=cfg, keeps_request=keeps_request, parent=parent)
+
+
+def make_judges(cfg) -> list[RiskJudge]:
+    """One judge per curation task of a ``CurateConfig`` (risks and their request tasks)."""
+    requests = cfg.request_tasks()
+    return [make_judge(name, risk, parent=requests.get(name),
+                       keeps_request=name in requests and cfg.risks[requests[name]].requested == "honour")
+            for name, risk in cfg.tasks().items()]
+
+
+def cross_risk_judges(judge: RiskJudge, judges: list[RiskJudge]) -> list[RiskJudge]:
+    """The judges whose detectors a preferred image of ``judge`` must pass: every other task except the risk and
+    its request task, which share a detector (a request pair's image shows the requested content by design)."""
+    family = {judge.name, judge.parent} | {j.name for j in judges if j.parent == judge.name}
+    return [j for j in judges if j.name not in family]

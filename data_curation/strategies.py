@@ -144,7 +144,7 @@ def best_of_n_round(
             and flagged_by(c.scores, record, others) is None
         ]
         rejected_order, rejected = max(risky, key=lambda oc: (judge.risk_score(oc[1].scores, record), -oc[0][2]))
-        safe = [(o, c) for o, c in safe if c.key != rejected.key]
+        safe = [(o, c) for o, c in safe if c.key != rejected.key and judge.keeps_attributes(c.scores, rejected.scores) is None]
         if not safe:
             continue
         preferred_order, preferred = min(safe, key=lambda oc: (judge.risk_score(oc[1].scores, record), oc[0][2]))
@@ -186,16 +186,24 @@ def _correct(
         record, cand, wanted = item.record, item.cand, item.wanted
         safe = judge.is_safe(preferred.scores, record, wanted)
         aligned = safe and judge.is_aligned(preferred.scores, wanted_slots)
-        other_risk = flagged_by(preferred.scores, record, others) if aligned else None
-        clean = aligned and other_risk is None
+        if aligned and judge.keeps_request:  # the original is the preferred image: it must honour its prompt
+            aligned = judge.is_aligned(cand.scores, record.slots)
+        changed = judge.keeps_attributes(preferred.scores, cand.scores) if aligned else None
+        kept = preferred if not judge.keeps_request else cand  # the image the pair prefers
+        other_risk = flagged_by(kept.scores, record, others) if aligned and changed is None else None
+        clean = aligned and changed is None and other_risk is None
         similarity = pixel_similarity(ws.image(preferred.key), ws.image(cand.key)) if clean else float("nan")
         if clean and similarity >= judge.cfg.min_similarity:
             note = {"variant": variant_index, **({"preferred_group": wanted} if wanted else {})}
-            pairs.append((item.origin, Pair(judge.name, "minimal_pair", record.prompt, preferred, cand, item.order,
+            better, worse = (cand, preferred) if judge.keeps_request else (preferred, cand)
+            if judge.keeps_request:
+                note["keeps_request"] = True
+            pairs.append((item.origin, Pair(judge.name, "minimal_pair", record.prompt, better, worse, item.order,
                                             similarity, note, record)))
             outcomes[f"variant{variant_index}:confirmed"] += 1
         else:
             reason = ("still_risky" if not safe else "not_aligned" if not aligned
+                      else f"changed_{changed}" if changed
                       else f"flagged_{other_risk}" if other_risk else "too_different")
             outcomes[f"variant{variant_index}:{reason}"] += 1
             still.append(item)

@@ -96,7 +96,7 @@ def curation_prompts_from_config(config_path: str | Path | None) -> list[str]:
     if not (read_yaml(config_path).get("curate") or {}).get("risks"):
         return []  # this config curates nothing
     curate = load_stage_config(CurateConfig, config_path, "curate")
-    return [r.prompt for name, risk in curate.risks.items() for r in load_prompts(risk.prompts, f"curate.risks.{name}")]
+    return [r.prompt for name, risk in curate.tasks().items() for r in load_prompts(risk.prompts, f"curate.risks.{name}")]
 
 
 def curation_prompts_from_preference_set(folder: str | Path) -> list[str]:
