@@ -1,10 +1,11 @@
-"""Pick-a-Pic-compatible preference sets: schema, write/read, validate, stats, merge, split, export, card.
+"""Pick-a-Pic-compatible preference sets: schema, write/read, validate, stats, merge, split, export, import, card.
 
 Typical use::
 
     from preference_sets import make_pair_row, write_preference_set, load_preference_set, validate_set
 """
 
+from preference_sets.importer import import_set
 from preference_sets.io import (
     dataset_hash,
     iter_rows,
@@ -26,6 +27,7 @@ __all__ = [
     "compute_stats",
     "dataset_hash",
     "export",
+    "import_set",
     "iter_rows",
     "load_preference_set",
     "load_prompt_list",

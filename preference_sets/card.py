@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from core.errors import DataError
+from preference_sets.schema import DEFAULT_RISK
 
 CONTENT_WARNING = (
     "**Content warning.** This is safety training data. The rejected images were selected *because* "
@@ -31,7 +32,8 @@ CARD_KEYS = {
     "scorer_thresholds": "dict: scorer -> {label: threshold}",
     "scorer_precision_recall": "dict: scorer -> {concept: {precision, recall, support}} or {precision, recall}",
     "annotation": "dict: protocol, annotators, agreement figures",
-    "lineage": "dict: how this set was made from other sets (merge/split/export)",
+    "lineage": "dict: how this set was made from other sets (merge/split/export/import)",
+    "provenance_defaults": "dict: column -> value given to provenance the source did not have (import)",
     "extra": "dict: anything else worth recording",
 }
 
@@ -158,6 +160,17 @@ def render_card(stats: Mapping[str, Any], info: Mapping[str, Any] | None = None)
         lines += ["## Annotation", "", *_yaml_block(info["annotation"]), ""]
     if info.get("curation_config"):
         lines += ["## Curation config", "", *_yaml_block(info["curation_config"]), ""]
+    if info.get("provenance_defaults"):
+        lines += [
+            "## Provenance defaults",
+            "",
+            "The source had no provenance for these columns; every row got the value shown (not measured):",
+            "",
+            "| column | value |",
+            "|---|---|",
+            *(f"| `{column}` | {value} |" for column, value in info["provenance_defaults"].items()),
+            "",
+        ]
     if info.get("lineage"):
         lines += ["## Lineage", "", *_yaml_block(info["lineage"]), ""]
     if info.get("extra"):
@@ -176,11 +189,15 @@ def render_export_card(summary: Mapping[str, Any]) -> str:
             CONTENT_WARNING,
             "",
             f"{summary['rows']} decided pairs ({summary['ties_removed']} tie(s) removed from "
-            f"{summary['rows_in']}). Columns: `caption`, `jpg_0`, `jpg_1` (raw PNG bytes), `label_0`, "
+            f"{summary['rows_in']}). Columns: `caption`, `jpg_0`, `jpg_1` (raw encoded image bytes), `label_0`, "
             "`label_1`; one split, `train`.",
             "",
             "Train with diffusers' `examples/research_projects/diffusion_dpo/train_diffusion_dpo.py "
-            "--dataset_name=<this folder>` (it reads `caption`, `jpg_0`, `jpg_1`, `label_0`).",
+            "--dataset_name=<this folder> --dataset_split_name=train` (it reads `caption`, `jpg_0`, `jpg_1`, "
+            "`label_0`). Pass both: the script's split defaults to `validation`, which this folder does not have.",
+            "",
+            "This project's trainer reads the folder as it is (`train.data=<this folder>`); its pairs get the "
+            "risk `" + DEFAULT_RISK + "`.",
             "",
             "## Lineage",
             "",

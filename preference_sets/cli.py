@@ -1,4 +1,7 @@
-"""``python -m preference_sets.cli {validate,stats,merge,split,export} ...``
+"""``python -m preference_sets.cli {validate,stats,merge,split,export,import} ...``
+
+``import SRC DEST`` reads a set made elsewhere (a Pick-a-Pic parquet file or folder, HF ``data/`` layout or
+flat, or a datasets save_to_disk folder) and writes it in this project's format.
 
 Exit status: 0 on success, 2 on bad input (the message names the problem; no traceback).
 """
@@ -10,10 +13,14 @@ import json
 import sys
 
 from core.errors import DataError, PipelineError
+from preference_sets.importer import import_set
 from preference_sets.io import DEFAULT_SHARD_SIZE, iter_rows
 from preference_sets.ops import export, merge, split
+from preference_sets.schema import DEFAULT_RISK
 from preference_sets.stats import compute_stats
 from preference_sets.validate import load_prompt_list, validate_set
+
+SPLIT_HELP = "split to read where the source names splits (shard names, a save_to_disk dataset dict)"
 
 
 def parse_fractions(text: str) -> dict[str, float]:
@@ -35,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("validate", help="check schema, images, sizes, labels, duplicates, leakage")
-    p.add_argument("folder")
+    p.add_argument("folder", help="a preference set, or a Pick-a-Pic parquet file or folder, or a save_to_disk folder")
+    p.add_argument("--split", default="train", help=SPLIT_HELP)
     p.add_argument("--eval-prompts", help="eval prompt file (.txt lines, .json list, .jsonl with 'prompt')")
     p.add_argument("--expected-size", help="image size every pair must have: 64 or 64x64")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -61,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export for diffusers train_diffusion_dpo.py (ties removed)")
     p.add_argument("folder")
     p.add_argument("--out", required=True)
+    p.add_argument("--split", default="train", help=SPLIT_HELP)
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = commands.add_parser("import", help="read a Pick-a-Pic-style set into this project's format")
+    p.add_argument("src", help="parquet file, folder of parquet files (flat or under data/), or save_to_disk folder")
+    p.add_argument("dest", help="the preference-set folder to write")
+    p.add_argument("--split", default="train", help=SPLIT_HELP)
+    p.add_argument("--risk", default=DEFAULT_RISK, help="risk name given to every imported pair")
+    p.add_argument("--resolution", type=int, help="resize and centre-crop images to this size (the model's)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="leave out bad rows (listed in the card)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     p.add_argument("--overwrite", action="store_true")
     return parser
@@ -69,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     if args.command == "validate":
         eval_prompts = load_prompt_list(args.eval_prompts) if args.eval_prompts else None
-        report = validate_set(args.folder, eval_prompts=eval_prompts, expected_size=args.expected_size)
+        report = validate_set(args.folder, eval_prompts=eval_prompts, expected_size=args.expected_size,
+                              split=args.split)
         print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
         report.raise_if_invalid()
     elif args.command == "stats":
@@ -83,7 +103,12 @@ def run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(summary, indent=2))
     elif args.command == "export":
-        print(json.dumps(export(args.folder, args.out, shard_size=args.shard_size, overwrite=args.overwrite), indent=2))
+        summary = export(args.folder, args.out, shard_size=args.shard_size, overwrite=args.overwrite, split=args.split)
+        print(json.dumps(summary, indent=2))
+    elif args.command == "import":
+        summary = import_set(args.src, args.dest, split=args.split, risk=args.risk, resolution=args.resolution,
+                             skip_bad_rows=args.skip_bad_rows, shard_size=args.shard_size, overwrite=args.overwrite)
+        print(json.dumps(summary, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ Layout (docs/ARCHITECTURE.md)::
     <folder>/stats.json                             preference_sets.stats output
     <folder>/README.md                              dataset card (preference_sets.card)
     <folder>/card.json                              the card's inputs, so the card can be re-rendered
+    <folder>/.safe-diffusion-dpo-output             marks the folder as ours (core.output_dir)
 
 A folder is written inside ``core.io.atomic_directory``: readers see no folder or a complete one.
 """
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from core.errors import DataError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, sha256_file
+from core.output_dir import write_marker
 from preference_sets.card import check_card_info, render_card
 from preference_sets.schema import PREFERENCE_SCHEMA, schema_problems
 from preference_sets.stats import StatsAccumulator
@@ -103,7 +105,7 @@ def write_parquet_shards(
 def write_preference_set(
     rows: Iterable[Mapping[str, Any]],
     folder: str | Path,
-    card: Mapping[str, Any] | None = None,
+    card: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
 ) -> Path:
@@ -112,10 +114,13 @@ def write_preference_set(
     Raises DataError if a row is malformed, two rows share a ``pair_id``, or there are no rows; in
     every failure case no folder is left behind. ``rows`` may be a generator reading ``folder``
     itself (rewrite in place with ``overwrite=True``): the old folder is replaced only at the end.
+    ``card`` may be a function, called after the last row, for a card that reports what the rows' pass
+    counted (import).
     """
     folder = Path(folder)
-    card = check_card_info(card)
-    render_card({}, card)  # fail on a malformed card before any pair is written
+    if not callable(card):
+        card = check_card_info(card)
+        render_card({}, card)  # fail on a malformed card before any pair is written
     if folder.exists() and not overwrite:
         raise DataError(f"{folder} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     stats = StatsAccumulator()
@@ -131,9 +136,12 @@ def write_preference_set(
     with atomic_directory(folder, overwrite=overwrite) as tmp:
         write_parquet_shards(rows, tmp / DATA_DIR, PREFERENCE_SCHEMA, shard_size, on_row=check_and_count)
         result = stats.result()
+        if callable(card):
+            card = check_card_info(card())
         atomic_write_json(tmp / "stats.json", result)
         atomic_write_json(tmp / "card.json", card)
         atomic_write_text(tmp / "README.md", render_card(result, card))
+        write_marker(tmp, "preference_set")
     return folder
 
 

@@ -1,4 +1,5 @@
-"""Set-level operations: merge several sets, split one into group-disjoint parts, export for diffusers.
+"""Set-level operations: merge several sets, split one into group-disjoint parts, export for diffusers
+(import, the way in, is preference_sets/importer.py).
 
 All outputs are written atomically (a failure leaves nothing behind) and record their lineage.
 """
@@ -14,6 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from core.errors import DataError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text
+from core.output_dir import check_not_overlapping, write_marker
 from preference_sets.card import render_export_card
 from preference_sets.io import (
     DATA_DIR,
@@ -25,6 +27,8 @@ from preference_sets.io import (
     write_preference_set,
 )
 from preference_sets.schema import EXPORT_COLUMNS, EXPORT_SCHEMA, PREFERENCE_SCHEMA, TIE, preferred_image_hash
+from preference_sets.sources import ProblemLog, content_hash, locate, screen_row, source_format
+from preference_sets.sources import iter_rows as iter_source_rows
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # Columns a split may group by: plain strings (grouping by image bytes or labels makes no sense).
@@ -171,6 +175,7 @@ def split(
             info = {**source_card, "lineage": {**lineage, "split": name}}
             info["title"] = f"{source_card.get('title', 'Safety preference set')} ({name} split)"
             write_preference_set(rows_of(name), tmp / name, info, shard_size=shard_size)
+        write_marker(tmp, "preference_set_splits")
     return {**lineage, "rows": dict(counts), "out": str(out_dir)}
 
 
@@ -178,43 +183,60 @@ def split(
 
 
 def export(
-    folder: str | Path, out: str | Path, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False
+    folder: str | Path, out: str | Path, shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
+    split: str = "train",
 ) -> dict[str, Any]:
     """Export for diffusers' ``train_diffusion_dpo.py``: ties removed, one split named ``train``.
 
     Columns: ``caption, jpg_0, jpg_1, label_0, label_1`` (the script reads the first four). The folder
     loads with ``load_dataset(out)`` (README front matter) or ``load_dataset("parquet", data_files=...)``.
+    ``folder`` is any set ``sources.locate`` finds. Every row is checked first (caption, both images decode,
+    labels): a bad row or an unreadable file fails the export, naming it, and nothing is written.
     """
-    folder, out = Path(folder), Path(out)
-    counts = Counter()
-
-    def decided_rows() -> Iterator[dict[str, Any]]:
-        for row in iter_rows(folder, columns=list(EXPORT_COLUMNS)):
-            counts["rows_in"] += 1
-            if row["label_0"] == TIE:
-                counts["ties_removed"] += 1
-                continue
-            counts["rows_out"] += 1
-            yield row
-
+    out = Path(out)
+    check_not_overlapping(out, [folder], "export")
+    source = locate(folder, split)
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    fmt = source_format(source)
+    counts = Counter()
+    problems = ProblemLog(f"export of {source.path}")
+    finished = False
+
+    def decided_rows() -> Iterator[dict[str, Any]]:
+        nonlocal finished
+        for index, label, row in iter_source_rows(source, EXPORT_COLUMNS):
+            counts["rows_in"] += 1
+            where = f"row {index} ({label})"
+            clean, found = screen_row(row, where)
+            if found:
+                problems.add(where, found)
+            elif clean["label_0"] == TIE:
+                counts["ties_removed"] += 1
+            else:
+                counts["rows_out"] += 1
+                yield clean
+        problems.raise_if_any()
+        finished = True
+
     with atomic_directory(out, overwrite=overwrite) as tmp:
         try:
             write_parquet_shards(decided_rows(), tmp / DATA_DIR, EXPORT_SCHEMA, shard_size, desc="exporting pairs")
         except DataError as exc:
-            if counts["rows_out"] == 0:
+            if finished and counts["rows_out"] == 0:  # every row read and valid, and every one a tie
                 removed = counts["ties_removed"]
-                raise DataError(f"export of {folder}: no pairs left after removing {removed} tie(s)") from exc
+                raise DataError(f"export of {source.path}: no pairs left after removing {removed} tie(s)") from exc
             raise
         summary = {
             "op": "export",
             "format": "diffusers train_diffusion_dpo.py (Pick-a-Pic columns)",
-            "source": _source_entry(folder),
+            "source": {"folder": str(source.path), "dataset_hash": content_hash(source), "layout": source.layout,
+                       "format": fmt},
             "rows_in": counts["rows_in"],
             "ties_removed": counts["ties_removed"],
             "rows": counts["rows_out"],
         }
         atomic_write_json(tmp / "export.json", summary)
         atomic_write_text(tmp / "README.md", render_export_card(summary))
+        write_marker(tmp, "export")
     return {**summary, "out": str(out)}

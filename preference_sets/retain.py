@@ -22,6 +22,7 @@ import pyarrow as pa
 from core.errors import DataError
 from core.images import decode_image
 from core.io import atomic_directory, atomic_write_json
+from core.output_dir import write_marker
 from preference_sets.io import DATA_DIR, DEFAULT_SHARD_SIZE, load_preference_set, write_parquet_shards
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def write_retain_set(rows: Iterable[Mapping[str, Any]], folder: str | Path, meta
     with atomic_directory(folder, overwrite=overwrite) as tmp:
         count = write_parquet_shards(rows, tmp / DATA_DIR, RETAIN_SCHEMA, shard_size, desc="writing retain images", unit="image")
         atomic_write_json(tmp / META_FILE, {**meta, "images": count})
+        write_marker(tmp, "retain_set")
     return count
 
 

@@ -54,7 +54,30 @@ EXPORT_SCHEMA = pa.schema([PREFERENCE_SCHEMA.field(name) for name in EXPORT_COLU
 TIE = 0.5
 PROPOSALS = ("0", "1", "tie")
 ANNOTATION_STATUSES = ("auto", "annotated", "adjudicated")
-STRATEGIES = ("best_of_n", "minimal_pair")
+# "external": made outside this project (an imported Pick-a-Pic-style set); how the pair was formed is unknown.
+STRATEGIES = ("best_of_n", "minimal_pair", "external")
+EXTERNAL_STRATEGY = "external"
+# The risk of a pair whose set does not say (a five-column set, trained directly or imported without --risk).
+DEFAULT_RISK = "unspecified"
+
+
+def provenance_defaults(risk: str = DEFAULT_RISK) -> dict[str, str]:
+    """What a set with only the five Pick-a-Pic columns gets in each provenance column (``import`` writes
+    these; the trainer reads such a set directly with the same ``risk``). Values as the card shows them."""
+    return {
+        "pair_id": "content key of the caption and both images (the same pair always gets the same id)",
+        "risk": risk,
+        "strategy": EXTERNAL_STRATEGY,
+        "seed_0, seed_1": "-1 (unknown)",
+        "prompt_0, prompt_1": "the caption",
+        "negative_prompt_0, negative_prompt_1": "empty",
+        "model_id": "empty (unknown)",
+        "generation, scores_0, scores_1": "{} (unknown)",
+        "proposal": "what the labels say: 0, 1 or tie",
+        "pair_similarity": "NaN (not computed)",
+        "annotation_status": "auto (not reviewed with the annotation tool)",
+        "annotations": "[]",
+    }
 
 
 def pair_key(caption: str, image_0: bytes, image_1: bytes) -> str:

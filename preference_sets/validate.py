@@ -1,9 +1,15 @@
-"""Validate a preference-set folder and report every problem with its row, not just the first.
+"""Validate a preference set and report every problem with its row, not just the first.
 
-Checks: shards readable and correctly numbered, schema (missing/extra/wrong-typed columns), every
+The set may be any source ``preference_sets.sources.locate`` finds (this project's folder, a flat folder, a
+single parquet file, a save_to_disk folder) in either format: this project's full columns, or the five
+Pick-a-Pic columns alone (provenance then takes ``schema.provenance_defaults``; other columns are ignored,
+with a warning).
+
+Checks: files readable and shards correctly numbered, schema (missing/extra/wrong-typed columns), every
 image decodes, image sizes consistent (and equal to ``expected_size``), labels valid (1/0 or a
 0.5/0.5 tie, summing to 1), provenance JSON parses, duplicates (same ``pair_id`` or same caption and
-image bytes), and leakage (a caption or generation prompt that is also an eval prompt).
+image bytes; a warning in a Pick-a-Pic set, which has no ids and may repeat a comparison), and leakage (a
+caption or generation prompt that is also an eval prompt).
 """
 
 from __future__ import annotations
@@ -15,26 +21,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from core.errors import DataError, LeakageError
 from core.images import decode_image
-from preference_sets.io import read_shard_schema, shard_paths
 from preference_sets.schema import (
     ANNOTATION_STATUSES,
     IMAGE_COLUMNS,
     JSON_LIST_COLUMNS,
     JSON_OBJECT_COLUMNS,
-    PREFERENCE_SCHEMA,
     PROPOSALS,
     STRATEGIES,
     TIE,
-    types_compatible,
     pair_key,
-    schema_problems,
 )
+from preference_sets.sources import PICKAPIC, check_schema, image_bytes, locate, parts, set_format, usable_columns
 
 VALID_LABELS = (0.0, TIE, 1.0)
 
@@ -163,6 +164,7 @@ class _RowChecker:
 
     def __init__(self, report: ValidationReport, eval_prompts: set[str] | None):
         self.report = report
+        self.format: str | None = None  # set by validate_set from the first readable file
         self.eval_prompts = {normalize_prompt(p) for p in eval_prompts} if eval_prompts else set()
         self.pair_ids: dict[str, int] = {}
         self.content_keys: dict[str, int] = {}
@@ -172,6 +174,7 @@ class _RowChecker:
     def check(self, row: Mapping[str, Any], index: int, shard: str) -> None:
         where = {"row": index, "shard": shard}
         report = self.report
+        row = self._image_bytes(row, where)
         caption = row.get("caption")
         if "caption" in row and (not isinstance(caption, str) or not caption.strip()):
             report.error("value", "caption is empty", column="caption", **where)
@@ -205,6 +208,25 @@ class _RowChecker:
         self._check_duplicates(row, where)
         self._check_leakage(row, where)
 
+    def _image_bytes(self, row: Mapping[str, Any], where: dict) -> dict[str, Any]:
+        """The row with raw bytes in its image columns (a datasets.Image struct gives up its bytes); an image
+        with no bytes is reported here and left out of the later checks."""
+        row = dict(row)
+        for column in IMAGE_COLUMNS:
+            if column in row and not isinstance(row[column], (bytes, bytearray)):
+                try:
+                    row[column] = image_bytes(row[column], column)
+                except DataError as exc:
+                    self.counts["undecodable_images"] += 1
+                    self.report.error("image", str(exc), column=column, **where)
+                    del row[column]
+        return row
+
+    @property
+    def _size_hint(self) -> str:
+        # A Pick-a-Pic-style set mixes sizes; import can bring it to one.
+        return " (import --resolution N resizes and centre-crops every image)" if self.format == PICKAPIC else ""
+
     def _check_images(self, row: Mapping[str, Any], where: dict) -> None:
         sizes = []
         for column in IMAGE_COLUMNS:
@@ -217,7 +239,8 @@ class _RowChecker:
                 self.report.error("image", str(exc), column=column, **where)
         if len(sizes) == 2:
             if sizes[0] != sizes[1]:
-                self.report.error("size", f"jpg_0 is {sizes[0]} but jpg_1 is {sizes[1]} (width, height)", **where)
+                self.report.error("size", f"jpg_0 is {sizes[0]} but jpg_1 is {sizes[1]} (width, height)"
+                                  + self._size_hint, **where)
             else:
                 self.sizes[where["row"]] = sizes[0]
         if "jpg_0" in row and "jpg_1" in row and row["jpg_0"] == row["jpg_1"] and row["jpg_0"]:
@@ -239,6 +262,8 @@ class _RowChecker:
 
     def _check_duplicates(self, row: Mapping[str, Any], where: dict) -> None:
         index = where["row"]
+        # Pick-a-Pic repeats a comparison when several users judged it; the stock trainer keeps every row.
+        flag = self.report.warn if self.format == PICKAPIC else self.report.error
         pair_id = row.get("pair_id")
         if pair_id is not None:
             if pair_id in self.pair_ids:
@@ -250,9 +275,7 @@ class _RowChecker:
             key = pair_key(row["caption"], row["jpg_0"], row["jpg_1"])
             if key in self.content_keys:
                 self.counts["duplicates"] += 1
-                self.report.error(
-                    "duplicate", f"same caption and image bytes as row {self.content_keys[key]}", **where
-                )
+                flag("duplicate", f"same caption and image bytes as row {self.content_keys[key]}", **where)
             else:
                 self.content_keys[key] = index
 
@@ -276,14 +299,8 @@ class _RowChecker:
         reason = "expected_size" if expected else "the majority size"
         for index, size in self.sizes.items():
             if size != target:
-                message = f"images are {size[0]}x{size[1]}, {reason} is {target[0]}x{target[1]}"
+                message = f"images are {size[0]}x{size[1]}, {reason} is {target[0]}x{target[1]}" + self._size_hint
                 self.report.error("size", message, row=index)
-
-
-def _usable_columns(schema: pa.Schema) -> list[str]:
-    """Columns of the file that match the contract's name and type (checked even if others are wrong)."""
-    expected = {f.name: f.type for f in PREFERENCE_SCHEMA}
-    return [f.name for f in schema if f.name in expected and types_compatible(f.type, expected[f.name])]
 
 
 def validate_set(
@@ -291,36 +308,46 @@ def validate_set(
     eval_prompts: Iterable[str] | None = None,
     expected_size: int | tuple[int, int] | str | None = None,
     batch_size: int = 256,
+    split: str = "train",
 ) -> ValidationReport:
-    """Check everything in the module docstring; never raises for a bad set (see ``raise_if_invalid``)."""
+    """Check everything in the module docstring; never raises for a bad set (see ``raise_if_invalid``).
+    ``folder``: anything ``sources.locate`` accepts; ``split``: which split, where the source names splits."""
     report = ValidationReport(folder=str(folder))
     expected = _parse_size(expected_size)
     try:
-        paths = shard_paths(folder)
+        source = locate(folder, split)
     except DataError as exc:
         report.error("shard", str(exc))
         return report
     checker = _RowChecker(report, set(eval_prompts) if eval_prompts is not None else None)
     index = 0
-    for path in tqdm(paths, desc="validating shards", unit="shard", leave=False):
+    for part in tqdm(parts(source), desc="validating shards", unit="shard", leave=False):
         try:
-            schema = read_shard_schema(path)
+            schema = part.schema()
         except DataError as exc:
-            report.error("shard", str(exc), shard=path.name)
+            report.error("shard", str(exc), shard=part.label)
             continue
-        for problem in schema_problems(schema):
-            report.error("schema", problem, shard=path.name)
+        if checker.format is None:
+            checker.format = set_format(schema)
+        problems, ignored = check_schema(schema, checker.format)
+        for problem in problems:
+            report.error("schema", problem, shard=part.label)
+        if ignored:
+            report.warn("schema", f"column(s) {ignored} are not used: a set in {checker.format} format is read "
+                        "from caption, jpg_0, jpg_1, label_0 and label_1", shard=part.label)
         try:
             # Streamed batch by batch: a shard of 512px pairs can be hundreds of MB.
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=_usable_columns(schema)):
+            for batch in part.batches(usable_columns(schema, checker.format), batch_size):
                 for row in batch.to_pylist():
-                    checker.check(row, index, path.name)
+                    checker.check(row, index, part.label)
                     index += 1
-        except (pa.ArrowException, OSError) as exc:
-            report.error("shard", f"parquet shard {path} cannot be read: {exc}", shard=path.name)
+        except DataError as exc:
+            report.error("shard", str(exc), shard=part.label)
     checker.check_sizes(expected)
     report.num_rows = index
     report.counts = {
+        "format": checker.format,
+        "layout": source.layout,
         "rows": index,
         "ties": checker.counts["ties"],
         "duplicates": checker.counts["duplicates"],

@@ -13,6 +13,8 @@ so (weights, optimiser, scheduler, step) is the complete training state: resume 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +27,7 @@ from core.io import atomic_directory, atomic_write_json
 from training.lora import lora_parameters, load_lora_parameters
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
@@ -75,15 +78,21 @@ def prune_checkpoints(root: str | Path, keep: int) -> None:
 
 
 def resolve_resume(resume: str | None, root: str | Path) -> Path | None:
-    """``None`` -> start fresh; ``"latest"`` -> newest checkpoint (fresh if none); else that folder."""
+    """``None`` -> start fresh; ``"latest"`` -> newest checkpoint, or start fresh with a warning in the log
+    when there is none (a first run and its restarts share one command line); else that folder, which must
+    be a checkpoint: a named checkpoint that is missing is an error, never a silent fresh start."""
     if resume is None:
         return None
     if resume == "latest":
         found = list_checkpoints(root)
+        if not found and int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+            logger.warning("warning: resume=latest: no checkpoint found in %s; starting from step 0", root)
         return found[-1] if found else None
     folder = Path(resume)
     if not (folder / "state.json").is_file():
-        raise ConfigError(f"resume: {folder} is not a checkpoint folder (no state.json)")
+        available = [p.name for p in list_checkpoints(root)]
+        raise ConfigError(f"resume: {folder} is not a checkpoint folder (no state.json); checkpoints in {root}: "
+                          f"{available or 'none'} (or resume=latest for the newest)")
     return folder
 
 

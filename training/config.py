@@ -208,6 +208,10 @@ class TrainConfig:
     checkpoint_every: int = 100  # optimiser steps; 0 = no intermediate checkpoints
     keep_checkpoints: int = 2
     resume: Optional[str] = None  # "latest" or a checkpoint folder
+    # output_dir is replaced when the run finishes. A folder this project wrote (it holds the
+    # .safe-diffusion-dpo-output marker) or an empty one always may be; any other non-empty folder is refused
+    # before training starts, listing what would be deleted, unless overwrite is true.
+    overwrite: bool = False
     tensorboard: bool = True
     export_merged_unet: bool = False
     progress_bar: bool = True

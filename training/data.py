@@ -1,5 +1,12 @@
 """Preference pairs for training: read + validate a preference set, drop ties, order winner/loser.
 
+The set is anything ``preference_sets.sources.locate`` finds: this project's folder, or a set with only the
+five Pick-a-Pic columns (``caption``, ``jpg_0``, ``jpg_1``, ``label_0``, ``label_1``) as a flat folder of
+parquet files, a ``data/`` folder, a single parquet file or a save_to_disk folder, which is what
+``preference_sets.cli export`` writes. Such a set's pairs get the provenance defaults of an import
+(``preference_sets.schema.provenance_defaults``); the trainer reads only their risk
+(``preference_sets.schema.DEFAULT_RISK``). Ties (0.5/0.5) are counted and left out.
+
 Nothing here touches a GPU: a bad set (missing folder, wrong schema, corrupt image, all ties, wrong
 resolution) fails here, before any model weights are loaded (the resolution comes from the JSON configs).
 
@@ -18,6 +25,7 @@ import torch
 
 from core.errors import DataError, ModelPathError
 from core.images import decode_image
+from preference_sets.schema import DEFAULT_RISK
 
 # Columns the trainer reads (the same ones diffusers' train_diffusion_dpo.py reads, plus label_1).
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -27,8 +35,8 @@ REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 class PreferencePairs:
     """Non-tie pairs of a preference set, in set order, winner first."""
 
-    folder: Path
-    table: object  # datasets.Dataset with at least REQUIRED_COLUMNS
+    folder: Path  # the path the set was read from (a folder or a parquet file)
+    table: object  # datasets.Dataset with at least REQUIRED_COLUMNS (images: bytes, or datasets.Image structs)
     rows: np.ndarray  # (N,) int64 row numbers in ``table`` of the kept pairs
     winner_is_0: np.ndarray  # (N,) bool: jpg_0 is the preferred image
     set_hash: str
@@ -43,18 +51,20 @@ class PreferencePairs:
         return [column[int(r)] for r in self.rows]
 
     def risks(self) -> list[str]:
-        """Risk name of each kept pair ("" where the set has no ``risk`` column, e.g. Pick-a-Pic)."""
+        """Risk name of each kept pair (DEFAULT_RISK where the set has no ``risk`` column, e.g. Pick-a-Pic)."""
         if "risk" not in self.table.column_names:
-            return [""] * len(self)
+            return [DEFAULT_RISK] * len(self)
         column = self.table["risk"]
         return [column[int(r)] or "" for r in self.rows]
 
     def image_bytes(self, index: int) -> tuple[bytes, bytes]:
-        """(winner PNG bytes, loser PNG bytes) of kept pair ``index``."""
-        row = self.table[int(self.rows[index])]
-        if self.winner_is_0[index]:
-            return row["jpg_0"], row["jpg_1"]
-        return row["jpg_1"], row["jpg_0"]
+        """(winner image bytes, loser image bytes) of kept pair ``index``."""
+        from preference_sets.sources import image_bytes
+
+        row_number = int(self.rows[index])
+        row = self.table[row_number]
+        images = [image_bytes(row[c], f"{self.folder}: row {row_number} {c}") for c in ("jpg_0", "jpg_1")]
+        return (images[0], images[1]) if self.winner_is_0[index] else (images[1], images[0])
 
     def counts(self) -> dict:
         return {"rows": self.total_rows, "ties_excluded": self.ties, "pairs_used": len(self)}
@@ -92,18 +102,20 @@ def select_pairs(label_0: np.ndarray, label_1: np.ndarray, where: str) -> tuple[
 
 def load_pairs(folder: str | Path, resolution: int, max_pairs: int | None = None) -> PreferencePairs:
     """Validate a preference set fully (schema, every image decodes and is resolution² px, labels),
-    then keep the non-tie pairs. Ties are counted and excluded; fails if nothing is left."""
-    from preference_sets.io import dataset_hash, load_preference_set
+    then keep the non-tie pairs. Ties are counted and excluded; fails if nothing is left.
+    ``folder``: a preference set or a five-column Pick-a-Pic set in any layout (module docstring)."""
+    from preference_sets.sources import FULL, content_hash, load_dataset, locate
     from preference_sets.validate import validate_set
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"preference set {folder} does not exist (run `make curate` or set train.data)")
-    validate_set(folder, expected_size=resolution).raise_if_invalid()
-    table = load_preference_set(folder)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataError(f"preference set {folder} lacks column(s) {missing}")
+    if not folder.exists():
+        raise DataError(f"preference set {folder} does not exist (run `make curate`, or set train.data to a "
+                        "preference set, a Pick-a-Pic parquet file or folder, or a save_to_disk folder)")
+    report = validate_set(folder, expected_size=resolution)
+    report.raise_if_invalid()
+    source = locate(folder)
+    columns = list(REQUIRED_COLUMNS) + (["risk"] if report.counts["format"] == FULL else [])
+    table = load_dataset(source, columns)
     rows, winner_is_0, ties = select_pairs(table["label_0"], table["label_1"], str(folder))
     if len(rows) == 0:
         raise DataError(
@@ -112,7 +124,7 @@ def load_pairs(folder: str | Path, resolution: int, max_pairs: int | None = None
         )
     if max_pairs is not None:
         rows, winner_is_0 = rows[:max_pairs], winner_is_0[:max_pairs]
-    return PreferencePairs(folder, table, rows, winner_is_0, dataset_hash(folder), len(table), ties)
+    return PreferencePairs(folder, table, rows, winner_is_0, content_hash(source), len(table), ties)
 
 
 def image_to_tensor(data: bytes, resolution: int, what: str) -> torch.Tensor:

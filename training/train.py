@@ -22,6 +22,7 @@ from core.config import config_name, load_stage_config, to_dict, write_resolved_
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
 from core.models import check_model_dir
+from core.output_dir import check_output_dir, write_marker
 from training.cache import (
     CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache, load_or_build_retain_cache,
     model_fingerprint,
@@ -58,7 +59,7 @@ class TrainingDiverged(PipelineError):
 # moves the reference pass before the loop; the reference losses are the same numbers (training/reference_cache.py).
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
                 "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph",
-                "fused_lora", "reference_cache", "reference_cache_dir"}
+                "fused_lora", "reference_cache", "reference_cache_dir", "overwrite"}
 
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
@@ -96,6 +97,9 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
 
 def _check_inputs(cfg: TrainConfig):
     """Everything that can fail on bad input, before any weights are loaded or a GPU is touched."""
+    check_output_dir(cfg.output_dir, cfg.overwrite, "train.output_dir", keep=[
+        ("train.work_dir", cfg.work_dir), ("train.data", cfg.data), ("train.retain.data", cfg.retain.data),
+        ("train.reference_cache_dir", cfg.reference_cache_dir)])
     family = check_model_dir(cfg.model)
     resolution = model_resolution(cfg.model)
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
@@ -482,6 +486,7 @@ def _write_output(cfg: TrainConfig, family: str, unet, pairs, summary: dict, wor
     """All or nothing: the output folder appears complete or not at all."""
     with atomic_directory(cfg.output_dir, overwrite=True) as tmp:
         save_lora(tmp, unet, family)
+        write_marker(tmp, "lora")
         write_resolved_config(cfg, tmp)
         atomic_write_json(tmp / "training_summary.json", summary)
         metrics_file = work_dir / "logs" / "metrics.jsonl"

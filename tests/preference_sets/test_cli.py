@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from tests.preference_sets.prefset_helpers import make_rows, png, write_raw
 
 from preference_sets.cli import main
-from preference_sets.io import write_preference_set
+from preference_sets.io import read_rows, write_preference_set
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,8 +59,15 @@ def test_bad_input_exits_2_with_named_problem(tmp_path, capsys):
     folder = write_preference_set(make_rows(4), tmp_path / "set")
     assert main(["split", str(folder), "--out", str(tmp_path / "s"), "--fractions", "train:0.5"]) == 2
     assert "must look like name=0.8" in capsys.readouterr().err
-    assert main(["export", str(folder), "--out", str(folder)]) == 2
+    other = write_preference_set(make_rows(2), tmp_path / "other")
+    assert main(["export", str(folder), "--out", str(other)]) == 2
     assert "already exists" in capsys.readouterr().err
+    # Even with --overwrite, an output that is (or holds) the input would delete it when written.
+    assert main(["export", str(folder), "--out", str(folder), "--overwrite"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(folder), "--overwrite"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert len(read_rows(folder)) == 4
 
 
 def test_module_entry_point_runs(tmp_path):
