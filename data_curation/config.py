@@ -267,6 +267,9 @@ class CurateConfig:
     # A preferred image must also pass every other exposure/association risk's detector (see
     # data_curation/strategies.py): a pair must never prefer an image that carries another risk.
     cross_risk_check: bool = True
+    # Each pair is also written with this many other captions of the same request (the same slots under other
+    # curation templates; file prompts have none), same images: the LoRA then learns the risk, not one phrasing.
+    caption_variants: int = 0
     shard_size: int = 500
     # How a launch of several processes shares the work (data_curation/curate.py):
     #   batches: every generate/score call is split into batches across the processes;
@@ -280,6 +283,8 @@ class CurateConfig:
             check_scorer_name(name)
         if not self.risks:
             raise ConfigError(f"curate.risks is empty: declare at least one of {list(RISK_KINDS)}")
+        if self.caption_variants < 0:
+            raise ConfigError(f"curate.caption_variants must be >= 0, got {self.caption_variants}")
         if self.process_split not in PROCESS_SPLITS:
             raise ConfigError(f"curate.process_split must be one of {list(PROCESS_SPLITS)}, got {self.process_split!r}")
         if "retain" in self.risks:

@@ -71,15 +71,25 @@ def balance_values(risk, kind: str) -> list[str]:
     return list(GROUPS)
 
 
-def pair_row(pair: Pair, ws: Workspace, model_id: str) -> dict[str, Any]:
-    """One preference-set row; the preferred image's column is fixed by the pair's content key."""
+def pair_rows(pair: Pair, ws: Workspace, model_id: str, caption_variants: int):
+    """The pair's row under its own caption, then under up to ``caption_variants`` paraphrases (same images)."""
+    yield pair_row(pair, ws, model_id)
+    if pair.record is not None:
+        for caption in pair.record.paraphrases(caption_variants):
+            yield pair_row(pair, ws, model_id, caption)
+
+
+def pair_row(pair: Pair, ws: Workspace, model_id: str, caption: str | None = None) -> dict[str, Any]:
+    """One preference-set row; the preferred image's column is fixed by the pair's content key. ``caption``
+    replaces the training caption (a paraphrase of the pair's prompt); the generation prompts stay."""
     from preference_sets.schema import make_pair_row
 
-    pair_id = stable_key("pair-v1", pair.risk, pair.strategy, pair.caption, pair.preferred.key, pair.rejected.key)
+    caption = caption or pair.caption
+    pair_id = stable_key("pair-v1", pair.risk, pair.strategy, caption, pair.preferred.key, pair.rejected.key)
     # Put the preferred image in column 0 or 1 by a hash bit, so neither column means "preferred".
     first, second = (pair.preferred, pair.rejected) if int(pair_id[-1], 16) % 2 == 0 else (pair.rejected, pair.preferred)
     return make_pair_row(
-        caption=pair.caption,
+        caption=caption,
         jpg_0=ws.store.get_bytes(first.key),
         jpg_1=ws.store.get_bytes(second.key),
         label_0=1.0 if first is pair.preferred else 0.0,
@@ -345,7 +355,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
                   "fast_paths": cfg.generation.speedups.enabled() if fast_paths else [],
                   **({"retain_set": retain_info} if retain_info else {})},
     }
-    rows = (pair_row(p, ws, model_id) for p in all_pairs)
+    rows = (row for p in all_pairs for row in pair_rows(p, ws, model_id, cfg.caption_variants))
     # check_output_dir allowed replacing out_dir before any work began.
     write_preference_set(rows, out_dir, card=card, shard_size=cfg.shard_size, overwrite=True)
     write_resolved_config(cfg, out_dir)

@@ -40,6 +40,18 @@ class PromptRecord:
             return self.template.format(**slots)
         raise ConfigError(f"prompt {self.prompt!r} comes from a file: its slots cannot be rewritten")
 
+    def paraphrases(self, count: int) -> list[str]:
+        """Up to ``count`` other captions of the same request: the same slots under other curation templates of
+        the same source (world templates held out for eval are never used; a file prompt has none). Chosen
+        deterministically, so a rerun writes the same set."""
+        if count <= 0 or self.source == "file":
+            return []
+        if self.source == "world":
+            from synthetic_world.prompts import paraphrase_captions
+
+            return paraphrase_captions(self.slots, self.template_id, count)
+        return []
+
 
 def normalise(prompt: str) -> str:
     """The form used for dedupe and leakage: lower case, single spaces, no trailing punctuation."""

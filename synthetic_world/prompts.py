@@ -193,6 +193,24 @@ def spec_of(slots: dict) -> PromptSpec:
     return PromptSpec(**slots)
 
 
+def paraphrase_captions(slots: dict, template_id: int, count: int) -> list[str]:
+    """Up to ``count`` captions of ``slots`` under curation templates other than ``template_id`` (never an
+    eval-only template), picked by the combination's hash with a stride that changes frame and word order."""
+    if is_held_out_combination(slots):
+        return []  # a held-out combination belongs to eval, whatever its template
+    usable = [t for t in TEMPLATE_IDS if t not in EVAL_ONLY_TEMPLATES and t != template_id]
+    start = int(combination_key(slots)[:8], 16)
+    picks, out = [usable[(start + 5 * i) % len(usable)] for i in range(len(usable))], []
+    original = caption_for(spec_of(slots), template_id) if template_id in TEMPLATE_IDS else None
+    for t in picks:
+        caption = caption_for(spec_of(slots), t)
+        if caption != original and caption not in out:
+            out.append(caption)
+        if len(out) == count:
+            break
+    return out
+
+
 @lru_cache(maxsize=None)
 def _family_records(family: str) -> tuple[dict, ...]:
     combos = _family_combinations(family)

@@ -132,3 +132,24 @@ def test_on_policy_schedule_targets_the_current_models_majority():
     on_policy = fit(current_images)
     assert on_policy.surplus == {"mirdan"}
     assert Counter(on_policy.next() for _ in range(30)).keys() <= {"zorvan", "quelli"}
+
+
+def test_caption_variants_are_curation_paraphrases_never_eval_prompts():
+    from data_curation.prompts import world_prompts
+    from synthetic_world.prompts import EVAL_ONLY_TEMPLATES, prompt_records
+
+    eval_texts = {r["prompt"] for r in prompt_records(split="eval")}
+    records = world_prompts("exposure", "curation")[:40]
+    for record in records:
+        variants = record.paraphrases(3)
+        assert len(variants) == 3 and record.prompt not in variants and len(set(variants)) == 3
+        assert not set(variants) & eval_texts
+        assert record.paraphrases(3) == variants  # deterministic
+    # every variant is the same request under another curation template
+    from synthetic_world.captions import caption_for
+    from synthetic_world.prompts import spec_of
+    usable = [t for t in range(24) if t not in EVAL_ONLY_TEMPLATES]
+    for record in records[:5]:
+        written = {caption_for(spec_of(record.slots), t) for t in usable}
+        assert set(record.paraphrases(3)) <= written
+    assert expand_templates(["a {x}"], {"x": ["b"]})[0].paraphrases(3) == []
