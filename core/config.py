@@ -42,6 +42,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if isinstance(value, bool) and bool in args:  # before a Literal member could read it as "on"/"off"
+            return value
         errors = []
         for arg in args:
             if arg is type(None):
@@ -52,6 +54,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            return _yaml_bool_choice(value, args, where)
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
@@ -90,6 +94,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+# The unquoted words YAML 1.1 (PyYAML) reads as booleans, by the value they become.
+_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
+def _yaml_bool_choice(value: bool, choices: tuple, where: str) -> str:
+    """A string choice that YAML turned into a boolean (``mode: off`` arrives as False): the one choice
+    spelled as such a word, else an error that says what happened (``False is not one of`` does not)."""
+    words = _YAML_BOOL_WORDS[value]
+    matches = [c for c in choices if isinstance(c, str) and c.lower() in words]
+    if len(matches) == 1:
+        return matches[0]
+    raise ConfigError(
+        f"{where}: got the boolean {str(value).lower()} (YAML reads an unquoted {' / '.join(words[:3])} as one), "
+        f"which is not one of the choices {list(choices)}"
+    )
 
 
 def _build(cls: type[T], data: dict, where: str) -> T:
@@ -148,26 +169,80 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
+    """``data`` with each ``key.sub=value`` override set. With ``cls`` (the dataclass ``data`` is for), an
+    override may not create an entry of a mapping of sections (``risks.exposur.target_pairs=5`` under
+    ``risks: dict[str, RiskConfig]``): that is a misspelt name, and left to the type check it would only
+    surface as the new entry's missing required keys."""
     data = dict(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node, tp, where, known = data, cls, "", set()
         for part in path[:-1]:
             child = node.get(part)
             if child is None:
+                _check_new_entry(tp, part, where, sorted(set(node) | known), text)
                 child = {}
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            # A section the data leaves out holds its default entries.
+            default = _default_of(tp, part) if part not in node else None
+            known = set(default) if isinstance(default, dict) else set()
             node[part] = dict(child)
-            node = node[part]
+            node, tp, where = node[part], _member_type(tp, part), part
         node[path[-1]] = value
     return data
 
 
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return tp
+
+
+def _member_type(tp: Any, key: str) -> Any:
+    """The annotation of ``key`` inside a value annotated ``tp`` (a dataclass field or a mapping's values);
+    None when not known."""
+    tp = _strip_optional(tp)
+    if tp is not None and dataclasses.is_dataclass(tp):
+        return typing.get_type_hints(tp).get(key)
+    if typing.get_origin(tp) is dict and typing.get_args(tp):
+        return typing.get_args(tp)[1]
+    return None
+
+
+def _default_of(tp: Any, key: str) -> Any:
+    """The default value of field ``key`` of dataclass ``tp`` (None if it has none or ``tp`` is no dataclass)."""
+    tp = _strip_optional(tp)
+    if tp is None or not dataclasses.is_dataclass(tp):
+        return None
+    for f in dataclasses.fields(tp):
+        if f.name == key:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return None if f.default is dataclasses.MISSING else f.default
+    return None
+
+
+def _check_new_entry(tp: Any, key: str, section: str, configured: list[str], text: str) -> None:
+    """Refuse an override that would create entry ``key`` of a mapping of dataclasses (see apply_overrides)."""
+    tp = _strip_optional(tp)
+    if typing.get_origin(tp) is not dict or not typing.get_args(tp) or key in configured:
+        return
+    if not dataclasses.is_dataclass(_strip_optional(typing.get_args(tp)[1])):
+        return
+    entry = section[:-1] if section.endswith("s") else f"{section} entry"
+    raise ConfigError(
+        f"override {text!r}: unknown {entry} {key!r}; configured {section}: {configured} "
+        f"(a new {entry} is declared in the config file)"
+    )
+
+
 def config_from_dict(cls: type[T], data: dict | None, overrides: list[str] = (), where: str = "") -> T:
     """Build and validate ``cls`` from a plain mapping plus ``key=value`` overrides."""
-    merged = apply_overrides(data or {}, list(overrides))
+    merged = apply_overrides(data or {}, list(overrides), cls)
     obj = _build(cls, merged, where)
     try:
         _validate_tree(obj)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,8 +28,17 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
         with Image.open(io.BytesIO(bytes(data))) as img:
             img.load()
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{what}: image bytes do not decode ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        # PIL's message names only the in-memory buffer ("<_io.BytesIO object at 0x...>"); ``what`` names the image.
+        raise DataError(f"{what}: image bytes do not decode (not a format PIL can read; "
+                        f"{len(data)} bytes starting {bytes(data[:8])!r})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{what}: image bytes do not decode ({_without_buffer(str(exc))})") from exc
+
+
+def _without_buffer(message: str) -> str:
+    """``message`` with any ``<_io.BytesIO object at 0x...>`` (meaningless to a reader) taken out."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", message)
 
 
 def pil_to_uint8(images: list[Image.Image]) -> np.ndarray:

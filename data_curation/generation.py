@@ -143,13 +143,18 @@ def derive_seed(*parts) -> int:
     return int(stable_key("seed", *parts)[:8], 16) & 0x7FFFFFFF
 
 
-def model_fingerprint(path: str | Path) -> str:
-    """Content fingerprint of a local model folder: a hash over every file's name and bytes.
+def model_fingerprint(path: str | Path, variant: str | None = None) -> str:
+    """Content fingerprint of a model folder (or a hub id in the local Hugging Face cache): a hash over every
+    file's name and bytes, and the weights ``variant`` loaded from it.
 
     Keys built on it change whenever the weights change (a fine-tuned copy at the same path gets new
-    keys), and stay the same when the folder is moved. Reading a real SD checkpoint takes seconds.
+    keys), and stay the same when the folder is moved. Reading a real SD checkpoint takes seconds. A folder
+    holding plain and fp16 weights makes different images from each, so the variant is part of the hash
+    (only when set: the fingerprints of plain loads stay what they were).
     """
-    path = Path(path)
+    from core.models import resolve_model_path
+
+    path = resolve_model_path(path)
     if path.is_file():
         files = [path]
         root = path.parent
@@ -157,6 +162,8 @@ def model_fingerprint(path: str | Path) -> str:
         root = path
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     digest = hashlib.sha256()
+    if variant is not None:
+        digest.update(f"variant={variant}".encode("utf-8"))
     for file in files:
         digest.update(str(file.relative_to(root)).encode("utf-8"))
         with open(file, "rb") as handle:

@@ -115,6 +115,17 @@ class Workspace:
         }
 
 
+def describe_generation(summary: dict[str, Any]) -> str:
+    """One line on what a :meth:`Workspace.generation_summary` (or a merge of them) did, for the log: the
+    rate only when something was generated (with nothing generated there is no rate to give)."""
+    generated, reused = summary["images_generated"], summary.get("images_reused", 0)
+    if not generated:
+        return f"generated no images (all {reused} found in the store)" if reused else "generated no images"
+    rate = summary.get("images_per_second")
+    line = f"generated {generated} images" + (f" at {rate} images/s" if rate is not None else "")
+    return line + (f" ({reused} found in the store)" if reused else "")
+
+
 def _jsonable(obj: Any) -> Any:
     """Scorer outputs as plain JSON types (numpy scalars and bools converted)."""
     if isinstance(obj, dict):

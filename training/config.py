@@ -72,7 +72,11 @@ class RetainSettings:
 @dataclass
 class TrainConfig:
     # --- inputs / outputs -------------------------------------------------------------------------
-    model: str = "models/synthetic-sd"  # local diffusers folder (SD1.x/2.x or SDXL)
+    # A diffusers folder (SD1.x/2.x or SDXL), or a hub id (org/name) already in the local Hugging Face cache.
+    model: str = "models/synthetic-sd"
+    # Which weight files to load: "fp16" for unet/diffusion_pytorch_model.fp16.safetensors and the like, as many
+    # checkpoints ship (loaded as float32 for training); None: the plain files.
+    variant: Optional[str] = None
     data: Optional[str] = None  # preference-set folder; default runs/<config>/preference_set
     output_dir: Optional[str] = None  # final LoRA folder; default runs/<config>/lora
     work_dir: Optional[str] = None  # checkpoints, cache, logs; default runs/<config>/train_work

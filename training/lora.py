@@ -140,33 +140,49 @@ def init_lora_from(unet, lora: tuple[dict[str, torch.Tensor], dict], settings: L
     load_lora_parameters(unet, state)
 
 
-def save_lora(folder: str | Path, unet, family: str) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` that stock ``pipe.load_lora_weights(folder)`` loads.
+# peft's file names (``PeftModel.save_pretrained`` writes them, ``PeftModel.from_pretrained`` reads them).
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHT_NAME = "adapter_model.safetensors"
+# The prefix of a ``PeftModel``'s state-dict keys: the wrapper's ``base_model`` (LoraModel), then its ``model``.
+_PEFT_KEY_PREFIX = "base_model.model."
 
-    The adapter config (rank, alpha, targets, DoRA) goes into the safetensors metadata, so diffusers
-    restores alpha/rank exactly instead of assuming alpha = rank.
+
+def save_lora(folder: str | Path, unet, family: str) -> Path:
+    """Write the LoRA in the two formats people load LoRAs with; return the diffusers file.
+
+    * ``pytorch_lora_weights.safetensors`` for stock ``pipe.load_lora_weights(folder)``. The adapter config
+      (rank, alpha, targets, DoRA) goes into the safetensors metadata, so diffusers restores alpha/rank
+      exactly instead of assuming alpha = rank.
+    * ``adapter_config.json`` + ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(unet,
+      folder)``: peft reads its own key names and config file, not diffusers'. The weights are the same
+      tensors (a few MB twice); diffusers picks its own file by name when both are present.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import save_file
 
-    layers = convert_state_dict_to_diffusers(lora_parameters(unet))
-    layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
-    metadata = unet.peft_config[ADAPTER_NAME].to_dict()
+    peft_layers = {k: v.detach().float().cpu().contiguous() for k, v in lora_parameters(unet).items()}
+    layers = convert_state_dict_to_diffusers(peft_layers)
+    config = unet.peft_config[ADAPTER_NAME]
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_cls.save_lora_weights(
         save_directory=str(folder),
         unet_lora_layers=layers,
         safe_serialization=True,
-        unet_lora_adapter_metadata=metadata,
+        unet_lora_adapter_metadata=config.to_dict(),
     )
+    config.save_pretrained(str(folder))
+    save_file({_PEFT_KEY_PREFIX + k: v for k, v in peft_layers.items()}, str(Path(folder) / PEFT_WEIGHT_NAME),
+              metadata={"format": "pt"})
     return Path(folder) / LORA_WEIGHT_NAME
 
 
-def export_merged_unet(model_path: str | Path, lora_folder: str | Path, target: str | Path) -> None:
+def export_merged_unet(model_path: str | Path, lora_folder: str | Path, target: str | Path,
+                       variant: str | None = None) -> None:
     """A full UNet with the LoRA fused in (stock diffusers load -> fuse -> unload -> save)."""
     from core.models import load_pipeline
 
-    pipe = load_pipeline(model_path, dtype=torch.float32)
+    pipe = load_pipeline(model_path, dtype=torch.float32, variant=variant)
     pipe.load_lora_weights(str(lora_folder))
     pipe.fuse_lora()
     pipe.unload_lora_weights()

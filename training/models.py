@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from core.errors import ConfigError
-from core.models import check_model_dir, load_pipeline
+from core.models import check_model_dir, load_pipeline, resolve_model_path
 
 
 @dataclass
@@ -26,18 +26,22 @@ class DiffusionComponents:
     alphas_cumprod: torch.Tensor  # (T,) float64 from the training scheduler
     scheduler_prediction_type: str
     resolution: int  # native image size in px: vae_scale_factor × unet.config.sample_size
+    variant: str | None = None  # the weight files loaded ("fp16", ...; None: the plain ones)
 
     @property
     def latent_size(self) -> int:
         return int(self.unet.config.sample_size)
 
 
-def load_components(model_path: str | Path) -> DiffusionComponents:
-    """Load a local SD/SDXL folder with stock diffusers (safetensors only); everything frozen, on CPU."""
+def load_components(model_path: str | Path, variant: str | None = None) -> DiffusionComponents:
+    """Load an SD/SDXL folder (or a hub id in the local Hugging Face cache) with stock diffusers (safetensors
+    only); ``variant`` picks the weight files (e.g. "fp16": they are loaded as float32). Everything frozen, on CPU.
+    ``model_path`` of the result is the local folder, so the caches fingerprint the files actually read."""
     from diffusers import DDPMScheduler
 
-    family = check_model_dir(model_path)
-    pipe = load_pipeline(model_path, dtype=torch.float32)
+    model_path = resolve_model_path(model_path)
+    family = check_model_dir(model_path, variant)
+    pipe = load_pipeline(model_path, dtype=torch.float32, variant=variant)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
@@ -55,6 +59,7 @@ def load_components(model_path: str | Path) -> DiffusionComponents:
         alphas_cumprod=scheduler.alphas_cumprod.double(),
         scheduler_prediction_type=scheduler.config.prediction_type,
         resolution=vae_scale_factor * int(pipe.unet.config.sample_size),
+        variant=variant,
     )
 
 

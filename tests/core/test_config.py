@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import pytest
 
@@ -86,3 +86,73 @@ def test_resolved_config_written(tmp_path):
     cfg = config_from_dict(Outer, {})
     out = write_resolved_config(cfg, tmp_path / "out")
     assert read_yaml(out)["inner"]["rank"] == 4
+
+
+@dataclass
+class Choices:
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    switch: Literal["auto", "on", "off"] = "auto"
+    answer: Literal["yes", "no", "maybe"] = "maybe"
+    graph: Optional[Literal["on", "off"]] = None
+    either: Union[Literal["auto", "on", "off"], bool] = "auto"
+
+
+def test_yaml_booleans_for_string_choices(tmp_path):
+    """YAML 1.1 reads unquoted no/off/yes/on as booleans: where a choice is spelled so, it is that choice;
+    where none is, the message says what YAML did instead of "False is not one of"."""
+    cfg = config_from_dict(Choices, {}, ["switch=off", "answer=no", "graph=on"])
+    assert (cfg.switch, cfg.answer, cfg.graph) == ("off", "no", "on")
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  switch: on\n  answer: yes\n")
+    cfg = load_stage_config(Choices, path, "train")
+    assert (cfg.switch, cfg.answer) == ("on", "yes")
+    assert config_from_dict(Choices, {}, ["either=off"]).either is False  # a bool member keeps the bool
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(Choices, {}, ["precision=no"], where="train")
+    message = str(err.value)
+    assert "train.precision" in message and "YAML reads an unquoted no / off / false" in message
+    assert "['auto', 'fp32', 'bf16']" in message
+
+
+def test_train_mixed_precision_no_is_explained():
+    from training.train import load_config
+
+    with pytest.raises(ConfigError, match=r"mixed_precision: got the boolean false \(YAML reads an unquoted no"):
+        load_config(None, ["mixed_precision=no"])
+
+
+@dataclass
+class Entry:
+    prompts: str
+    target_pairs: int = 10
+
+
+@dataclass
+class WithEntries:
+    risks: dict[str, Entry] = field(default_factory=dict)
+    table: dict[str, Entry] = field(default_factory=lambda: {"base": Entry("p")})
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def test_override_of_an_unknown_entry_names_it_and_the_configured_ones():
+    data = {"risks": {"exposure": {"prompts": "a"}, "stereotype": {"prompts": "b"}}}
+    cfg = config_from_dict(WithEntries, data, ["risks.exposure.target_pairs=5"])
+    assert cfg.risks["exposure"].target_pairs == 5
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(WithEntries, data, ["risks.exposur.target_pairs=5"], where="curate")
+    message = str(err.value)
+    assert "unknown risk 'exposur'; configured risks: ['exposure', 'stereotype']" in message
+    assert "required key" not in message
+    # A section left out of the data holds its default entries.
+    with pytest.raises(ConfigError, match=r"unknown table entry 'bsae'; configured table: \['base'\]"):
+        config_from_dict(WithEntries, {}, ["table.bsae.target_pairs=5"])
+    # A mapping of plain values still takes new keys; a whole new entry can still be given as a mapping.
+    assert config_from_dict(WithEntries, {}, ["weights.new=0.5"]).weights == {"new": 0.5}
+    assert config_from_dict(WithEntries, data, ["risks.extra={prompts: c}"]).risks["extra"].prompts == "c"
+
+
+def test_curate_override_with_a_misspelt_risk():
+    from data_curation.config import CurateConfig
+
+    with pytest.raises(ConfigError, match=r"unknown risk 'exposur'; configured risks: \['association', 'exposure'"):
+        load_stage_config(CurateConfig, "configs/demo.yaml", "curate", ["risks.exposur.target_pairs=5"])
