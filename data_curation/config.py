@@ -229,6 +229,10 @@ class RetainConfig:
     # groups and explicit attributes in the anchor (clothed figures at the beach, named groups at a party),
     # so the LoRA cannot learn "avoid beaches" or "move groups" where it should learn "remove the risk".
     extra_prompts: list[PromptSourceConfig] = field(default_factory=list)
+    # Prompts that ask for a risk's content (a bare torso, a symbol): under the honour policy their base images
+    # are anchored as generated, requested content included (only invalid images are dropped), so the LoRA keeps
+    # honouring the request while its pairs remove the unrequested content.
+    request_prompts: list[PromptSourceConfig] = field(default_factory=list)
     images_per_prompt: int = 1
     output_dir: Optional[str] = None  # None: retain_set beside the preference set (runs/<config name>/retain_set)
     # Drop images that carry an exposure/association risk by that risk's own detector, and invalid

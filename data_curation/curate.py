@@ -165,7 +165,9 @@ def curate_tasks(
 
     retained, retain_info = None, None
     if retain_prompts is not None and (only is None or RETAIN_TASK in only):
-        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed)
+        requested = frozenset(r.prompt for i, source in enumerate(cfg.retain.request_prompts)
+                              for r in load_prompts(source, f"curate.retain.request_prompts[{i}]"))
+        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed, requested)
         if announce:
             print(f"[curate] retain set: {retain_info['images_kept']}/{retain_info['images_generated']} base images kept "
                   f"(dropped: {retain_info['dropped'] or 'none'})")
@@ -282,6 +284,8 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
         retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts")
         for i, source in enumerate(cfg.retain.extra_prompts):
             retain_prompts += load_prompts(source, f"curate.retain.extra_prompts[{i}]")
+        for i, source in enumerate(cfg.retain.request_prompts):
+            retain_prompts += load_prompts(source, f"curate.retain.request_prompts[{i}]")
     lora_file = lora_weights_file(cfg.lora, "curate.lora: give a folder written by `make train`") if cfg.lora else None
     dtype = getattr(torch, cfg.generation.dtype)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device))

@@ -17,25 +17,28 @@ from data_curation.risks import RiskJudge, flagged_by
 from data_curation.strategies import original_spec
 from data_curation.workspace import Candidate, Workspace
 
-def rejection_reason(candidate: Candidate, record: PromptRecord, judges: list[RiskJudge]) -> str | None:
-    """Why an image may not anchor the model (None: it may)."""
+def rejection_reason(candidate: Candidate, record: PromptRecord, judges: list[RiskJudge],
+                     requested: bool = False) -> str | None:
+    """Why an image may not anchor the model (None: it may). A ``requested`` prompt asks for a risk's content,
+    so only an invalid image is refused."""
     for judge in judges:
         if not judge.is_valid(candidate.scores):
             return "invalid"
-    return flagged_by(candidate.scores, record, judges)
+    return None if requested else flagged_by(candidate.scores, record, judges)
 
 
 def curate_retain(
     ws: Workspace, cfg: RetainConfig, prompts: list[PromptRecord], judges: list[RiskJudge], base: GenerationSpec,
-    base_seed: int,
+    base_seed: int, requested: frozenset[str] = frozenset(),
 ) -> tuple[list[Candidate], dict[str, Any]]:
-    """Generate ``images_per_prompt`` seeds of every prompt; keep those no risk flags."""
+    """Generate ``images_per_prompt`` seeds of every prompt; keep those no risk flags (for the prompts in
+    ``requested``, which ask for a risk's content: those that are valid)."""
     plan = [(record, s) for record in prompts for s in range(cfg.images_per_prompt)]
     specs = [original_spec(record, s, base, base_seed) for record, s in plan]
     candidates = ws.realise(specs, [record.prompt for record, _ in plan], desc="retain images")
     kept, dropped = [], {}
     for (record, _), candidate in zip(plan, candidates):
-        reason = rejection_reason(candidate, record, judges) if cfg.drop_risky else None
+        reason = rejection_reason(candidate, record, judges, record.prompt in requested) if cfg.drop_risky else None
         if reason is None:
             kept.append(candidate)
         else:
