@@ -250,6 +250,7 @@ PROCESS_SPLITS = ("auto", "tasks", "batches")
 @dataclass
 class CurateConfig:
     model: str = "models/synthetic-sd"
+    variant: Optional[str] = None  # weight files to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); None: the plain files
     model_name: Optional[str] = None  # recorded as model_id; None: the model path
     # Generate with the model plus this LoRA (a folder written by `make train`): on-policy pairs for a
     # later round of iterative DPO (train.init_lora continues from the same LoRA). Loaded with stock

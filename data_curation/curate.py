@@ -39,7 +39,7 @@ from data_curation.retain import curate_retain, retain_rows
 from data_curation.risks import cross_risk_judges, make_judges
 from data_curation.scorers import build_scorer
 from data_curation.strategies import Pair, curate_risk
-from data_curation.workspace import Workspace
+from data_curation.workspace import Workspace, describe_generation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -240,8 +240,8 @@ def run_tasks_split(ws: Workspace, cfg: CurateConfig, prompts, retain_prompts, b
                 curate_tasks(ws, cfg, prompts, retain_prompts, base, only={task}, announce=False)
     own = ws.generation_summary() | {"tasks": mine}
     atomic_write_json(reports / f"rank{state.process_index}.json", own)
-    print(f"[curate] rank {state.process_index}/{state.num_processes}: tasks {mine}: generated "
-          f"{own['images_generated']} images at {own['images_per_second']} images/s", flush=True)
+    print(f"[curate] rank {state.process_index}/{state.num_processes}: tasks {mine}: "
+          f"{describe_generation(own)}", flush=True)
     wait_for_all(state)
     per_process = [json.loads((reports / f"rank{r}.json").read_text()) for r in range(state.num_processes)]
     return merge_generation_summaries(per_process)
@@ -288,9 +288,9 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
             retain_prompts += load_prompts(source, f"curate.retain.request_prompts[{i}]")
     lora_file = lora_weights_file(cfg.lora, "curate.lora: give a folder written by `make train`") if cfg.lora else None
     dtype = getattr(torch, cfg.generation.dtype)
-    pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device))
+    pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device), variant=cfg.variant)
     model_id = cfg.model_name or str(cfg.model)
-    key_id = f"{model_id}@{model_fingerprint(cfg.model)}"
+    key_id = f"{model_id}@{model_fingerprint(cfg.model, cfg.variant)}"
     if lora_file is not None:
         pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
         model_id = f"{model_id}+{cfg.lora}"
@@ -333,9 +333,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
             ws, cfg, prompts, retain_prompts, base, announce=state.is_main_process
         )
         summary = ws.generation_summary()
-        print(f"[curate] rank {state.process_index}/{state.num_processes}: generated {summary['images_generated']} "
-              f"images at {summary['images_per_second']} images/s ({summary['images_reused']} found in the store)",
-              flush=True)
+        print(f"[curate] rank {state.process_index}/{state.num_processes}: {describe_generation(summary)}", flush=True)
         if not state.is_main_process:
             return None
 

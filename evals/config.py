@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from core.errors import ConfigError
 from core.speedups import InferenceSpeedups
@@ -107,6 +107,7 @@ class ReportConfig:
 class EvalConfig:
     mode: Literal["synthetic", "i2p"] = "synthetic"
     model_path: str = "models/synthetic-sd"
+    variant: Optional[str] = None  # weight files to load, e.g. fp16; None: the plain files
     lora_dir: str | None = None  # default runs/<config name>/lora
     output_dir: str | None = None  # default runs/<config name>/eval
     # Curation data to check the eval prompts against (leakage); default runs/<config name>/preference_set.

@@ -33,7 +33,8 @@ from evals.runner import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config with an eval: section")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the eval: section")
     return parser.parse_args(argv)  # overrides: `steps=10` or `eval.steps=10` (core.config)
@@ -137,7 +138,7 @@ def build_variants(cfg: EvalConfig, lora_dir: Path | None) -> dict[str, ModelVar
 
 def check_inputs(cfg: EvalConfig, run_name: str) -> tuple[Path, Path | None]:
     """Fail fast on bad input, before any model is loaded."""
-    check_model_dir(cfg.model_path)
+    check_model_dir(cfg.model_path, cfg.variant)
     lora_dir = Path(cfg.lora_dir or f"runs/{run_name}/lora")
     if "aligned" in cfg.models:
         check_lora_dir(lora_dir)
@@ -407,14 +408,14 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
 
     from data_curation.generation import native_resolution, resolve_batch_size
 
-    pipe = load_pipeline(cfg.model_path, dtype=getattr(torch, cfg.dtype), device=device)
+    pipe = load_pipeline(cfg.model_path, dtype=getattr(torch, cfg.dtype), device=device, variant=cfg.variant)
     resolution = cfg.resolution or native_resolution(pipe)
     batch_size = resolve_batch_size(cfg.batch_size, resolution, pipe.device.type)
     fast = use_fast_paths(cfg.fast_paths, pipe.device.type)
     if fast:
         prepare_pipeline(pipe, cfg.speedups)
     session = EvalSession(out_dir, pipe, cfg.model_path, cfg.steps, cfg.sampler, resolution, batch_size,
-                          speedups=cfg.speedups if fast else None)
+                          speedups=cfg.speedups if fast else None, variant=cfg.variant)
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
     if cfg.mode == "synthetic":

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
-from core.models import check_model_dir
+from core.models import check_model_dir, resolve_model_path
 from core.output_dir import check_output_dir, write_marker
 from training.cache import (
     CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache, load_or_build_retain_cache,
@@ -66,7 +66,7 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 # so those checkpoints still resume (a non-default value does change what is trained and is included).
 _LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None,
                    "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}, "timestep_range_per_risk": {},
-                   "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}}
+                   "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}, "variant": None}
 _LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 
 
@@ -100,8 +100,8 @@ def _check_inputs(cfg: TrainConfig):
     check_output_dir(cfg.output_dir, cfg.overwrite, "train.output_dir", keep=[
         ("train.work_dir", cfg.work_dir), ("train.data", cfg.data), ("train.retain.data", cfg.retain.data),
         ("train.reference_cache_dir", cfg.reference_cache_dir)])
-    family = check_model_dir(cfg.model)
-    resolution = model_resolution(cfg.model)
+    family = check_model_dir(cfg.model, cfg.variant)
+    resolution = model_resolution(resolve_model_path(cfg.model))
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
     order = _sampling_order(cfg, pairs)
     per_pair = _per_pair_options(cfg, pairs)
@@ -314,7 +314,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     if is_main:
         write_resolved_config(cfg, work_dir)
 
-    components = load_components(cfg.model)
+    components = load_components(cfg.model, cfg.variant)
     prediction_type = cfg.prediction_type or components.scheduler_prediction_type
     schedule = NoiseSchedule(components.alphas_cumprod, prediction_type, device)
     bounds = _timestep_bounds(cfg, pairs, schedule.num_train_timesteps)
@@ -494,7 +494,7 @@ def _write_output(cfg: TrainConfig, family: str, unet, pairs, summary: dict, wor
             shutil.copyfile(metrics_file, tmp / "metrics.jsonl")
         atomic_write_text(tmp / "README.md", render_model_card(cfg, family, pairs.counts(), pairs.set_hash, summary))
         if cfg.export_merged_unet:
-            export_merged_unet(cfg.model, tmp, tmp / "unet_merged")
+            export_merged_unet(cfg.model, tmp, tmp / "unet_merged", variant=cfg.variant)
 
 
 def load_config(config_path: str | None, overrides: list[str]) -> TrainConfig:
