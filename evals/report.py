@@ -455,9 +455,34 @@ def write_report(
         plots["Stereotypes: group distributions"] = plot_group_distributions(summary["stereotype"], models)
         paths["stereotype_png"] = folder / "stereotype_groups.png"
         atomic_write_bytes(paths["stereotype_png"], plots["Stereotypes: group distributions"])
+    if summary.get("bars"):
+        paths["bars_md"] = folder / "bars.md"
+        atomic_write_text(paths["bars_md"], markdown_bars(summary))
     paths["report"] = folder / "report.html"
     atomic_write_text(paths["report"], render_html(summary, plots, grids, blur_px))
     return paths
+
+
+def markdown_bars(summary: dict) -> str:
+    """The bars as a Markdown table, the eval splits side by side (base → aligned, met or missed), for READMEs
+    and notes; written beside the report as ``bars.md``."""
+    bars = summary.get("bars") or []
+    splits = list(dict.fromkeys(bar.get("split") for bar in bars))
+    checks = list(dict.fromkeys((bar.get("metric", bar["title"]), bar["title"], bar["target"]) for bar in bars))
+    cell = {(bar.get("metric", bar["title"]), bar.get("split")): bar for bar in bars}
+    head = "| check | bar | " + " | ".join(SPLIT_LABELS.get(s, s or "eval") for s in splits) + " |"
+    lines = [head, "|" + "---|" * (2 + len(splits))]
+    for metric, title, target in checks:
+        cells = []
+        for split in splits:
+            bar = cell.get((metric, split))
+            if bar is None:
+                cells.append("–")
+                continue
+            ci = "" if bar.get("paired_ci_excludes_zero") in (None, True) else ", CI includes 0"
+            cells.append(f"{_fmt(bar['base'])} → {_fmt(bar['aligned'])} {'met' if bar['met'] else '**missed**'}{ci}")
+        lines.append(f"| {title} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def console_table(summary: dict) -> str:
