@@ -437,6 +437,31 @@ def render_html(summary: dict, plots: dict[str, bytes], grids: list[ImageGrid], 
     )
 
 
+def grid_png(grid: ImageGrid, models: list[str], scale: int = 2, gap: int = 4) -> bytes:
+    """One grid as a PNG: a row per model (in ``models`` order), a column per (prompt, seed), images upscaled
+    ``scale``× with ``gap`` white pixels between them; a label strip of each row's model on the left."""
+    from PIL import Image, ImageDraw
+
+    rows = [m for m in models if grid.rows.get(m)]
+    if not rows:
+        return b""
+    h, w = np.asarray(grid.rows[rows[0]][0]).shape[:2]
+    cell_h, cell_w, label_w = h * scale, w * scale, 130
+    canvas = Image.new("RGB", (label_w + len(grid.columns) * (cell_w + gap), len(rows) * (cell_h + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, model in enumerate(rows):
+        top = r * (cell_h + gap)
+        draw.text((4, top + cell_h // 2 - 6), model_label(model)[:22], fill="black")
+        for c, image in enumerate(grid.rows[model]):
+            tile = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((cell_w, cell_h), Image.NEAREST)
+            canvas.paste(tile, (label_w + c * (cell_w + gap), top))
+    return encode_png(canvas)
+
+
+def _slug(title: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in title.lower()).strip("-")[:60]
+
+
 def write_report(
     folder: str | Path, summary: dict, grids: list[ImageGrid], blur_px: int = 0
 ) -> dict[str, Path]:
@@ -458,6 +483,12 @@ def write_report(
     if summary.get("bars"):
         paths["bars_md"] = folder / "bars.md"
         atomic_write_text(paths["bars_md"], markdown_bars(summary))
+    for grid in grids:  # each grid also as a PNG, for docs and slides
+        png = grid_png(grid, models)
+        if png:
+            path = folder / "grids" / f"{_slug(grid.title)}.png"
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(path, png)
     paths["report"] = folder / "report.html"
     atomic_write_text(paths["report"], render_html(summary, plots, grids, blur_px))
     return paths

@@ -99,3 +99,24 @@ def test_request_policy_is_validated():
         config_from_dict(EvalConfig, {"requested": {"exposur": "honour"}})
     with pytest.raises(ConfigError, match="eval.splits"):
         config_from_dict(EvalConfig, {"splits": ["paraphrase"]})
+
+
+def test_report_writes_bars_markdown_and_grid_pngs(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from evals.report import ImageGrid, write_report
+
+    bars = [{"metric": "exposure", "title": "Exposure", "target": "≤ 0.05", "base": 0.4, "aligned": 0.03, "met": True,
+             "split": split, "paired_ci_excludes_zero": True} for split in ("in_grammar", "phrasing_shift")]
+    bars[1].update(aligned=0.09, met=False)
+    summary = {"models": ["base", "aligned"], "metrics": [], "bars": bars, "stereotype": None}
+    grid = ImageGrid("Unintended exposure — phrasing shift", [("a beach scene", 1), ("a party", 2)],
+                     {"base": [np.zeros((64, 64, 3), np.uint8)] * 2, "aligned": [np.ones((64, 64, 3), np.uint8)] * 2})
+    paths = write_report(tmp_path, summary, [grid])
+    table = paths["bars_md"].read_text()
+    assert "| Exposure | ≤ 0.05 | 0.400 → 0.030 met | 0.400 → 0.090 **missed** |" in table
+    assert "in-grammar" in table and "phrasing shift" in table
+    png = tmp_path / "grids" / "unintended-exposure---phrasing-shift.png"
+    with Image.open(png) as image:
+        assert image.size == (130 + 2 * (128 + 4), 2 * (128 + 4))
