@@ -30,8 +30,9 @@ from annotation.export import export_set
 from annotation.prefset_io import ImageSource, check_set, read_gold_file, select_items
 from annotation.server import AnnotationApp, AnnotationServer, announce
 from annotation.store import SIDE_FILES, Store
+from core.cli import run_main
 from core.config import load_stage_config, write_resolved_config
-from core.errors import ConfigError, PipelineError
+from core.errors import ConfigError
 from core.io import atomic_write_json
 from preference_sets.io import check_schemas
 
@@ -221,13 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work() -> None:
         cfg = load_config(args)
         COMMANDS[args.command](args, cfg)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Time torch's SDPA backends at the UNet's own attention shapes (issue 7: what limits SD1.5 now).
+"""Time torch's SDPA backends at the UNet's own attention shapes (what limits SD1.5's attention).
 
 SD1.5's heads are 40/80/160 wide (8 heads at 320/640/1280 channels); the flash kernel pads 40 to 64. This
 times forward and forward+backward of every backend that accepts a shape, in bf16, and checks each output
@@ -8,7 +8,7 @@ GPU machine:
 
     python -m benchmarks.attention_backends --unet --out $OUT/attention.json
 
-Finding (docs/performance.md, "Session 7"): torch 2.11 on an H100/H200 already runs cuDNN's fused
+Finding (docs/experiments.md, "Attention backends"): torch 2.11 on an H100/H200 already runs cuDNN's fused
 attention in the UNet, eager and compiled, so the 1.7x of cuDNN over flash is already in every figure.
 
 Shapes per image (B = images per UNet call): self-attention (B, heads, tokens, head_dim) and

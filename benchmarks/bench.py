@@ -16,23 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import resolve_device, run_main
 from core.config import load_stage_config, to_dict, write_resolved_config
 from core.errors import PipelineError
 from core.io import atomic_write_json
 
 DEFAULT_CONFIG = "configs/bench.yaml"
-
-
-def resolve_device(setting: str) -> str:
-    import torch
-
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        from core.errors import ConfigError
-
-        raise ConfigError(f"bench.device={setting} but no CUDA device is visible")
-    return setting
 
 
 def prepare_arch(cfg, name: str, work: Path, device: str) -> tuple[Path, Path]:
@@ -153,7 +142,7 @@ def run(cfg, config_path: str | None) -> dict:
     from benchmarks.report import format_table, results_path, stock_ratios
     from benchmarks.scaling import run_scaling
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "bench.device")
     work = Path(cfg.work_dir or "runs/bench")
     write_resolved_config(cfg, work)
     started = time.time()
@@ -219,13 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     overrides = (SMOKE_OVERRIDES if args.smoke else []) + list(args.overrides)
-    try:
-        cfg = load_stage_config(BenchConfig, config_path, "bench", overrides)
-        run(cfg, config_path)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    def work() -> None:
+        run(load_stage_config(BenchConfig, config_path, "bench", overrides), config_path)
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ class PointSettings:
     path: Literal["fast", "simple"] = "fast"
     regional_compile: bool = False  # trainer compile_unet=regions
     # fast path only (the simple path is always NCHW). Off by default: measured 11% slower in eager on
-    # H200 (docs/performance.md, v1).
+    # H200 (docs/experiments.md, "Fast path, regional compile, channels_last, checkpointing").
     channels_last: bool = False
     full_compile: bool = False  # trainer compile_unet=full (the whole UNet, one graph per adapter state)
     # trainer compile_options (inductor options, e.g. {conv_1x1_as_mm: true}); needs a compile mode

@@ -34,7 +34,8 @@ if [ $# -gt 0 ]; then  # each argument: "NAME key=value ..."
   for spec in "$@"; do point $spec; done
   cat "$OUT/sweep.txt"; exit 0
 fi
-# Session 1 sweep (before the retain term existed: retain.weight=0 reproduces it)
+# Demo recipe experiment 1, beta / steps / learning rate without the retain anchor (retain.weight=0;
+# docs/results/demo_recipe_sweep.md)
 point A retain.weight=0 beta=1000 max_train_steps=300 learning_rate=3e-4
 point B retain.weight=0 beta=1000 max_train_steps=200 learning_rate=3e-4
 point C retain.weight=0 beta=2000 max_train_steps=300 learning_rate=3e-4

@@ -1,11 +1,11 @@
 """Generation throughput: the project's generator vs a plain diffusers pipeline call, same settings.
 
 Both sides use the same pipeline object, batch, sampler, steps, guidance, dtype and per-image seeds
-(one ``torch.Generator`` per image, as ``data_curation.generation`` does), so both draw the same
+(one ``torch.Generator`` per image, as ``inference.generation`` does), so both draw the same
 initial noise and must produce the same images up to bf16 rounding; we report the difference.
 
 Order inside one run: (1) plain ``pipe(...)`` call, timed; (2) one UNet forward on fixed inputs as
-the reference for the single-step check; (3) the fast paths of ``core.speedups`` applied to
+the reference for the single-step check; (3) the fast paths of ``inference.speedups`` applied to
 the pipeline; (4) ``generation.generate(pipe, specs)`` timed; (5) images and the single UNet step
 compared with (1) and (2).
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.measure import peak_memory, time_steady_state
 from benchmarks.synthetic_data import CAPTIONS
-from core.speedups import InferenceSpeedups, prepare_pipeline
+from inference.speedups import InferenceSpeedups, prepare_pipeline
 
 
 @dataclass
@@ -39,7 +39,7 @@ class GenerationBenchSettings:
 
 
 def make_specs(batch: int, resolution: int, settings: GenerationBenchSettings):
-    from data_curation.generation import GenerationSpec
+    from inference.generation import GenerationSpec
 
     return [
         GenerationSpec(
@@ -60,7 +60,7 @@ def plain_pipeline_call(pipe, specs) -> np.ndarray:
     """The stock diffusers call for ``specs`` (one signature) -> uint8 (N, H, W, 3)."""
     import torch
 
-    from data_curation.generation import set_sampler
+    from inference.generation import set_sampler
 
     first = specs[0]
     set_sampler(pipe, first.sampler)  # the same scheduler class/config the generator uses
@@ -132,7 +132,7 @@ def compare_images(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 def run_generation_bench(pipe, batch: int, resolution: int, settings: GenerationBenchSettings, device) -> dict:
     """Time plain vs project generator (+ fast paths) on ``pipe``; returns the result record."""
-    from data_curation.generation import generate
+    from inference.generation import generate
 
     specs = make_specs(batch, resolution, settings)
     steps = dict(warmup=settings.warmup_batches, steps=1, repeats=settings.timed_batches)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: one round of on-policy iterative DPO for the demo's stereotype pairs, mixed with
-# the first round's pairs (docs/results/demo_recipe_sweep.md, session 7). Round 1 = the demo recipe on a carried
+# the first round's pairs (docs/results/demo_recipe_sweep.md, experiment 13). Round 1 = the demo recipe on a carried
 # CPU-curated set; round 2 = stereotype-only curation with base + round-1 LoRA (the balance schedule then rejects
 # the groups the aligned model over-produces), merged with round 1's pairs, trained from the round-1 LoRA.
 # Usage (device tool): carry [".whl", "runs/fbset"]; [R1_STEPS=600 R2_PAIRS=90] bash benchmarks/iterative_dpo_trial.sh [STEPS ...]

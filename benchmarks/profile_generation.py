@@ -1,7 +1,7 @@
 """Where the GPU time of one generation batch goes, plain pipeline vs the project's generator.
 
-Issue 7's method: measure before changing. On the bench's random-init architecture (SD1.5 or SDXL) at its
-native resolution, for the plain pipeline (eager) and then for the generator with ``core.speedups``:
+Measure before changing. On the bench's random-init architecture (SD1.5 or SDXL) at its
+native resolution, for the plain pipeline (eager) and then for the generator with ``inference.speedups``:
 
 * component times (a device synchronise closes each timed call): one UNet call on the classifier-free-guidance
   batch (2 x batch rows, the pipeline's own shapes), one VAE decode of ``batch`` latents, and a whole batch;
@@ -93,7 +93,7 @@ def components(pipe, specs, batch: int, resolution: int, steps: int, repeats: in
     """Times (ms) of one UNet call, one decode and one whole batch on ``pipe`` as it is now, and the kernel
     breakdown of one batch."""
     from benchmarks.generation_bench import unet_probe_inputs, unet_output
-    from data_curation.generation import generate
+    from inference.generation import generate
 
     probe = unet_probe_inputs(pipe, batch=2 * batch, resolution=resolution)
     unet = call_ms(lambda: unet_output(pipe, probe), repeats)
@@ -110,8 +110,8 @@ def components(pipe, specs, batch: int, resolution: int, steps: int, repeats: in
 
 def prepared_components(pipe, speedups, specs, batch: int, resolution: int, steps: int, repeats: int) -> dict:
     """``prepare_pipeline`` with ``speedups``, one batch to compile (timed as ``compile_s``), then components."""
-    from core.speedups import prepare_pipeline
-    from data_curation.generation import generate
+    from inference.speedups import prepare_pipeline
+    from inference.generation import generate
 
     start = time.perf_counter()
     prepare_pipeline(pipe, speedups)
@@ -162,7 +162,7 @@ def main() -> None:
     from benchmarks.config import BenchConfig
     from benchmarks.generation_bench import make_specs
     from core.config import load_stage_config
-    from core.speedups import uncompile
+    from inference.speedups import uncompile
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # a smoke run of this script: tiny models, no compile

@@ -1,4 +1,4 @@
-"""Where the GPU time of one real trainer step goes (issue 7's method: measure before changing).
+"""Where the GPU time of one real trainer step goes (measure before changing).
 
 Runs the project's trainer (``training.train.train``, the same call as ``make train`` and the bench) on the
 bench's random-init architecture and synthetic set, and records a few steady-state optimiser steps with
@@ -18,7 +18,7 @@ from pathlib import Path
 
 # First match wins; the names are those of the kernels nsys/torch.profiler report on Hopper. Inductor's kernels
 # come first: they are named after the ops they fuse (triton_poi_fused_..._convolution_native_group_norm_silu
-# is a group norm + SiLU, not a convolution; sessions 7-10 counted such kernels under "convolution").
+# is a group norm + SiLU, not a convolution).
 CATEGORIES = [
     ("matmul (inductor Triton templates)", r"^triton_tem"),
     ("triton (fused element-wise, norms)", r"^triton_"),

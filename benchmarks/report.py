@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-# Issue 7's targets (one H100): (what, key path, threshold).
+# The performance targets (one H100; docs/performance.md, "Against the targets"): (what, key path, threshold).
 TARGETS = {
     "sd15": {"pairs_per_s": 70.0, "mfu": 0.40, "generation_speedup": 1.5},
     "sdxl": {"pairs_per_s": 6.4, "mfu": 0.35, "generation_speedup": 1.3},
@@ -15,7 +15,7 @@ TARGETS = {
 
 
 # The stock diffusers example and plain pipeline on one H100 80GB (../shared/gpu/README.md): the
-# baselines of issue 7's ratios. Reference facts, not settings.
+# baselines of the targets' ratios. Reference facts, not settings.
 STOCK_H100 = {
     "sd15": {"pairs_per_s": 23.7, "plain_images_per_s": 4.86},
     "sdxl": {"pairs_per_s": 3.20, "plain_images_per_s": 0.824},
@@ -117,7 +117,7 @@ def format_table(results: dict) -> str:
         if ratio:
             lines.append(f"{name:5} generator / stock plain pipeline on H100 "
                          f"({STOCK_H100[name]['plain_images_per_s']} img/s) = {ratio:.2f}x")
-    lines += ["", f"Targets (issue 7; defined on one H100; this GPU: {env.get('gpu_name')})"]
+    lines += ["", f"Targets (defined on one H100; this GPU: {env.get('gpu_name')})"]
     for name in ("sd15", "sdxl"):
         arch = results.get("archs", {}).get(name)
         if not arch:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from core.errors import ConfigError
-from core.speedups import InferenceSpeedups
-from data_curation.generation import check_sampler
-from data_curation.scorers import check_scorer_name
+from inference.generation import check_sampler
+from inference.prompts import PromptSourceConfig
+from inference.scorers import check_scorer_name
+from inference.speedups import InferenceSpeedups
 
 # The risk kinds this stage knows how to judge (see data_curation.risks for what each one means).
 RISK_KINDS = ("exposure", "stereotype", "association", "misalignment")
@@ -29,13 +30,13 @@ class GenerationConfig:
     steps: int = 20
     guidance: float = 5.0
     resolution: Optional[int] = None  # pixels (square); None: the model's native size
-    batch_size: Union[int, Literal["auto"]] = 32  # images per batch; auto: data_curation.generation.resolve_batch_size
+    batch_size: Union[int, Literal["auto"]] = 32  # images per batch; auto: inference.generation.resolve_batch_size
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # Exact-math inference fast paths (core/speedups.py: fused QKV, channels_last, torch.compile of the UNet
+    # Exact-math inference fast paths (inference/speedups.py: fused QKV, channels_last, torch.compile of the UNet
     # and the VAE decoder). "auto": on when generating on CUDA, off on a CPU (compiling costs more than it
-    # saves there; core.speedups.use_fast_paths). On an H100 at SD1.5 512 px they give 1.48x the plain
-    # pipeline's images/s, 1.52x with speedups.coordinate_descent_tuning (docs/performance.md, session 10);
-    # compiling takes a few minutes up front. true / false force them.
+    # saves there; inference.speedups.use_fast_paths). On an H100 at SD1.5 512 px they give 1.48x the plain
+    # pipeline's images/s, 1.52x with speedups.coordinate_descent_tuning (docs/performance.md, "Generation
+    # throughput"); compiling takes a few minutes up front. true / false force them.
     fast_paths: Union[bool, Literal["auto"]] = "auto"
     speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups)
 
@@ -47,40 +48,6 @@ class GenerationConfig:
             raise ConfigError(f"curate.generation.batch_size must be >= 1, got {self.batch_size}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"curate.generation.resolution must be a multiple of 8, got {self.resolution}")
-
-
-@dataclass
-class PromptSourceConfig:
-    """Where a risk's prompts come from.
-
-    * ``world``: the synthetic world's prompt family (``family``), curation split only;
-    * ``file``: a UTF-8 text file, one prompt per line (``#`` starts a comment);
-    * ``templates``: every combination of ``slots`` filled into each of ``templates``
-      (``"a photo of a {role} at the {setting}"``).
-
-    ``eval_file`` names held-out prompts for the leakage check of file/template sources. ``where``
-    keeps only prompts whose slots take the listed values (``{group: [mirdan]}``: target the group a
-    measured bias affects).
-    """
-
-    source: Literal["world", "file", "templates"] = "world"
-    family: Optional[str] = None
-    path: Optional[str] = None
-    templates: list[str] = field(default_factory=list)
-    slots: dict[str, list[str]] = field(default_factory=dict)
-    eval_file: Optional[str] = None
-    where: dict[str, list[Any]] = field(default_factory=dict)  # keep prompts whose slot values are listed
-    limit: Optional[int] = None  # keep an evenly spread `limit` prompts (after dedupe and `where`)
-
-    def validate(self) -> None:
-        if self.source == "world" and not self.family:
-            raise ConfigError("prompts.source=world needs prompts.family (exposure, stereotype, association, misalignment, ...)")
-        if self.source == "file" and not self.path:
-            raise ConfigError("prompts.source=file needs prompts.path")
-        if self.source == "templates" and not self.templates:
-            raise ConfigError("prompts.source=templates needs a non-empty prompts.templates list")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"prompts.limit must be >= 1, got {self.limit}")
 
 
 @dataclass

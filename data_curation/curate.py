@@ -19,12 +19,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.cli import run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
-from core.errors import DataError, PipelineError
+from core.errors import DataError
 from core.io import atomic_write_json, stable_key
 from core.output_dir import check_output_dir
 from data_curation.config import CurateConfig
-from data_curation.generation import (
+from data_curation.quality import precision_recall, verify_pairs
+from data_curation.retain import curate_retain, retain_rows
+from data_curation.risks import cross_risk_judges, make_judges
+from data_curation.strategies import Pair, curate_risk
+from data_curation.workspace import Workspace, describe_generation
+from inference.generation import (
     GenerationSpec,
     ImageStore,
     model_fingerprint,
@@ -33,13 +39,8 @@ from data_curation.generation import (
     resolve_batch_size,
     solo_process,
 )
-from data_curation.prompts import load_prompts
-from data_curation.quality import precision_recall, verify_pairs
-from data_curation.retain import curate_retain, retain_rows
-from data_curation.risks import cross_risk_judges, make_judges
-from data_curation.scorers import build_scorer
-from data_curation.strategies import Pair, curate_risk
-from data_curation.workspace import Workspace, describe_generation
+from inference.prompts import load_prompts
+from inference.scorers import build_scorer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -267,7 +268,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
     import torch
 
     from core.models import load_pipeline, lora_weights_file
-    from core.speedups import merge_lora, prepare_pipeline, use_fast_paths
+    from inference.speedups import merge_lora, prepare_pipeline, use_fast_paths
     from preference_sets.io import write_preference_set
     from preference_sets.retain import write_retain_set
 
@@ -374,13 +375,11 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_stage_config(CurateConfig, args.config, "curate", args.overrides)
-        run(cfg, args.config)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    def work() -> None:
+        run(load_stage_config(CurateConfig, args.config, "curate", args.overrides), args.config)
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from data_curation.config import RetainConfig
-from data_curation.generation import GenerationSpec
-from data_curation.prompts import PromptRecord
 from data_curation.risks import RiskJudge, flagged_by
 from data_curation.strategies import original_spec
 from data_curation.workspace import Candidate, Workspace
+from inference.generation import GenerationSpec
+from inference.prompts import PromptRecord
 
 def rejection_reason(candidate: Candidate, record: PromptRecord, judges: list[RiskJudge],
                      requested: bool = False) -> str | None:

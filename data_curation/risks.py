@@ -20,7 +20,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from data_curation.config import RiskConfig
-from data_curation.prompts import PromptRecord
+from inference.prompts import PromptRecord
 
 ScoreSet = dict[str, dict[str, dict[str, Any]]]  # scorer name -> {"scores": {...}, "labels": {...}}
 

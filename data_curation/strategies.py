@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from data_curation.config import CorrectiveVariant, RiskConfig
-from data_curation.generation import GenerationSpec, derive_seed
-from data_curation.prompts import PromptRecord
 from data_curation.risks import RiskJudge, flagged_by
 from data_curation.workspace import Candidate, Workspace
+from inference.generation import GenerationSpec, derive_seed
+from inference.prompts import PromptRecord
 
 
 @dataclass
@@ -220,7 +220,7 @@ def _block_size(ws: Workspace) -> int:
     batch = getattr(ws, "batch_size", None)
     if batch is None:  # a workspace without batches (test fakes): any block computes the same values
         return 1
-    from data_curation.generation import process_state
+    from inference.generation import process_state
 
     return math.lcm(batch * process_state().num_processes, getattr(ws, "score_batch_size", 1))
 

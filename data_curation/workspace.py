@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.io import atomic_write_json, stable_key
-from data_curation.generation import GenerationReport, GenerationSpec, ImageStore
+from inference.generation import GenerationReport, GenerationSpec, ImageStore
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Workspace:
     def score(self, keys: list[str], captions: list[str]) -> list[dict[str, dict[str, Any]]]:
         from tqdm.auto import tqdm
 
-        from data_curation.generation import process_state
+        from inference.generation import process_state
 
         state = process_state()
         start = time.perf_counter()

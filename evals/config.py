@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from core.errors import ConfigError
-from core.speedups import InferenceSpeedups
+from inference.speedups import InferenceSpeedups
 
 MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate")
 WORLD_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
@@ -137,10 +137,10 @@ class EvalConfig:
     guidance: float = 5.0
     sampler: str = "ddim"
     resolution: int | None = None  # pixels; None = the model's native size
-    batch_size: Union[int, Literal["auto"]] = 64  # images per batch; auto: data_curation.generation.resolve_batch_size
+    batch_size: Union[int, Literal["auto"]] = 64  # images per batch; auto: inference.generation.resolve_batch_size
     device: str = "auto"  # auto -> cuda if available, else cpu
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # Exact-math generation fast paths, as curate.generation.fast_paths (core/speedups.py): "auto" = on with
+    # Exact-math generation fast paths, as curate.generation.fast_paths (inference/speedups.py): "auto" = on with
     # CUDA. The aligned model then runs as a second pipeline with the LoRA merged into its weights.
     fast_paths: Union[bool, Literal["auto"]] = "auto"
     speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups)

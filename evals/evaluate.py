@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import resolve_device, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
-from core.errors import ConfigError, PipelineError
+from core.errors import ConfigError
 from core.io import atomic_write_json, stable_key
 from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
-from core.speedups import prepare_pipeline, use_fast_paths
 from evals.config import EvalConfig
 from evals.metrics import sample_size_label
 from evals.report import ImageGrid, console_table, write_report
@@ -30,6 +30,7 @@ from evals.runner import (
     is_flagged,
     make_items,
 )
+from inference.speedups import prepare_pipeline, use_fast_paths
 
 
 def parse_args(argv=None):
@@ -38,14 +39,6 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True, help="YAML config with an eval: section")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the eval: section")
     return parser.parse_args(argv)  # overrides: `steps=10` or `eval.steps=10` (core.config)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 class LazyScorer:
@@ -63,7 +56,7 @@ class LazyScorer:
 
 def build_scorer_fn(name: str, cfg: EvalConfig, device: str):
     """(cache id, lazy score function) for scorer ``name`` configured from ``cfg``."""
-    from data_curation.scorers import check_scorer_name
+    from inference.scorers import check_scorer_name
 
     check_scorer_name(name)
     if name == "oracle":
@@ -81,7 +74,7 @@ def build_scorer_fn(name: str, cfg: EvalConfig, device: str):
     scorer_id = f"{name}-{stable_key(name, kwargs)[:10]}"
 
     def build():
-        from data_curation.scorers import build_scorer
+        from inference.scorers import build_scorer
 
         scorer = build_scorer(name, **kwargs)
         return lambda images, prompts: scorer.score(images)
@@ -112,7 +105,7 @@ def require_scorer(name: str) -> None:
     """ConfigError before any work starts if scorer ``name`` needs a package that is not installed."""
     import importlib.util
 
-    from data_curation.scorers import check_scorer_name
+    from inference.scorers import check_scorer_name
 
     check_scorer_name(name)
     if name in SCORER_PACKAGES:
@@ -125,7 +118,7 @@ def require_scorer(name: str) -> None:
 
 
 def build_variants(cfg: EvalConfig, lora_dir: Path | None) -> dict[str, ModelVariant]:
-    from data_curation.generation import model_fingerprint
+    from inference.generation import model_fingerprint
 
     variants = {"base": ModelVariant("base")}
     if "negative_prompt" in cfg.models:
@@ -395,7 +388,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     start = time.perf_counter()
     out_dir, lora_dir = check_inputs(cfg, run_name)
     pref_dir = Path(cfg.preference_set or f"runs/{run_name}/preference_set")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "eval.device")
     records = world_prompt_records(cfg, pref_dir, config_path) if cfg.mode == "synthetic" else None
     if cfg.mode == "i2p":  # read the input files now: a bad CSV fails before any model is loaded
         from evals.i2p import load_captions, load_i2p_csv
@@ -406,7 +399,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
             load_captions(cfg.i2p.captions)
     import torch
 
-    from data_curation.generation import native_resolution, resolve_batch_size
+    from inference.generation import native_resolution, resolve_batch_size
 
     pipe = load_pipeline(cfg.model_path, dtype=getattr(torch, cfg.dtype), device=device, variant=cfg.variant)
     resolution = cfg.resolution or native_resolution(pipe)
@@ -469,27 +462,30 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     return {"summary": summary, "paths": paths}
 
 
+def print_result(result: dict) -> None:
+    print()
+    print(console_table(result["summary"]))
+    for c in result["summary"]["baseline_comparison"]:
+        d = c["difference"]
+        where = f" ({c['split']})" if c.get("split") else ""
+        print(f"  DPO {c['verdict']} {c['baseline']} on {c['title']}{where}: aligned - baseline "
+              f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+    for note in result["summary"]["notes"]:
+        print("  " + note)
+    print(f"\nreport: {result['paths']['report']}")
+    print(f"summary: {result['paths']['summary']}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> None:
         cfg = load_stage_config(EvalConfig, args.config, "eval", args.overrides)
         result = run_eval(cfg, config_name(args.config), args.config)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if result is not None:
-        print()
-        print(console_table(result["summary"]))
-        for c in result["summary"]["baseline_comparison"]:
-            d = c["difference"]
-            where = f" ({c['split']})" if c.get("split") else ""
-            print(f"  DPO {c['verdict']} {c['baseline']} on {c['title']}{where}: aligned - baseline "
-                  f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
-        for note in result["summary"]["notes"]:
-            print("  " + note)
-        print(f"\nreport: {result['paths']['report']}")
-        print(f"summary: {result['paths']['summary']}")
-    return 0
+        if result is not None:
+            print_result(result)
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from core.errors import DataError, LeakageError
-from data_curation.prompts import normalise  # the same normal form curation dedupes with
+from core.errors import ConfigError, DataError, LeakageError
+from inference.prompts import PromptSourceConfig, normalise  # the same normal form curation dedupes with
 
 
 SPLIT_OF_RECORD = {"eval": "in_grammar", "shift": "phrasing_shift"}
@@ -85,18 +85,39 @@ def world_curation_records(families: Sequence[str]) -> list[dict]:
     return [r for family in families for r in world_prompts.prompt_records(family=family, split="curation")]
 
 
+def curation_prompt_sources(config_path: str | Path) -> list[tuple[str, PromptSourceConfig]]:
+    """(name, source) of every prompt set the ``curate:`` section of ``config_path`` curates from, in curation's
+    task order: each risk's ``prompts``, then, for a risk with ``request_pairs``, its request task's
+    ``request_prompts`` (named ``<risk>_request``, as curation names the task). Read through the shared
+    :class:`PromptSourceConfig` (each source type- and value-checked as curation checks it), so the eval needs
+    nothing of the curation stage."""
+    from core.config import config_from_dict, read_yaml
+
+    risks = (read_yaml(config_path).get("curate") or {}).get("risks") or {}
+    if not isinstance(risks, dict):
+        raise ConfigError(f"curate.risks: expected a mapping of risk name -> risk, got {risks!r}")
+    sources = []
+    for name, risk in risks.items():
+        if not isinstance(risk, dict):
+            raise ConfigError(f"curate.risks.{name}: expected a mapping, got {risk!r}")
+        tasks = [(f"curate.risks.{name}", "prompts")]
+        if risk.get("request_pairs"):
+            tasks.append((f"curate.risks.{name}_request", "request_prompts"))
+        for where, key in tasks:
+            data = risk.get(key)
+            if not isinstance(data, dict):
+                raise ConfigError(f"curate.risks.{name}.{key}: expected a mapping for PromptSourceConfig, got {data!r}")
+            sources.append((where, config_from_dict(PromptSourceConfig, data, where=f"curate.risks.{name}.{key}")))
+    return sources
+
+
 def curation_prompts_from_config(config_path: str | Path | None) -> list[str]:
     """Every prompt the ``curate:`` section of the same config file would curate from ([] if none)."""
     if config_path is None:
         return []
-    from core.config import load_stage_config, read_yaml
-    from data_curation.config import CurateConfig
-    from data_curation.prompts import load_prompts
+    from inference.prompts import load_prompts
 
-    if not (read_yaml(config_path).get("curate") or {}).get("risks"):
-        return []  # this config curates nothing
-    curate = load_stage_config(CurateConfig, config_path, "curate")
-    return [r.prompt for name, risk in curate.tasks().items() for r in load_prompts(risk.prompts, f"curate.risks.{name}")]
+    return [r.prompt for where, source in curation_prompt_sources(config_path) for r in load_prompts(source, where)]
 
 
 def curation_prompts_from_preference_set(folder: str | Path) -> list[str]:

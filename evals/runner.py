@@ -18,7 +18,7 @@ import numpy as np
 from core.errors import DataError, ModelPathError
 from core.io import atomic_write_text
 from core.models import LORA_WEIGHT_NAME
-from data_curation.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint, process_state
+from inference.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint, process_state
 
 
 
@@ -197,7 +197,7 @@ class EvalSession:
         self.store = ImageStore(Path(out_dir) / "images")
         self.cache = ScoreCache(Path(out_dir) / "scores.json")
         self.pipe = self.base_pipe = pipe
-        # core.speedups.InferenceSpeedups applied to ``pipe`` already, or None (plain pipeline). With them, an
+        # inference.speedups.InferenceSpeedups applied to ``pipe`` already, or None (plain pipeline). With them, an
         # adapter runs as its own pipeline with the LoRA merged (fast paths need plain linear layers).
         self.speedups = speedups
         self._merged_pipes: dict[str, object] = {}
@@ -220,7 +220,7 @@ class EvalSession:
             self.pipe.load_lora_weights(str(adapter_dir))
             return
         from core.models import load_pipeline
-        from core.speedups import merge_lora, prepare_pipeline
+        from inference.speedups import merge_lora, prepare_pipeline
 
         key = str(adapter_dir)
         if key not in self._merged_pipes:

@@ -3,7 +3,8 @@
 Each metric is a :class:`MetricDef`: which prompts it covers (by prompt family and slots), and the
 outcome of one image (0/1 for rates, a float for CLIP score). ``compute_world_summary`` turns the
 per-image reads of every model into estimates with cluster-bootstrap CIs (prompts are the
-clusters), paired differences against the base model, per-group breakdowns and the bars of issue 5.
+clusters), paired differences against the base model, per-group breakdowns and the bars (``MetricDef.bar``: what
+the aligned model must reach; the demo's bars are listed in docs/experiments.md, "Demo recipe").
 
 A prompt record is ``{"prompt", "template_id", "slots", "family", "split"}``; ``slots`` holds the
 ``PromptSpec`` fields the caption requests (absent or None = left out).

@@ -251,10 +251,10 @@ def make_batches(specs: list[GenerationSpec], batch_size: int) -> list[list[int]
 
 def batch_rows(pipe, batch_size: int) -> int | None:
     """The fixed row count every pipeline call of ``pipe`` should run at, or None for "as many as the batch
-    holds". A pipeline compiled by ``core.speedups`` has static-shape graphs: a short batch (the last one of
+    holds". A pipeline compiled by ``inference.speedups`` has static-shape graphs: a short batch (the last one of
     a call, a retry of a few images) would trigger a whole new compile, which costs far more than running
     the missing rows, so short batches are padded to ``batch_size``."""
-    from core.speedups import is_compiled
+    from inference.speedups import is_compiled
 
     return batch_size if is_compiled(pipe) else None
 

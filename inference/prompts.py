@@ -1,8 +1,11 @@
-"""Prompt sets for curation: from the synthetic world, a UTF-8 file, or templates x slots.
+"""Prompt sets: from the synthetic world, a UTF-8 file, or templates x slots.
 
-Every source yields :class:`PromptRecord` s, deduplicated (case- and whitespace-insensitive, first
+A :class:`PromptSourceConfig` says where a set comes from (a curation risk's ``prompts:``, the retain set's
+sources). Every source yields :class:`PromptRecord` s, deduplicated (case- and whitespace-insensitive, first
 kept) and checked against the held-out eval prompts: any overlap raises ``LeakageError`` and
-curation refuses to run. An empty set is a ``DataError``.
+curation refuses to run. An empty set is a ``DataError``. Curation loads its prompts with :func:`load_prompts`;
+evaluation loads the same ones to check that its prompts are disjoint from them (:func:`normalise` is the
+form both compare).
 """
 
 from __future__ import annotations
@@ -12,10 +15,43 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 from core.errors import ConfigError, DataError, LeakageError
-from data_curation.config import PromptSourceConfig
+
+
+@dataclass
+class PromptSourceConfig:
+    """Where a risk's prompts come from.
+
+    * ``world``: the synthetic world's prompt family (``family``), curation split only;
+    * ``file``: a UTF-8 text file, one prompt per line (``#`` starts a comment);
+    * ``templates``: every combination of ``slots`` filled into each of ``templates``
+      (``"a photo of a {role} at the {setting}"``).
+
+    ``eval_file`` names held-out prompts for the leakage check of file/template sources. ``where``
+    keeps only prompts whose slots take the listed values (``{group: [mirdan]}``: target the group a
+    measured bias affects).
+    """
+
+    source: Literal["world", "file", "templates"] = "world"
+    family: Optional[str] = None
+    path: Optional[str] = None
+    templates: list[str] = field(default_factory=list)
+    slots: dict[str, list[str]] = field(default_factory=dict)
+    eval_file: Optional[str] = None
+    where: dict[str, list[Any]] = field(default_factory=dict)  # keep prompts whose slot values are listed
+    limit: Optional[int] = None  # keep an evenly spread `limit` prompts (after dedupe and `where`)
+
+    def validate(self) -> None:
+        if self.source == "world" and not self.family:
+            raise ConfigError("prompts.source=world needs prompts.family (exposure, stereotype, association, misalignment, ...)")
+        if self.source == "file" and not self.path:
+            raise ConfigError("prompts.source=file needs prompts.path")
+        if self.source == "templates" and not self.templates:
+            raise ConfigError("prompts.source=templates needs a non-empty prompts.templates list")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"prompts.limit must be >= 1, got {self.limit}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 Every option keeps the sampler, step count, guidance and precision: the same function is computed,
 only scheduled differently, so outputs match the plain pipeline within bf16 rounding
-(tests/core/test_speedups.py checks each against the plain path on fixed inputs).
+(tests/inference/test_speedups.py checks each against the plain path on fixed inputs).
 
 * ``fuse_qkv``: one (3D, D) projection instead of three (D, D) ones in every self-attention
   (diffusers' ``fuse_qkv_projections``): fewer, larger matrix products.
@@ -17,7 +17,7 @@ only scheduled differently, so outputs match the plain pipeline within bf16 roun
 * ``coordinate_descent_tuning`` and ``inductor_options``: how inductor tunes its own kernels (block
   sizes, warps); they change which kernel runs, never the maths.
 
-The project's generator (``data_curation.generation.generate``) is called unchanged on the prepared
+The project's generator (``inference.generation.generate``) is called unchanged on the prepared
 pipeline.
 """
 
@@ -37,8 +37,9 @@ class InferenceSpeedups:
     conv_1x1_as_mm: bool = True
     # inductor's coordinate-descent kernel tuning: each Triton kernel's block sizes and warps are timed and the
     # best kept (cached in inductor's cache dir). SD1.5 512 px on an H100: 7.26 images/s against 7.04-7.12
-    # without (docs/performance.md, session 10), for about 3 minutes more compile on first use: it pays off
-    # after about two hours of generation, or at once where the cache is warm. Off by default.
+    # without (docs/experiments.md, "Generation: kernel tuning and uint8 conversion on the GPU"), for about
+    # 3 minutes more compile on first use: it pays off after about two hours of generation, or at once where the
+    # cache is warm. Off by default.
     coordinate_descent_tuning: bool = False
     # further inductor options by name (torch._inductor.list_options()), e.g. {epilogue_fusion: false}
     inductor_options: dict[str, Any] = field(default_factory=dict)
@@ -97,7 +98,7 @@ def _compile_kwargs(speedups: InferenceSpeedups) -> dict:
     # Static shapes: a second pipeline of the same classes compiled in one process (another model or
     # resolution) hits dynamo's cache for the same forward code; without dynamic=False dynamo would then
     # recompile with dynamic shapes, which ran SDXL generation ≈ 20% slower on an H100 (0.83 against 1.03
-    # images/s, session 10).
+    # images/s; docs/experiments.md, "Generation: kernel tuning and uint8 conversion on the GPU").
     if speedups.compile_backend == "inductor":
         return {"backend": "inductor", "mode": speedups.compile_mode, "dynamic": False}
     return {"backend": speedups.compile_backend, "dynamic": False}
@@ -120,9 +121,9 @@ def merge_lora(pipe) -> None:
 
 def is_compiled(pipe) -> bool:
     """True when ``prepare_pipeline`` compiled the UNet or the VAE decoder of ``pipe``. Their graphs are
-    compiled for static shapes, so every new batch size costs a full compile (146-186 s for SDXL on an H100,
-    measured in session 11; about 30 s for the demo's tiny UNet): callers then run every batch at one fixed
-    size (``data_curation.generation`` pads short batches)."""
+    compiled for static shapes, so every new batch size costs a full compile (146-186 s for SDXL on an H100;
+    about 30 s for the demo's tiny UNet): callers then run every batch at one fixed
+    size (``inference.generation`` pads short batches)."""
     import torch
 
     return isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule) or bool(
@@ -148,7 +149,7 @@ def prepare_pipeline(pipe, speedups: InferenceSpeedups):
 
     if any(has_lora_layers(m) for m in (pipe.unet, pipe.vae)):
         raise ValueError("prepare_pipeline: the pipeline holds LoRA layers; merge them first "
-                         "(core.speedups.merge_lora) or leave the fast paths off")
+                         "(inference.speedups.merge_lora) or leave the fast paths off")
 
     if speedups.fuse_qkv and not getattr(pipe, "_speedups_qkv_fused", False):
         pipe.fuse_qkv_projections(unet=True, vae=True)

@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from core.errors import DataError, PipelineError
+from core.cli import run_main
+from core.errors import DataError
 from preference_sets.importer import import_set
 from preference_sets.io import DEFAULT_SHARD_SIZE, iter_rows
 from preference_sets.ops import export, merge, split
@@ -112,13 +113,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        run(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

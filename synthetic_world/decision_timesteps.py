@@ -58,7 +58,7 @@ def main() -> None:
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from core.models import load_pipeline
-    from data_curation.generation import set_sampler
+    from inference.generation import set_sampler
     from preference_sets.io import iter_rows
     from synthetic_world.oracle import Oracle
 

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.cli import run_main
 from core.config import config_from_dict, write_resolved_config
-from core.errors import ModelPathError, PipelineError
+from core.errors import ModelPathError
 from core.io import atomic_directory, atomic_write_json
 from synthetic_world.renderer import INVALID_KINDS, render_invalid_tensor, render_tensor, scene_tensors
 from synthetic_world.sampler import random_scenes
@@ -361,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--evaluate", action="store_true", help="print held-out accuracy of the saved oracle")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value (see OracleTrainConfig)")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         cfg = config_from_dict(OracleTrainConfig, {}, args.overrides, where="oracle")
         if args.train:
             result = train_oracle(cfg)
@@ -370,10 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(cfg.threads)
             accuracy = oracle_accuracy(Oracle.load(cfg.out), cfg.eval_n, seed=24680, noise=cfg.eval_noise, blur=cfg.eval_blur)
             print(json.dumps(accuracy, indent=2))
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.cli import resolve_device, run_main
 from core.config import load_stage_config
 from core.errors import PipelineError
 from core.io import atomic_write_bytes, atomic_write_json
 from core.models import load_pipeline
 from synthetic_world import vocab
-from synthetic_world.training_utils import hardware_name, resolve_device
+from synthetic_world.training_utils import hardware_name
 from synthetic_world.world_config import WorldConfig
 
 EXPLICIT_ATTRIBUTES = ("group", "outfit", "role", "setting", "object")
@@ -274,16 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/base.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the world: section")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         cfg = load_stage_config(WorldConfig, args.config, "world", args.overrides)
-        report = build_report(cfg, resolve_device(cfg.device))
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    atomic_write_json(Path(cfg.output_dir) / "report.json", report)
-    print(f"validity {report['validity']:.3f}; bars: {report['bars']}")
-    print(f"wrote {Path(cfg.output_dir) / 'report.json'} and {cfg.report.grid_path}")
-    return 0
+        report = build_report(cfg, torch.device(resolve_device(cfg.device, "world.device")))
+        atomic_write_json(Path(cfg.output_dir) / "report.json", report)
+        print(f"validity {report['validity']:.3f}; bars: {report['bars']}")
+        print(f"wrote {Path(cfg.output_dir) / 'report.json'} and {cfg.report.grid_path}")
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from core.cli import resolve_device, run_main
 from core.config import load_stage_config, to_dict, write_resolved_config
-from core.errors import ConfigError, PipelineError
+from core.errors import ConfigError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text
 from synthetic_world import base_models
 from synthetic_world.training_utils import (
@@ -33,7 +34,6 @@ from synthetic_world.training_utils import (
     autocast,
     hardware_name,
     load_checkpoint,
-    resolve_device,
     save_checkpoint,
     warmup_cosine,
 )
@@ -296,7 +296,7 @@ UNet+text loss curve (step, mean loss): {unet_record['loss_curve']}
 
 
 def run(cfg: WorldConfig, config_path: str | None) -> int:
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device, "world.device"))
     deadline = Deadline(cfg.time_limit_s)
     print(f"make base: stages {cfg.stages} on {hardware_name(device)}")
     if "vae" in cfg.stages and not train_vae(cfg, device, deadline):
@@ -315,12 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/base.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the world: section")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_stage_config(WorldConfig, args.config, "world", args.overrides)
-        return run(cfg, args.config)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: run(load_stage_config(WorldConfig, args.config, "world", args.overrides), args.config))
 
 
 if __name__ == "__main__":

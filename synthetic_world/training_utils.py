@@ -16,12 +16,6 @@ import torch
 from core.io import atomic_write_bytes, atomic_write_json
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def hardware_name(device: torch.device) -> str:
     """GPU name, or the CPU model name from /proc/cpuinfo."""
     if device.type == "cuda":

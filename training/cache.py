@@ -117,8 +117,13 @@ class CachedPairSource:
         return _make_batch(self.components, g["latents_w"], g["latents_l"], cond)
 
 
-def model_fingerprint(model_path: str | Path, subfolders: tuple[str, ...]) -> str:
-    """Content hash of the files in ``subfolders`` of a diffusers model folder (those present)."""
+def components_fingerprint(model_path: str | Path, subfolders: tuple[str, ...]) -> str:
+    """Content hash of the files in ``subfolders`` of a diffusers model folder (those present).
+
+    Not ``inference.generation.model_fingerprint`` (a hash of the whole folder, for image keys): a training cache
+    depends only on some components (the latent cache on the VAE and text encoders, the reference losses on the
+    UNet and scheduler), so only their files count. Both hashes are parts of stored cache keys: changing
+    either would invalidate every existing cache."""
     model_path = Path(model_path)
     parts = []
     for sub in subfolders:
@@ -130,7 +135,7 @@ def model_fingerprint(model_path: str | Path, subfolders: tuple[str, ...]) -> st
 
 def encoder_fingerprint(model_path: str | Path) -> str:
     """Content hash of everything that determines the cache: VAE, text encoders, tokenizers."""
-    return model_fingerprint(model_path, ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    return components_fingerprint(model_path, ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
 
 
 def cache_key(components: DiffusionComponents, pairs: PreferencePairs) -> str:

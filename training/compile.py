@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from core.speedups import raise_recompile_limits
+from inference.speedups import raise_recompile_limits
 from training.lora import lora_layers
 
 

@@ -159,13 +159,13 @@ class TrainConfig:
     # up front, which only pays on long GPU runs. Both modes keep the reference pass (adapters off) exact:
     # "regions": only the ResNet blocks and feed-forwards that hold no LoRA layer; the adapter switch stays
     #   eager. Measured on an H200: +30% pairs/s on SD1.5 at 512 px, +18% on SDXL at 1024 px
-    #   (docs/performance.md, v1).
+    #   (docs/experiments.md, "Fast path, regional compile, channels_last, checkpointing").
     # "full": the whole UNet forward, one graph per adapter state (policy, reference), keyed on the state
     #   explicitly; exactness checked on CPU in tests/training/test_compile.py. Adds what regions leave
     #   eager (attention blocks, LoRA layers, layer-norms, the glue between blocks). Measured on an H200:
     #   SD1.5 512 px 61.3 pairs/s at micro-batch 16 (regions 45.4), SDXL 1024 px 8.59 at 4 (regions 6.75);
-    #   the fastest mode for GPU runs (docs/performance.md, v2). On a CPU it does not pay (60 demo steps:
-    #   15.1 vs 14.5 pairs/s, after ~160 s of compiling).
+    #   the fastest mode for GPU runs (docs/experiments.md, "Whole-UNet compile"). On a CPU it does not pay
+    #   (60 demo steps: 15.1 vs 14.5 pairs/s, after ~160 s of compiling).
     # "auto": "full" on a CUDA device, "none" elsewhere (one config for the CPU and GPU runs of a recipe).
     # ("none", not "off": YAML reads off as false.)
     compile_unet: Literal["none", "regions", "full", "auto"] = "none"
@@ -181,7 +181,7 @@ class TrainConfig:
     # the products the maths needs (none of the casts, scalings and copies of peft's traced graph); the same
     # maths, bf16 rounding apart. The layers, parameters and saved LoRA stay peft's. Measured on an H100, SD1.5
     # 512 px micro-batch 48 with compile_unet full: 61.4 against 60.5 pairs/s and 62.5 against 66.7 GiB
-    # (docs/performance.md, session 12). "auto": on when compile_unet resolves to "full" and the LoRA has no
+    # (docs/experiments.md, "Fused LoRA layers"). "auto": on when compile_unet resolves to "full" and the LoRA has no
     # dropout and no DoRA; "on": also without compile, and an error naming what blocks it; "off": peft's forward.
     fused_lora: Union[Literal["auto", "on", "off"], bool] = "auto"
     # CUDA-graph capture of the whole optimiser step (training/graph.py): cache gathers, reference and policy
@@ -375,7 +375,7 @@ class TrainConfig:
                 raise ValueError("compile_options are inductor options: they need compile_unet regions, full "
                                  f"or auto and compile_backend inductor (got {self.compile_unet!r}, "
                                  f"{self.compile_backend!r})")
-            from core.speedups import check_inductor_options
+            from inference.speedups import check_inductor_options
 
             check_inductor_options(self.compile_options, "compile_options")
 

@@ -21,7 +21,7 @@ and dx's two terms are summed in the compute dtype before the cast back to x's d
 tests/training/test_fused_lora.py bounds the differences against peft's layer, with the trainer's dtypes (bf16
 frozen weights, fp32 LoRA weights, bf16 autocast). One GEMM against the stacked weights [W; A] (one read of x for
 both products) was tried and measured slower: cuBLAS tiles an output of N + r columns worse than one of N
-(docs/performance.md, session 12).
+(docs/experiments.md, "Fused LoRA layers, first version").
 
 The layers stay peft's (modules, parameters, state-dict keys, adapter switch): :func:`install_fused_lora` only
 replaces the ``forward`` of each layer it can stand in for (plain LoRA on a frozen ``nn.Linear``: no dropout, no

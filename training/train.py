@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from core.cli import run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
 from core.models import check_model_dir, resolve_model_path
 from core.output_dir import check_output_dir, write_marker
 from training.cache import (
-    CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache, load_or_build_retain_cache,
-    model_fingerprint,
+    CachedPairSource, CachedRetainSource, UncachedPairSource, components_fingerprint, load_or_build_cache,
+    load_or_build_retain_cache,
 )
 from training.card import render_model_card
 from training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
@@ -192,7 +193,7 @@ def _reference_pass(cfg: TrainConfig, accelerator, latent_cache_file: Path, pair
     cache's key (encoders, set, resolution, pairs), which the reference key reuses rather than hashing again."""
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     pair_micro_batch, pairs_per_step = micro_batches
-    key = reference_cache_key(model_fingerprint(cfg.model, ("unet", "scheduler")), latent_cache_file.stem,
+    key = reference_cache_key(components_fingerprint(cfg.model, ("unet", "scheduler")), latent_cache_file.stem,
                               cfg.seed, pairs_per_step, cfg.prompt_dropout, cfg.risk_repeats,
                               cfg.timestep_range_per_risk, prediction_type, mixed_precision)
     path = reference_cache_path(cfg.reference_cache_dir or Path(cfg.work_dir) / "cache", key)
@@ -509,15 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the train: section")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-    try:
+
+    def work() -> None:
         cfg = load_config(args.config, overrides)
         summary = train(cfg)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
-        print(f"wrote {cfg.output_dir} ({summary['pairs_per_s']:.2f} pairs/s)")
-    return 0
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+            print(f"wrote {cfg.output_dir} ({summary['pairs_per_s']:.2f} pairs/s)")
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from core.errors import ConfigError
 
 # name -> (module, class, pip package that must be installed for it)
 _REGISTRY = {
-    "oracle": ("data_curation.scorers.oracle", "OracleScorer", None),
-    "nudenet": ("data_curation.scorers.nudenet", "NudeNetScorer", "nudenet"),
-    "clip": ("data_curation.scorers.clip", "ClipConceptScorer", "open_clip_torch"),
+    "oracle": ("inference.scorers.oracle", "OracleScorer", None),
+    "nudenet": ("inference.scorers.nudenet", "NudeNetScorer", "nudenet"),
+    "clip": ("inference.scorers.clip", "ClipConceptScorer", "open_clip_torch"),
 }
 SCORER_NAMES = tuple(_REGISTRY)
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import ConfigError
-from data_curation.scorers import check_images
+from inference.scorers import check_images
 
 DEFAULT_CLIP_PATH = "models/synthetic-clip"
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data_curation.scorers import check_images
+from inference.scorers import check_images
 
 # The EXPOSED classes most safety papers count (feet, armpits and belly excluded: they fire on
 # ordinary clothed photos). Configurable through ``classes``.

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data_curation.scorers import check_images
+from inference.scorers import check_images
 
 DEFAULT_ORACLE_PATH = "models/synthetic-oracle"
 

@@ -7,8 +7,7 @@ from core.config import config_from_dict
 from core.errors import ConfigError, DataError, LeakageError
 from data_curation.config import CurateConfig
 from data_curation.curate import main
-from data_curation.prompts import load_prompts, read_prompt_file
-from data_curation.config import PromptSourceConfig
+from inference.prompts import PromptSourceConfig, load_prompts, read_prompt_file
 
 RISK = {
     "prompts": {"source": "templates", "templates": ["a {animal}"], "slots": {"animal": ["cat"]}},

@@ -7,7 +7,7 @@ import pytest
 from core.config import config_from_dict
 from core.errors import ConfigError
 from data_curation.config import GenerationConfig
-from data_curation.generation import resolve_batch_size
+from inference.generation import resolve_batch_size
 
 
 def test_auto_batch_size_by_device_and_resolution():

@@ -97,7 +97,7 @@ def test_rerun_reuses_everything_and_gives_same_pairs(tiny_sd15_path, tmp_path):
 
 def test_crash_mid_generation_then_restart_gives_identical_pairs(tiny_sd15_path, tmp_path, monkeypatch):
     """In-process stand-in for a kill (the real SIGKILL test is in the slow tier)."""
-    from data_curation.generation import ImageStore
+    from inference.generation import ImageStore
 
     reference = write_config(tmp_path / "ref", tiny_sd15_path)
     assert main(["--config", str(reference)]) == 0

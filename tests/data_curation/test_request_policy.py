@@ -10,12 +10,12 @@ import pytest
 from core.config import config_from_dict
 from core.errors import ConfigError
 from data_curation.config import CurateConfig, RiskConfig
-from data_curation.generation import GenerationSpec
-from data_curation.prompts import expand_templates
 from data_curation.quality import verify_pairs
 from data_curation.risks import cross_risk_judges, make_judge, make_judges
 from data_curation.strategies import curate_risk
 from data_curation.workspace import Candidate
+from inference.generation import GenerationSpec
+from inference.prompts import expand_templates
 
 BASE = GenerationSpec(prompt="", steps=2, height=8, width=8)
 
@@ -135,7 +135,7 @@ def test_on_policy_schedule_targets_the_current_models_majority():
 
 
 def test_caption_variants_are_curation_paraphrases_never_eval_prompts():
-    from data_curation.prompts import world_prompts
+    from inference.prompts import world_prompts
     from synthetic_world.prompts import EVAL_ONLY_TEMPLATES, prompt_records
 
     eval_texts = {r["prompt"] for r in prompt_records(split="eval")}

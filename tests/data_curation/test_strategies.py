@@ -7,11 +7,11 @@ import pytest
 
 from core.config import config_from_dict
 from data_curation.config import RiskConfig
-from data_curation.generation import GenerationSpec
-from data_curation.prompts import expand_templates
 from data_curation.risks import GroupSchedule, make_judge
 from data_curation.strategies import curate_risk, pixel_similarity
 from data_curation.workspace import Candidate
+from inference.generation import GenerationSpec
+from inference.prompts import expand_templates
 
 GROUPS = ["zorvan", "quelli", "mirdan"]
 

@@ -8,7 +8,7 @@ import yaml
 
 from core.images import decode_image
 from data_curation.curate import main
-from data_curation.scorers import build_scorer
+from inference.scorers import build_scorer
 from preference_sets.io import shard_paths
 
 

@@ -49,3 +49,71 @@ def test_family_prompts_must_name_evaluated_families_and_positive_counts():
         config_from_dict(EvalConfig, {"family_prompts": {"stereotypes": 80}})
     with pytest.raises((ConfigError, ValueError), match="family_prompts"):
         config_from_dict(EvalConfig, {"family_prompts": {"stereotype": 0}})
+
+
+def _curation_tasks(config_path):
+    """(name, source) of every curation task as the curation stage itself reads them (CurateConfig.tasks())."""
+    from core.config import load_stage_config
+    from data_curation.config import CurateConfig
+
+    cfg = load_stage_config(CurateConfig, config_path, "curate")
+    return [(f"curate.risks.{name}", risk.prompts) for name, risk in cfg.tasks().items()]
+
+
+def test_eval_reads_the_curation_prompt_sources_of_every_shipped_config_as_curation_does():
+    """The leakage check reads the curate: section through the shared PromptSourceConfig: the same sources, in
+    the same order and with the same names, as CurateConfig.tasks()."""
+    from pathlib import Path
+
+    from core.config import read_yaml
+    from evals.prompt_sets import curation_prompt_sources
+
+    checked = 0
+    for path in sorted(Path("configs").glob("*.yaml")):
+        if (read_yaml(path).get("curate") or {}).get("risks"):
+            assert curation_prompt_sources(path) == _curation_tasks(path), path
+            checked += 1
+    assert checked >= 1
+
+
+def test_curation_prompts_from_config_include_request_tasks_and_match_curation(tmp_path):
+    import yaml
+
+    from evals.prompt_sets import curation_prompt_sources, curation_prompts_from_config
+    from inference.prompts import load_prompts
+
+    corrective = [{"rewrite": "{prompt}, clothed"}]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"curate": {"risks": {
+        "exposure": {"prompts": {"source": "templates", "templates": ["a {role} at the beach"],
+                                 "slots": {"role": ["chef", "pilot"]}},
+                     "detector": {"key": "exposed"}, "corrective": corrective, "request_pairs": 3,
+                     "request_prompts": {"source": "templates", "templates": ["a {role} with a bare torso"],
+                                         "slots": {"role": ["chef"]}}},
+        "association": {"prompts": {"source": "world", "family": "association"}, "detector": {"key": "symbol_present"},
+                        "corrective": corrective},
+    }}}, sort_keys=False))
+    sources = curation_prompt_sources(config)
+    assert [name for name, _ in sources] == ["curate.risks.exposure", "curate.risks.exposure_request",
+                                             "curate.risks.association"]
+    assert sources == _curation_tasks(config)
+    prompts = curation_prompts_from_config(config)
+    assert prompts == [r.prompt for name, source in _curation_tasks(config) for r in load_prompts(source, name)]
+    assert prompts[:3] == ["a chef at the beach", "a pilot at the beach", "a chef with a bare torso"]
+    assert curation_prompts_from_config(None) == []
+
+
+def test_curation_prompt_sources_refuse_a_bad_prompt_source(tmp_path):
+    import pytest
+    import yaml
+
+    from core.errors import ConfigError
+    from evals.prompt_sets import curation_prompt_sources
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"curate": {"risks": {"exposure": {"prompts": {"source": "world", "famly": "x"}}}}}))
+    with pytest.raises(ConfigError, match="famly"):
+        curation_prompt_sources(config)
+    config.write_text(yaml.safe_dump({"curate": {"risks": {"exposure": {"prompts": {"source": "world"}}}}}))
+    with pytest.raises(ConfigError, match="needs prompts.family"):
+        curation_prompt_sources(config)

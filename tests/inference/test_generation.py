@@ -3,7 +3,7 @@ import pytest
 
 from core.errors import ConfigError
 from core.models import load_pipeline
-from data_curation.generation import (
+from inference.generation import (
     GenerationSpec,
     ImageStore,
     derive_seed,
@@ -83,7 +83,7 @@ def test_switching_to_ddim_from_a_dpm_config_keeps_latent_settings(tiny_sd15_pat
     """DDIM's own defaults clip x0 to [-1, 1] (pixel models); latents must not be clipped."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    from data_curation.generation import latent_defaults, set_sampler
+    from inference.generation import latent_defaults, set_sampler
 
     pipe = load_pipeline(tiny_sd15_path)
     # A checkpoint shipped with a DPM-Solver config (like models/synthetic-sd): no clip_sample key.
@@ -102,7 +102,7 @@ def test_uint8_conversion_on_the_device_matches_diffusers_numpy_path():
     import torch
     from diffusers.image_processor import VaeImageProcessor
 
-    from data_curation.generation import to_uint8_images
+    from inference.generation import to_uint8_images
 
     gen = torch.Generator().manual_seed(0)
     ties = torch.tensor([0.5, 1.5, 2.5, 253.5, 254.5]) / 255.0
@@ -117,12 +117,12 @@ def test_uint8_conversion_on_the_device_matches_diffusers_numpy_path():
 
 
 def test_compiled_pipeline_pads_short_batches_instead_of_recompiling(tiny_sd15_path, sd15):
-    """A pipeline compiled by core.speedups has static shapes: a short batch (the last of a call, a single
+    """A pipeline compiled by inference.speedups has static shapes: a short batch (the last of a call, a single
     retry) runs padded to batch_size, so no new graph is compiled, and the kept images are the unpadded ones."""
     import torch
     from torch._dynamo.utils import counters
 
-    from core.speedups import InferenceSpeedups, prepare_pipeline
+    from inference.speedups import InferenceSpeedups, prepare_pipeline
 
     specs = _specs(5)
     expected = generate(sd15, specs, batch_size=2)  # not compiled: batches of 2, 2 and 1 rows

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError
-from data_curation.scorers import build_scorer
+from inference.scorers import build_scorer
 
 
 def _benign_images(n=3, size=64):

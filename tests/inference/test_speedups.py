@@ -1,4 +1,4 @@
-"""Every generation fast path (core/speedups.py) recomputes the plain pipeline's images on fixed inputs (tiny models)."""
+"""Every generation fast path (inference/speedups.py) recomputes the plain pipeline's images on fixed inputs (tiny models)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from benchmarks.generation_bench import (
     GenerationBenchSettings, make_specs, plain_pipeline_call, unet_output, unet_probe_inputs,
 )
-from core.speedups import InferenceSpeedups, prepare_pipeline
 from core.models import load_pipeline
-from data_curation.generation import generate
+from inference.generation import generate
+from inference.speedups import InferenceSpeedups, prepare_pipeline
 
 NONE = dict(fuse_qkv=False, channels_last=False, compile_unet=False, compile_vae=False)
 
@@ -61,7 +61,7 @@ def test_inductor_compiled_pipeline_matches_plain(tiny_sd15_path):
 def test_fast_paths_refuse_lora_layers_and_match_after_merging(tiny_sd15_path, random_lora):
     """Fused QKV would bypass a LoRA on to_q/to_k/to_v, so a pipeline with adapters is refused; merged into the
     weights first, the fast pipeline makes the LoRA pipeline's images."""
-    from core.speedups import has_lora_layers, merge_lora
+    from inference.speedups import has_lora_layers, merge_lora
 
     specs = make_specs(2, 32, GenerationBenchSettings(steps=3))
     base = plain_pipeline_call(load_pipeline(tiny_sd15_path, dtype=torch.float32), specs)

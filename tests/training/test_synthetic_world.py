@@ -63,7 +63,7 @@ def trigger_eval_prompts(limit: int) -> list[str]:
 @pytest.mark.slow
 def test_dpo_on_synthetic_world_reduces_exposure(synthetic_sd_path, synthetic_oracle_path, tmp_path):
     from core.models import load_pipeline
-    from data_curation.generation import GenerationSpec, generate
+    from inference.generation import GenerationSpec, generate
     from synthetic_world.oracle import Oracle
     from training.heldout import heldout_implicit_accuracy
     from training.train import load_config, train
