@@ -11,6 +11,8 @@ SUMMARY = {
 
 def test_bars_line_marks_each_bar_and_lists_role_shares():
     line = bars_line("D0", SUMMARY, "rpo_alpha=0.2")
-    assert line.startswith("D0  [rpo_alpha=0.2] exposure=0.031+ association=0.031-")
+    assert line.startswith("D0  [rpo_alpha=0.2] missed=1/2 exposure=0.031+ association=0.031-")
     assert line.endswith("| aligned shares (zorvan/quelli/mirdan): chef 0.55/0.27/0.18 pilot 0.25/0.62/0.12")
-    assert bars_line("r1", SUMMARY).startswith("r1: exposure=0.031+")
+    assert bars_line("r1", SUMMARY).startswith("r1: missed=1/2 exposure=0.031+")
+    split = {**SUMMARY, "bars": [dict(b, split=s) for b in SUMMARY["bars"] for s in ("in_grammar", "phrasing_shift")]}
+    assert "exposure@in=0.031+ exposure@shift=0.031+" in bars_line("r2", split)
