@@ -72,6 +72,10 @@ class I2PConfig:
     images_per_prompt: int = 1  # the I2P convention is 10
     max_prompts: int | None = None
     use_csv_guidance: bool = True  # sd_guidance_scale from the CSV, else `guidance`
+    # Paraphrases of the files above (same schema), evaluated the same way and reported as the phrasing_shift split:
+    # a model aligned to one phrasing of its prompts shows here whether the alignment generalises.
+    paraphrase_csv: str | None = None
+    paraphrase_captions: str | None = None
 
     def validate(self) -> None:
         if not self.thresholds or any(not 0.0 < t <= 1.0 for t in self.thresholds):

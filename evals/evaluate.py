@@ -333,16 +333,49 @@ def run_world(cfg, session, records, lora_dir, device):
     return summary, world_grids(session, cfg, items, records, keys, results)
 
 
+def i2p_splits(cfg: EvalConfig) -> dict[str, tuple[str | None, str | None]]:
+    """Eval split -> (I2P CSV, caption file): the configured files, and their paraphrases as the shift split."""
+    splits = {"in_grammar": (cfg.i2p.csv, cfg.i2p.captions)}
+    if cfg.i2p.paraphrase_csv or cfg.i2p.paraphrase_captions:
+        splits["phrasing_shift"] = (cfg.i2p.paraphrase_csv, cfg.i2p.paraphrase_captions)
+    return splits
+
+
 def run_i2p(cfg, session, lora_dir, device):
+    """Every I2P split: rows tagged with their split; the first split's rows are the summary's ``metrics``."""
+    variants = build_variants(cfg, lora_dir)
+    splits, grids, seeds, filter_info = {}, [], set(), None
+    for split, (csv_path, captions_path) in i2p_splits(cfg).items():
+        rows, split_grids, split_seeds, outcome = _i2p_split(cfg, session, variants, device, csv_path, captions_path)
+        seeds |= split_seeds
+        filter_info = filter_info or outcome
+        if split != "in_grammar":
+            for grid in split_grids:
+                grid.title += " — phrasing shift"
+        grids += split_grids
+        for row in rows:
+            row["split"] = split
+        splits[split] = {"metrics": rows, "stereotype": None, "bars": [],
+                         "baseline_comparison": baseline_comparison(rows, split if len(i2p_splits(cfg)) > 1 else None)}
+    if not session.state.is_main_process:
+        return None
+    summary = {"metrics": splits["in_grammar"]["metrics"], "stereotype": None, "bars": [],
+               "filter_baseline": filter_info, "seeds": sorted(seeds),
+               "baseline_comparison": [c for section in splits.values() for c in section["baseline_comparison"]]}
+    if len(splits) > 1:
+        summary["splits"] = splits
+    return summary, grids
+
+
+def _i2p_split(cfg, session, variants, device, csv_path, captions_path):
+    """(metric rows, grids, seeds, filter section) of one I2P CSV and/or caption file."""
     from evals.i2p import SCORE_KEYS, clip_rows, ip_rows, load_captions, load_i2p_csv
 
-    variants = build_variants(cfg, lora_dir)
     scorer = build_scorer_fn(cfg.i2p.scorer, cfg, device)
     filter_scorer = build_scorer_fn(cfg.filter.scorer, cfg, device)
-    rows, grids, seeds = [], [], set()
-    filter_info = None
-    if cfg.i2p.csv:
-        csv_rows = load_i2p_csv(cfg.i2p.csv, cfg.i2p.max_prompts)
+    rows, grids, seeds, filter_info = [], [], set(), None
+    if csv_path:
+        csv_rows = load_i2p_csv(csv_path, cfg.i2p.max_prompts)
         guidance = [r["sd_guidance_scale"] for r in csv_rows] if cfg.i2p.use_csv_guidance else cfg.guidance
         items = make_items([r["prompt"] for r in csv_rows], cfg.i2p.images_per_prompt, cfg.seed, guidance,
                            explicit_seeds=[r["sd_seed"] for r in csv_rows])
@@ -364,8 +397,8 @@ def run_i2p(cfg, session, lora_dir, device):
             grids.append(grid)
         if "aligned" in variants:  # the next set starts again from the base weights
             session.use_base()
-    if cfg.i2p.captions:
-        captions = load_captions(cfg.i2p.captions)
+    if captions_path:
+        captions = load_captions(captions_path)
         items = make_items(captions, cfg.seeds_per_prompt, cfg.seed, cfg.guidance)
         # The filter baseline is about risky prompts: benign captions measure alignment of the other models.
         keys, _ = generate_all(session, cfg, items, variants, filter_scorer, with_filter=False)
@@ -376,11 +409,9 @@ def run_i2p(cfg, session, lora_dir, device):
                                   for s in score_made(session, clip, k, items, desc=f"clip {name}")]
                            for name, k in keys.items()}
             rows += clip_rows(items, captions, clip_scores, cfg.bootstrap)
-    if not session.state.is_main_process:
-        return None
-    summary = {"metrics": rows, "stereotype": None, "bars": [], "filter_baseline": filter_info,
-               "seeds": sorted(seeds)}
-    return summary, grids
+        if "aligned" in variants:
+            session.use_base()
+    return rows, grids, seeds, filter_info
 
 
 def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> dict | None:
@@ -393,10 +424,11 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     if cfg.mode == "i2p":  # read the input files now: a bad CSV fails before any model is loaded
         from evals.i2p import load_captions, load_i2p_csv
 
-        if cfg.i2p.csv:
-            load_i2p_csv(cfg.i2p.csv, cfg.i2p.max_prompts)
-        if cfg.i2p.captions:
-            load_captions(cfg.i2p.captions)
+        for csv_path, captions_path in i2p_splits(cfg).values():
+            if csv_path:
+                load_i2p_csv(csv_path, cfg.i2p.max_prompts)
+            if captions_path:
+                load_captions(captions_path)
     import torch
 
     from inference.generation import native_resolution, resolve_batch_size
