@@ -10,8 +10,8 @@
     export       [--out FOLDER] [--overwrite]   write a new version of the set with the decisions
 
 Every command takes ``--set`` (the preference set) and/or ``--db`` (default:
-``<set parent>/annotation/<set name>.sqlite``), plus ``--config`` and ``key=value`` overrides of the
-``annotate:`` section.
+``<set parent>/annotation/<set name>.sqlite``), plus ``--config`` and overrides of the ``annotate:`` section
+as ``--key value`` or ``key=value`` (``serve --help`` lists the keys).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from annotation.export import export_set
 from annotation.prefset_io import ImageSource, check_set, read_gold_file, select_items
 from annotation.server import AnnotationApp, AnnotationServer, announce
 from annotation.store import SIDE_FILES, Store
-from core.cli import run_main
+from core.cli import StageCLI, run_main
 from core.config import load_stage_config, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_write_json
@@ -44,21 +44,22 @@ def default_db(set_folder: Path) -> Path:
     return set_folder.parent / "annotation" / f"{set_folder.name}.sqlite"
 
 
+CLI = StageCLI(AnnotateConfig, "annotate", prog="python -m annotation.cli", description=__doc__)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m annotation.cli", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m annotation.cli", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--set", dest="set_folder", type=Path, help="preference set folder")
         p.add_argument("--db", type=Path, help="annotation database (SQLite)")
-        p.add_argument("--config", type=Path, help="YAML config with an annotate: section")
-        p.add_argument("overrides", nargs="*", help="annotate.* overrides, e.g. overlap=3")
-        return p
+        return CLI.add_arguments(p, keys_help=p.prog.endswith(" serve"))
 
-    serve = common(sub.add_parser("serve", help="run the web tool"))
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--host")
+    serve = common(sub.add_parser("serve", help="run the web tool", allow_abbrev=False))
+    serve.add_argument("--port", type=int, help="= port=PORT")
+    serve.add_argument("--host", help="= host=HOST")
     serve.add_argument("--verbose", action="store_true", help="log every request")
     add = common(sub.add_parser("add-user", help="create an annotator and print its token"))
     add.add_argument("name")
@@ -219,7 +220,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = CLI.parse_args(argv, build_parser())
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -34,34 +34,51 @@ CHOICES = ("left", "right", "tie", "skip")
 
 @dataclass
 class AnnotateConfig:
-    # Workflow.
-    overlap: int = 3  # N: annotators who must label each (non-gold) item
-    lease_minutes: float = 20.0  # an unanswered hand-out frees its slot after this long
-    gold_file: Optional[str] = None  # JSON {pair_id: "0" | "1" | "tie"}: items with known answers
-    gold_every: int = 10  # one gold item per this many items handed to an annotator
-    # Subset of the preference set to annotate (empty / None = all rows).
-    risks: list[str] = field(default_factory=list)
-    max_items: Optional[int] = None
-    subset_seed: int = 0
-    # Page.
-    reason_tags: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_REASON_TAGS))
-    guidelines: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GUIDELINES))
-    show_proposal: bool = False  # admin setting: show the automatic proposal and scores (anchors!)
-    break_every: int = 40  # break reminder after this many decisions in a sitting
-    note_max_chars: int = 1000
-    # Server.
-    host: str = "127.0.0.1"
-    port: int = 8765
-    allow_remote: bool = False  # binding to a non-loopback address needs this (no TLS here)
-    max_body_bytes: int = 16384
-    read_timeout_seconds: float = 30.0  # a client that stops sending mid-request gets 408 after this long
-    session_hours: float = 12.0
-    db: Optional[str] = None  # default: <set parent>/annotation/<set name>.sqlite
-    # Export: what to do with items whose annotators disagree and that nobody adjudicated.
-    unresolved: Literal["drop", "tie", "auto"] = "drop"
-    # A tie becomes the label only with this many tie votes (capped at overlap) besides a majority,
-    # so one annotator's tie never sets a training label while the others skipped or are pending.
-    tie_min_votes: int = 2
+    # --- workflow ---
+    overlap: int = field(default=3, metadata={"help": "Annotators who must label each (non-gold) item."})
+    lease_minutes: float = field(default=20.0, metadata={
+        "help": "Minutes after which an unanswered hand-out frees its slot."})
+    gold_file: Optional[str] = field(default=None, metadata={
+        "help": "JSON {pair_id: \"0\" | \"1\" | \"tie\"}: items with known answers, mixed in to measure accuracy."})
+    gold_every: int = field(default=10, metadata={
+        "help": "One gold item per this many items handed to an annotator (>= 2)."})
+    # --- which rows ---
+    risks: list[str] = field(default_factory=list, metadata={
+        "help": "Annotate only pairs of these risks; empty: all."})
+    max_items: Optional[int] = field(default=None, metadata={"help": "Annotate at most N pairs; null: all."})
+    subset_seed: int = field(default=0, metadata={"help": "Seed of the subset drawn by risks / max_items."})
+    # --- page ---
+    reason_tags: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_REASON_TAGS), metadata={
+        "help": "Reason tags offered per risk (keys 1-9 on the page, at most 9); * applies to every risk not "
+                "listed."})
+    guidelines: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GUIDELINES), metadata={
+        "help": "What 'better' means per risk, shown above the images (annotators of a risk must judge the same "
+                "thing); * applies to every risk not listed; a configured text replaces its risk's default only."})
+    # Off by default: the proposal anchors annotators.
+    show_proposal: bool = field(default=False, metadata={
+        "help": "Show the automatic proposal and scores on the page (an admin setting)."})
+    break_every: int = field(default=40, metadata={
+        "help": "Break reminder after this many decisions in a sitting."})
+    note_max_chars: int = field(default=1000, metadata={"help": "Longest free-text note, in characters."})
+    # --- server ---
+    host: str = field(default="127.0.0.1", metadata={"help": "Address the server binds to."})
+    port: int = field(default=8765, metadata={"help": "TCP port of the server (0: any free port)."})
+    allow_remote: bool = field(default=False, metadata={
+        "help": "Allow binding a non-loopback host; the tool has no TLS, so put it behind a TLS proxy."})
+    max_body_bytes: int = field(default=16384, metadata={
+        "help": "Largest request body accepted, in bytes (1024 to 1048576)."})
+    read_timeout_seconds: float = field(default=30.0, metadata={
+        "help": "Seconds after which a client that stops sending mid-request gets 408 (at most 600)."})
+    session_hours: float = field(default=12.0, metadata={"help": "Hours an annotator's login session lasts."})
+    db: Optional[str] = field(default=None, metadata={
+        "help": "Annotation database (SQLite); null: <set parent>/annotation/<set name>.sqlite."})
+    # --- export ---
+    unresolved: Literal["drop", "tie", "auto"] = field(default="drop", metadata={
+        "help": "Export of items whose annotators disagree and that nobody adjudicated: drop them, label them a "
+                "tie, or keep the automatic proposal (auto)."})
+    # So that one annotator's tie never sets a training label while the others skipped or are pending.
+    tie_min_votes: int = field(default=2, metadata={
+        "help": "Tie votes (capped at overlap) a tie label needs besides a majority."})
 
     def __post_init__(self) -> None:
         # Configuring one risk's guideline keeps the defaults of the others.

@@ -1,6 +1,6 @@
 """``make bench``: throughput of the project's trainer and generator on SD1.5/SDXL architectures.
 
-    python -m benchmarks.bench [--config configs/bench.yaml] [--smoke] [key=value ...]
+    python -m benchmarks.bench [--config configs/bench.yaml] [--smoke] [--key value | key=value ...]
 
 Builds random-init full-size pipelines from their published configs (no downloads), a synthetic
 Pick-a-Pic-format set at native resolution, then per architecture: generation (plain pipeline vs
@@ -11,12 +11,12 @@ table. ``--smoke`` runs everything on CPU with tiny models (the fast test).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from core.cli import resolve_device, run_main
+from benchmarks.config import SMOKE_OVERRIDES, BenchConfig
+from core.cli import StageCLI, resolve_device, run_main
 from core.config import load_stage_config, to_dict, write_resolved_config
 from core.errors import PipelineError
 from core.io import atomic_write_json
@@ -198,14 +198,18 @@ def run(cfg, config_path: str | None) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmarks.config import SMOKE_OVERRIDES, BenchConfig
+CLI = StageCLI(BenchConfig, "bench", prog="python -m benchmarks.bench", description=__doc__,
+               config_default=DEFAULT_CONFIG)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help=f"YAML with a bench: section (default {DEFAULT_CONFIG})")
+
+def build_parser():
+    parser = CLI.parser()
     parser.add_argument("--smoke", action="store_true", help="tiny models on CPU, < 1 minute")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the bench: section")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = CLI.parse_args(argv, build_parser())
     config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     overrides = (SMOKE_OVERRIDES if args.smoke else []) + list(args.overrides)
 

@@ -18,18 +18,22 @@ def _check_one_compile_mode(settings) -> None:
 
 @dataclass
 class PointSettings:
-    micro_batch: int
-    gradient_checkpointing: bool = False
-    path: Literal["fast", "simple"] = "fast"
-    regional_compile: bool = False  # trainer compile_unet=regions
-    # fast path only (the simple path is always NCHW). Off by default: measured 11% slower in eager on
-    # H200 (docs/experiments.md, "Fast path, regional compile, channels_last, checkpointing").
-    channels_last: bool = False
-    full_compile: bool = False  # trainer compile_unet=full (the whole UNet, one graph per adapter state)
-    # trainer compile_options (inductor options, e.g. {conv_1x1_as_mm: true}); needs a compile mode
-    compile_options: dict[str, Any] = field(default_factory=dict)
-    # more train: keys for this point only (over bench.trainer_extra), e.g. {fused_lora: on}: A/B runs in one call
-    trainer: dict[str, Any] = field(default_factory=dict)
+    micro_batch: int = field(metadata={"help": "Pairs per forward (the trainer's micro_batch_size)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "The trainer's gradient_checkpointing."})
+    path: Literal["fast", "simple"] = field(default="fast", metadata={
+        "help": "fast: the trainer's fast config (cached latents); simple: VAE and text encoders every step."})
+    regional_compile: bool = field(default=False, metadata={"help": "The trainer's compile_unet: regions."})
+    # Off by default: slower in eager (docs/experiments.md, "Fast path, regional compile, channels_last, ...").
+    channels_last: bool = field(default=False, metadata={
+        "help": "NHWC UNet layout (fast path only; the simple path is always NCHW)."})
+    full_compile: bool = field(default=False, metadata={
+        "help": "The trainer's compile_unet: full (the whole UNet, one graph per adapter state)."})
+    compile_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "The trainer's compile_options (inductor options, e.g. {conv_1x1_as_mm: true}); needs a compile "
+                "mode."})
+    trainer: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "More train: keys for this point only (over bench.trainer_extra), e.g. {fused_lora: on}: A/B runs "
+                "in one call."})
 
     def validate(self) -> None:
         from benchmarks.train_bench import POINT_OWNED_TRAIN_KEYS
@@ -47,12 +51,14 @@ class PointSettings:
 
 @dataclass
 class ArchSettings:
-    # Training sweep: the trainer's fast config at several micro-batches, with/without checkpointing,
-    # plus the simple path (VAE + text encoders every step) as the baseline.
-    train_points: list[PointSettings] = field(default_factory=list)
-    generation_batch: int = 4
-    num_pairs: int = 64  # pairs in the synthetic set (cached latents make the set size irrelevant)
-    parts: Optional[list[str]] = None  # this architecture's parts; None = bench.parts
+    train_points: list[PointSettings] = field(default_factory=list, metadata={
+        "help": "The training sweep: the trainer at several micro-batches, with or without checkpointing, and the "
+                "simple path as the baseline."})
+    generation_batch: int = field(default=4, metadata={"help": "Images per generation call."})
+    num_pairs: int = field(default=64, metadata={
+        "help": "Pairs in the synthetic preference set (with cached latents the set size does not matter)."})
+    parts: Optional[list[str]] = field(default=None, metadata={
+        "help": "This architecture's parts (train, generation); null: bench.parts."})
 
     def validate(self) -> None:
         if self.generation_batch < 1 or self.num_pairs < 1:
@@ -85,13 +91,16 @@ def _sdxl_default() -> ArchSettings:
 
 @dataclass
 class ScalingSettings:
-    arch: str = "sd15"
-    gpus: list[int] = field(default_factory=lambda: [1, 2, 4])
-    micro_batch: int = 16  # per process (weak scaling: the global batch grows with the GPU count)
-    gradient_checkpointing: bool = False
-    regional_compile: bool = False
-    full_compile: bool = False
-    accelerate_config: str = "configs/accelerate/ddp.yaml"
+    arch: str = field(default="sd15", metadata={"help": "Architecture of the scaling runs (sd15 or sdxl)."})
+    gpus: list[int] = field(default_factory=lambda: [1, 2, 4], metadata={
+        "help": "GPU counts to launch on (accelerate launch)."})
+    micro_batch: int = field(default=16, metadata={
+        "help": "Pairs per process (weak scaling: the global batch grows with the GPU count)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "The trainer's gradient_checkpointing."})
+    regional_compile: bool = field(default=False, metadata={"help": "The trainer's compile_unet: regions."})
+    full_compile: bool = field(default=False, metadata={"help": "The trainer's compile_unet: full."})
+    accelerate_config: str = field(default="configs/accelerate/ddp.yaml", metadata={
+        "help": "accelerate config file of the launches."})
 
     def validate(self) -> None:
         _check_one_compile_mode(self)
@@ -103,22 +112,32 @@ class ScalingSettings:
 
 @dataclass
 class BenchConfig:
-    archs: list[str] = field(default_factory=lambda: ["sd15", "sdxl"])
-    parts: list[str] = field(default_factory=lambda: ["generation", "train"])
-    scale: Literal["full", "tiny"] = "full"  # tiny = core.tiny_models (CPU smoke run)
-    device: str = "auto"  # auto = cuda if available, else cpu
-    work_dir: Optional[str] = None  # models, sets, trainer work; default runs/bench
-    results_dir: str = "benchmarks/results"
-    tag: str = ""  # added to the results file name
-    log_every: int = 5  # trainer steps per timed interval
-    timed_intervals: int = 3  # intervals after the warm-up interval
-    count_flops: bool = True
-    matmul_size: int = 8192  # the bf16 peak probe: an N x N x N product
-    trainer_extra: dict[str, Any] = field(default_factory=dict)  # extra train: keys for every point
-    sd15: ArchSettings = field(default_factory=_sd15_default)
-    sdxl: ArchSettings = field(default_factory=_sdxl_default)
-    generation: GenerationBenchSettings = field(default_factory=GenerationBenchSettings)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    archs: list[str] = field(default_factory=lambda: ["sd15", "sdxl"], metadata={
+        "help": "Architectures to measure: sd15, sdxl."})
+    parts: list[str] = field(default_factory=lambda: ["generation", "train"], metadata={
+        "help": "What to measure: generation, train, scaling (multi-GPU)."})
+    scale: Literal["full", "tiny"] = field(default="full", metadata={
+        "help": "full: the published architectures (random init); tiny: core.tiny_models (a CPU smoke run)."})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda when a GPU is visible, else cpu), cpu, cuda, ..."})
+    work_dir: Optional[str] = field(default=None, metadata={
+        "help": "Models, sets and trainer work (reused by later runs); default runs/bench."})
+    results_dir: str = field(default="benchmarks/results", metadata={"help": "Folder of the results JSON files."})
+    tag: str = field(default="", metadata={"help": "Added to the results file name."})
+    log_every: int = field(default=5, metadata={"help": "Trainer steps per timed interval."})
+    timed_intervals: int = field(default=3, metadata={"help": "Timed intervals after the warm-up interval."})
+    count_flops: bool = field(default=True, metadata={
+        "help": "Count the FLOPs of one step of each point (for MFU)."})
+    matmul_size: int = field(default=8192, metadata={
+        "help": "N of the bf16 peak probe, an N x N x N matrix product."})
+    trainer_extra: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "More train: keys for every point, e.g. {reference_cache: on}."})
+    sd15: ArchSettings = field(default_factory=_sd15_default, metadata={"help": "The SD1.5 architecture's runs."})
+    sdxl: ArchSettings = field(default_factory=_sdxl_default, metadata={"help": "The SDXL architecture's runs."})
+    generation: GenerationBenchSettings = field(default_factory=GenerationBenchSettings, metadata={
+        "help": "The generation comparison (the generator against the plain pipeline)."})
+    scaling: ScalingSettings = field(default_factory=ScalingSettings, metadata={
+        "help": "The multi-GPU scaling runs (parts: [scaling])."})
 
     def validate(self) -> None:
         unknown = sorted(set(self.archs) - set(ARCHS))

@@ -36,7 +36,7 @@ def _run(name: str, args, extra: list[str], stop_at_step: int | None = None) -> 
     if cache.is_dir() and not (work / "cache").exists():
         shutil.copytree(cache, work / "cache")  # the latent cache is keyed by content: build it once
     overrides = [f"data={args.data}", f"retain.data={args.retain}", f"work_dir={work}",
-                 f"output_dir={work / 'lora'}", "progress_bar=false", "tensorboard=false", *extra]
+                 f"output_dir={work / 'lora'}", "progress_bar=false", "report_to=none", *extra]
     cfg = load_config("configs/demo.yaml", overrides)
     start = time.perf_counter()
     summary = train(cfg, stop_at_step=stop_at_step)

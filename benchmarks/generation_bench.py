@@ -23,12 +23,15 @@ from inference.speedups import InferenceSpeedups, prepare_pipeline
 
 @dataclass
 class GenerationBenchSettings:
-    steps: int = 30
-    guidance: float = 7.5
-    sampler: str = "euler"
-    warmup_batches: int = 1  # untimed calls first (compilation happens here on the fast side)
-    timed_batches: int = 3  # timed calls per side, median seconds per call reported
-    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups)
+    steps: int = field(default=30, metadata={"help": "Sampler steps per image."})
+    guidance: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
+    sampler: str = field(default="euler", metadata={"help": "Scheduler name (inference.generation)."})
+    warmup_batches: int = field(default=1, metadata={
+        "help": "Untimed calls first, per side (compilation happens here on the fast side)."})
+    timed_batches: int = field(default=3, metadata={
+        "help": "Timed calls per side; the median seconds per call is reported."})
+    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups, metadata={
+        "help": "The generator's fast paths (inference/speedups.py)."})
 
     def validate(self) -> None:
         for name in ("steps", "timed_batches"):

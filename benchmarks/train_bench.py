@@ -101,7 +101,7 @@ def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_d
         "channels_last": fast and point.channels_last,
         "lr_warmup_steps": 0,
         "checkpoint_every": 0,
-        "tensorboard": False,
+        "report_to": "none",
         "progress_bar": False,
     }
     if point.compile_unet != "none":

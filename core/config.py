@@ -9,7 +9,11 @@ Rules (so that a typo never silently falls back to a default):
 * values are type-checked against the dataclass annotations (nested dataclasses, ``list[...]``,
   ``dict[...]``, ``Optional[...]``, ``Literal[...]``);
 * a dataclass may define ``validate(self)`` for value checks; it is called after loading;
-* CLI overrides are ``dotted.key=value``; the value is parsed as YAML (``lr=1e-4``, ``x=[1,2]``).
+* CLI overrides are ``dotted.key=value``; the value is parsed as YAML (``lr=1e-4``, ``x=[1,2]``)
+  (``core.cli.StageCLI`` also reads them as ``--dotted.key value``);
+* a field's help text is its ``metadata={"help": ...}`` (``--help`` of every entry point prints it);
+* a renamed key keeps its old name as a deprecated alias: the dataclass lists it in ``RENAMED_KEYS``
+  (old name -> :class:`Renamed`), and a config or override that uses it gets a ``FutureWarning``.
 
 The resolved config is written next to every output with :func:`write_resolved_config`.
 """
@@ -19,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Callable, Literal, TypeVar, Union
 
 import yaml
 
@@ -113,7 +118,50 @@ def _yaml_bool_choice(value: bool, choices: tuple, where: str) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Renamed:
+    """The new name of a renamed config key; ``convert`` maps a value of the old key to the new key's (None: the
+    value is kept). A dataclass lists its old names as ``RENAMED_KEYS: ClassVar[dict[str, Renamed]]``."""
+
+    new: str
+    convert: Callable[[Any], Any] | None = None
+
+
+def renamed_keys(tp: Any) -> dict[str, Renamed]:
+    """Old name -> :class:`Renamed` of the dataclass ``tp`` (empty for anything else)."""
+    tp = _strip_optional(tp)
+    return getattr(tp, "RENAMED_KEYS", {}) if tp is not None and dataclasses.is_dataclass(tp) else {}
+
+
+def _dotted(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"config key {old} is deprecated, use {new}", FutureWarning, stacklevel=4)
+
+
+def _rename_old_keys(tp: Any, data: dict, where: str) -> dict:
+    """``data`` (a mapping for dataclass ``tp``) with its old key names replaced by the new ones, each with a
+    FutureWarning; an old and a new name of the same key together are a ConfigError."""
+    renamed = renamed_keys(tp)
+    if not renamed or not set(data) & set(renamed):
+        return data
+    data = dict(data)
+    for old, spec in renamed.items():
+        if old not in data:
+            continue
+        if spec.new in data:
+            raise ConfigError(f"{_dotted(where, old)} is the old name of {_dotted(where, spec.new)}; "
+                              f"set only {_dotted(where, spec.new)}")
+        _warn_renamed(_dotted(where, old), _dotted(where, spec.new))
+        value = data.pop(old)
+        data[spec.new] = spec.convert(value) if spec.convert else value
+    return data
+
+
 def _build(cls: type[T], data: dict, where: str) -> T:
+    data = _rename_old_keys(cls, data, where)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -169,28 +217,38 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
+def apply_overrides(data: dict, overrides: list[str], cls: type | None = None, where: str = "") -> dict:
     """``data`` with each ``key.sub=value`` override set. With ``cls`` (the dataclass ``data`` is for), an
     override may not create an entry of a mapping of sections (``risks.exposur.target_pairs=5`` under
     ``risks: dict[str, RiskConfig]``): that is a misspelt name, and left to the type check it would only
-    surface as the new entry's missing required keys."""
-    data = dict(data)
+    surface as the new entry's missing required keys. Old key names (``RENAMED_KEYS``), in the data or in an
+    override, become the new ones (``where``: the section, for the warning)."""
+    data = _rename_old_keys(cls, dict(data), where)
     for text in overrides:
         path, value = parse_override(text)
-        node, tp, where, known = data, cls, "", set()
-        for part in path[:-1]:
+        node, tp, section, full, known = data, cls, "", where, set()
+        for i, part in enumerate(path):
+            spec = renamed_keys(tp).get(part)
+            if spec is not None:
+                _warn_renamed(_dotted(full, part), _dotted(full, spec.new))
+                part = spec.new
+                if i == len(path) - 1 and spec.convert:
+                    value = spec.convert(value)
+            if i == len(path) - 1:
+                node[part] = value
+                break
             child = node.get(part)
             if child is None:
-                _check_new_entry(tp, part, where, sorted(set(node) | known), text)
+                _check_new_entry(tp, part, section, sorted(set(node) | known), text)
                 child = {}
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {part!r} is not a section")
             # A section the data leaves out holds its default entries.
             default = _default_of(tp, part) if part not in node else None
             known = set(default) if isinstance(default, dict) else set()
-            node[part] = dict(child)
-            node, tp, where = node[part], _member_type(tp, part), part
-        node[path[-1]] = value
+            member, full = _member_type(tp, part), _dotted(full, part)
+            node[part] = _rename_old_keys(member, dict(child), full)
+            node, tp, section = node[part], member, part
     return data
 
 
@@ -240,10 +298,14 @@ def _check_new_entry(tp: Any, key: str, section: str, configured: list[str], tex
     )
 
 
-def config_from_dict(cls: type[T], data: dict | None, overrides: list[str] = (), where: str = "") -> T:
-    """Build and validate ``cls`` from a plain mapping plus ``key=value`` overrides."""
-    merged = apply_overrides(data or {}, list(overrides), cls)
+def config_from_dict(cls: type[T], data: dict | None, overrides: list[str] = (), where: str = "",
+                     validate: bool = True) -> T:
+    """Build ``cls`` from a plain mapping plus ``key=value`` overrides: keys and types checked, then (with
+    ``validate``) the values, by each dataclass's ``validate()``."""
+    merged = apply_overrides(data or {}, list(overrides), cls, where)
     obj = _build(cls, merged, where)
+    if not validate:
+        return obj
     try:
         _validate_tree(obj)
     except ConfigError:
@@ -271,9 +333,11 @@ def read_yaml(path: str | Path) -> dict:
 KNOWN_SECTIONS = ("run", "world", "curate", "train", "eval", "annotate", "bench")
 
 
-def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = ()) -> T:
+def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = (),
+                      validate: bool = True) -> T:
     """Load ``section`` of the YAML file at ``path`` into ``cls``; overrides are relative to it, with or
-    without the section's prefix (``steps=10`` or ``eval.steps=10``)."""
+    without the section's prefix (``steps=10`` or ``eval.steps=10``). ``validate=False`` checks keys and types
+    only (no ``validate()`` value checks): what a documented command's keys are checked with."""
     prefix = f"{section}."
     overrides = [o[len(prefix):] if o.startswith(prefix) else o for o in overrides]
     data = read_yaml(path) if path is not None else {}
@@ -283,7 +347,7 @@ def load_stage_config(cls: type[T], path: str | Path | None, section: str, overr
             f"{path}: unknown top-level section(s) {unknown_sections}. Valid sections: {list(KNOWN_SECTIONS)}"
         )
     section_data = data.get(section) or {}
-    return config_from_dict(cls, section_data, overrides, where=section)
+    return config_from_dict(cls, section_data, overrides, where=section, validate=validate)
 
 
 def config_name(path: str | Path | None) -> str:

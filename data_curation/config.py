@@ -26,19 +26,23 @@ REQUEST_SUFFIX = "_request"
 
 @dataclass
 class GenerationConfig:
-    sampler: str = "ddim"
-    steps: int = 20
-    guidance: float = 5.0
-    resolution: Optional[int] = None  # pixels (square); None: the model's native size
-    batch_size: Union[int, Literal["auto"]] = 32  # images per batch; auto: inference.generation.resolve_batch_size
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # Exact-math inference fast paths (inference/speedups.py: fused QKV, channels_last, torch.compile of the UNet
-    # and the VAE decoder). "auto": on when generating on CUDA, off on a CPU (compiling costs more than it
-    # saves there; inference.speedups.use_fast_paths). On an H100 at SD1.5 512 px they give 1.48x the plain
-    # pipeline's images/s, 1.52x with speedups.coordinate_descent_tuning (docs/performance.md, "Generation
-    # throughput"); compiling takes a few minutes up front. true / false force them.
-    fast_paths: Union[bool, Literal["auto"]] = "auto"
-    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups)
+    sampler: str = field(default="ddim", metadata={"help": "Scheduler name (inference.generation), e.g. ddim, euler."})
+    steps: int = field(default=20, metadata={"help": "Sampler steps per image."})
+    guidance: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
+    resolution: Optional[int] = field(default=None, metadata={
+        "help": "Image size in pixels (square, a multiple of 8); null: the model's native size."})
+    batch_size: Union[int, Literal["auto"]] = field(default=32, metadata={
+        "help": "Images per generation batch; auto: chosen from the resolution and device "
+                "(inference.generation.resolve_batch_size)."})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={
+        "help": "Weights and activations dtype of generation."})
+    # Off on a CPU under auto: compiling costs more there than it saves.
+    fast_paths: Union[bool, Literal["auto"]] = field(default="auto", metadata={
+        "help": "Exact-math inference fast paths (inference/speedups.py: fused QKV, channels_last, torch.compile of "
+                "the UNet and the VAE decoder): auto: on when generating on CUDA, off on a CPU; true/false force "
+                "them. Compiling takes a few minutes up front (docs/performance.md)."})
+    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups, metadata={
+        "help": "Which fast paths, when fast_paths is on."})
 
     def validate(self) -> None:
         check_sampler(self.sampler)
@@ -60,11 +64,15 @@ class DetectorConfig:
     prompt's request (misalignment) or the group balance (stereotype).
     """
 
-    scorer: str = "oracle"
-    key: Optional[str] = None
-    threshold: float = 0.5
-    safe_below: Optional[float] = None
-    attribute: Optional[str] = None
+    scorer: str = field(default="oracle", metadata={
+        "help": "Scorer (a name under curate.scorers) that reads the risk."})
+    key: Optional[str] = field(default=None, metadata={
+        "help": "Score that flags the risk (exposure, association), e.g. exposed or symbol."})
+    threshold: float = field(default=0.5, metadata={"help": "A score at or above this flags the image."})
+    safe_below: Optional[float] = field(default=None, metadata={
+        "help": "A preferred image's score must be below this; null: threshold."})
+    attribute: Optional[str] = field(default=None, metadata={
+        "help": "Categorical label compared (stereotype, misalignment), e.g. group or outfit."})
 
     def validate(self) -> None:
         check_scorer_name(self.scorer)
@@ -83,14 +91,16 @@ class AlignmentConfig:
     ``min_clip_score`` the CLIP score of the image against the training caption must reach it.
     """
 
-    scorer: Optional[str] = None  # None: no alignment check
-    check_slots: bool = True
-    min_clip_score: Optional[float] = None
-    # Minimal pairs change only the risk: the preferred image must read the same as the rejected one on each
-    # of these scorer labels (the risk's own detector attribute excepted). A preferred image in a park for a
-    # "dressed for a date" prompt whose rejected image was at the beach teaches "avoid beaches", not "stay
-    # clothed". Empty: no check (a real-model scorer may read none of them).
-    keep_attributes: list[str] = field(default_factory=list)
+    scorer: Optional[str] = field(default=None, metadata={
+        "help": "Scorer (a name under curate.scorers) of the alignment check; null: no check."})
+    check_slots: bool = field(default=True, metadata={
+        "help": "Every prompt slot the scorer labels must match, and a valid label must be true."})
+    min_clip_score: Optional[float] = field(default=None, metadata={
+        "help": "Minimum CLIP score of the preferred image against the training caption; null: none."})
+    keep_attributes: list[str] = field(default_factory=list, metadata={
+        "help": "Minimal pairs change only the risk: the preferred image must read the same as the rejected one "
+                "on these scorer labels (the risk's own detector attribute excepted), so that a pair teaches "
+                "'stay clothed', not 'avoid beaches'. Empty: no check."})
 
     def validate(self) -> None:
         if self.scorer is not None:
@@ -109,10 +119,16 @@ class CorrectiveVariant:
     scorers confirm one.
     """
 
-    rewrite: Optional[str] = None
-    set_slots: dict[str, Any] = field(default_factory=dict)
-    negative_prompt: str = ""
-    guidance: Optional[float] = None  # stronger guidance for this variant (same seed); None: as generation
+    rewrite: Optional[str] = field(default=None, metadata={
+        "help": "Format string of the preferred image's prompt over {prompt}, the prompt's slots and {group}, e.g. "
+                "'{prompt}, fully clothed'."})
+    set_slots: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "World/template prompts: re-render the same template with these slots changed (values may use "
+                "{group} or other slots)."})
+    negative_prompt: str = field(default="", metadata={
+        "help": "Negative prompt of the variant (may use the slots; acts through classifier-free guidance)."})
+    guidance: Optional[float] = field(default=None, metadata={
+        "help": "Guidance scale of this variant (same seed); null: curate.generation.guidance."})
 
 
 @dataclass
@@ -129,11 +145,17 @@ class BalanceConfig:
     are often refused (e.g. flagged by another risk's detector) is not left short.
     """
 
-    attribute: str = "group"
-    values: list[str] = field(default_factory=list)
-    target: dict[str, float] = field(default_factory=dict)
-    stratify_by: Optional[str] = "role"
-    every_deficit_group: bool = False
+    attribute: str = field(default="group", metadata={"help": "Label whose distribution is steered."})
+    values: list[str] = field(default_factory=list, metadata={
+        "help": "The attribute's values; empty: the world's groups."})
+    target: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "Target share per value (non-negative, normalised); empty: uniform."})
+    stratify_by: Optional[str] = field(default="role", metadata={
+        "help": "Prompt slot within which the distribution is measured (role: each role its own bias; prompt: "
+                "each prompt alone; null: the whole risk at once)."})
+    every_deficit_group: bool = field(default=False, metadata={
+        "help": "Minimal pairs: correct each risky image once per under-represented group instead of once with "
+                "the scheduled group, so no deficit group is left short when its corrections are often refused."})
 
     def validate(self) -> None:
         if self.target:
@@ -146,27 +168,39 @@ class BalanceConfig:
 
 @dataclass
 class RiskConfig:
-    prompts: PromptSourceConfig
-    kind: Optional[str] = None  # defaults to the risk's name
-    strategy: Literal["best_of_n", "minimal_pair"] = "minimal_pair"
-    # 0: curate nothing for this risk, but keep its detector in the cross-risk check of the others
-    # (e.g. a stereotype-only round that must still refuse preferred images with a symbol).
-    target_pairs: int = 100
-    images_per_prompt: int = 4  # best-of-N: N; minimal pair: seeds tried per prompt per round
-    max_rounds: int = 4  # more seeds per prompt, a round at a time, until target_pairs is reached
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
-    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
-    corrective: list[CorrectiveVariant] = field(default_factory=list)
-    balance: BalanceConfig = field(default_factory=BalanceConfig)
-    min_margin: float = 0.0  # best-of-N: rejected score - preferred score must reach this
-    min_similarity: float = 0.0  # minimal pair: drop pairs whose images differ more than this
-    # Explicit-request policy for prompts that ask for this risk's content (a bare torso, a symbol):
-    # honour: pairs prefer the image that shows what was asked for over the same picture without it;
-    # suppress: pairs prefer the picture without it, as for unrequested content. The pairs are curated as the
-    # task "<risk>_request" from `request_prompts`, with this risk's detector and corrective variants.
-    requested: Literal["honour", "suppress"] = "honour"
-    request_prompts: Optional[PromptSourceConfig] = None
-    request_pairs: int = 0  # pairs of the "<risk>_request" task (0: none)
+    prompts: PromptSourceConfig = field(metadata={"help": "Where the risk's prompts come from."})
+    kind: Optional[str] = field(default=None, metadata={
+        "help": f"Risk kind, one of {', '.join(RISK_KINDS)}; null: the risk's name."})
+    strategy: Literal["best_of_n", "minimal_pair"] = field(default="minimal_pair", metadata={
+        "help": "best_of_n: the best and worst of N images of a prompt; minimal_pair: the same seed re-generated "
+                "with a corrective variant, so that only the risk changes."})
+    # 0 keeps the detector in the cross-risk check of the others (e.g. a stereotype-only round that must still
+    # refuse preferred images with a symbol).
+    target_pairs: int = field(default=100, metadata={
+        "help": "Pairs wanted for this risk; 0: curate none, but keep its detector in the cross-risk check."})
+    images_per_prompt: int = field(default=4, metadata={
+        "help": "best_of_n: N; minimal_pair: seeds tried per prompt per round."})
+    max_rounds: int = field(default=4, metadata={
+        "help": "Rounds of more seeds per prompt until target_pairs is reached."})
+    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={
+        "help": "How a scorer's output says an image carries the risk."})
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig, metadata={
+        "help": "What prompt-aligned means for a preferred image."})
+    corrective: list[CorrectiveVariant] = field(default_factory=list, metadata={
+        "help": "Ways to make a minimal pair's preferred image, tried in order until the scorers confirm one."})
+    balance: BalanceConfig = field(default_factory=BalanceConfig, metadata={
+        "help": "Stereotype pairs: the target distribution of the attribute."})
+    min_margin: float = field(default=0.0, metadata={
+        "help": "best_of_n: the rejected image's score minus the preferred one's must reach this."})
+    min_similarity: float = field(default=0.0, metadata={
+        "help": "minimal_pair: drop pairs whose images are less similar than this (1 = identical)."})
+    requested: Literal["honour", "suppress"] = field(default="honour", metadata={
+        "help": "Policy for prompts that ask for this risk's content (a bare torso, a symbol): honour: pairs prefer "
+                "the image that shows what was asked for over the same picture without it; suppress: pairs prefer "
+                "the picture without it. Curated as the task <risk>_request from request_prompts."})
+    request_prompts: Optional[PromptSourceConfig] = field(default=None, metadata={
+        "help": "Prompts that ask for the risk's content, for the <risk>_request task."})
+    request_pairs: int = field(default=0, metadata={"help": "Pairs of the <risk>_request task; 0: none."})
 
     def validate(self) -> None:
         if self.request_pairs < 0:
@@ -191,20 +225,21 @@ class RetainConfig:
     the preference set. The trainer anchors the LoRA to the base model on them (train.retain), which
     is what keeps unrelated prompts unchanged. ``prompts: null`` = no retain set."""
 
-    prompts: Optional[PromptSourceConfig] = None
-    # More prompt sources anchored the same way: preservation prompts that keep the trigger contexts, named
-    # groups and explicit attributes in the anchor (clothed figures at the beach, named groups at a party),
-    # so the LoRA cannot learn "avoid beaches" or "move groups" where it should learn "remove the risk".
-    extra_prompts: list[PromptSourceConfig] = field(default_factory=list)
-    # Prompts that ask for a risk's content (a bare torso, a symbol): under the honour policy their base images
-    # are anchored as generated, requested content included (only invalid images are dropped), so the LoRA keeps
-    # honouring the request while its pairs remove the unrequested content.
-    request_prompts: list[PromptSourceConfig] = field(default_factory=list)
-    images_per_prompt: int = 1
-    output_dir: Optional[str] = None  # None: retain_set beside the preference set (runs/<config name>/retain_set)
-    # Drop images that carry an exposure/association risk by that risk's own detector, and invalid
-    # images: anchoring to a base-model failure would fight the pairs.
-    drop_risky: bool = True
+    prompts: Optional[PromptSourceConfig] = field(default=None, metadata={
+        "help": "Risk-free prompts whose base images anchor the LoRA; null: no retain set."})
+    extra_prompts: list[PromptSourceConfig] = field(default_factory=list, metadata={
+        "help": "More sources anchored the same way: preservation prompts that keep the trigger contexts, named "
+                "groups and explicit attributes in the anchor (clothed figures at the beach), so that the LoRA "
+                "learns 'remove the risk', not 'avoid beaches'."})
+    request_prompts: list[PromptSourceConfig] = field(default_factory=list, metadata={
+        "help": "Prompts that ask for a risk's content: their base images are anchored as generated, requested "
+                "content included (only invalid images dropped), so the LoRA keeps honouring requests."})
+    images_per_prompt: int = field(default=1, metadata={"help": "Base images per retain prompt."})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "Retain-set folder; null: retain_set beside the preference set (runs/<config>/retain_set)."})
+    # Anchoring to a base-model failure would fight the pairs.
+    drop_risky: bool = field(default=True, metadata={
+        "help": "Drop invalid images and images that an exposure/association risk's own detector flags."})
 
     def validate(self) -> None:
         if self.images_per_prompt < 1:
@@ -216,39 +251,51 @@ PROCESS_SPLITS = ("auto", "tasks", "batches")
 
 @dataclass
 class CurateConfig:
-    model: str = "models/synthetic-sd"
-    variant: Optional[str] = None  # weight files to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); None: the plain files
-    model_name: Optional[str] = None  # recorded as model_id; None: the model path
-    # Generate with the model plus this LoRA (a folder written by `make train`): on-policy pairs for a
-    # later round of iterative DPO (train.init_lora continues from the same LoRA). Loaded with stock
-    # diffusers `load_lora_weights`; part of every image key, so its images never mix with the base model's.
-    lora: Optional[str] = None
-    output_dir: Optional[str] = None  # None: runs/<config name>/preference_set
-    work_dir: Optional[str] = None  # None: runs/<config name>/curate_work (image store, score cache)
-    # output_dir (and the retain set's folder) are replaced when the run finishes. A folder this project wrote
-    # (it holds the .safe-diffusion-dpo-output marker) or an empty one always may be; any other non-empty folder
-    # is refused before curation starts, listing what would be deleted, unless overwrite is true.
-    overwrite: bool = False
-    seed: int = 0
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    scorers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"oracle": {}})
-    risks: dict[str, RiskConfig] = field(default_factory=dict)
-    retain: RetainConfig = field(default_factory=RetainConfig)
-    precision_recall_scorer: Optional[str] = None  # measure this scorer against `reference_scorer`
-    reference_scorer: str = "oracle"
-    # A preferred image must also pass every other exposure/association risk's detector (see
-    # data_curation/strategies.py): a pair must never prefer an image that carries another risk.
-    cross_risk_check: bool = True
-    # Each pair is also written with this many other captions of the same request (the same slots under other
-    # curation templates; file prompts have none), same images: the LoRA then learns the risk, not one phrasing.
-    caption_variants: int = 0
-    shard_size: int = 500
-    # How a launch of several processes shares the work (data_curation/curate.py):
-    #   batches: every generate/score call is split into batches across the processes;
-    #   tasks: each process curates whole risks (and the retain set) alone, then the main process replays the
-    #     curation from the shared caches (the same pairs as one process; no collective call per batch);
-    #   auto: tasks on a CPU launch (its many small calls made batches slower than one process), batches on GPUs.
-    process_split: str = "auto"
+    model: str = field(default="models/synthetic-sd", metadata={
+        "help": "Base model: a diffusers folder, or a hub id (org/name) already in the local Hugging Face cache."})
+    variant: Optional[str] = field(default=None, metadata={
+        "help": "Weight files to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); null: the plain files."})
+    model_name: Optional[str] = field(default=None, metadata={
+        "help": "Name recorded as the pairs' model_id; null: the model path."})
+    lora: Optional[str] = field(default=None, metadata={
+        "help": "Generate with the model plus this LoRA (a folder written by `make train`): on-policy pairs for a "
+                "later round of iterative DPO (train.init_lora). Part of every image key, so its images never mix "
+                "with the base model's."})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "Preference-set folder; null: runs/<config>/preference_set."})
+    work_dir: Optional[str] = field(default=None, metadata={
+        "help": "Image store and score cache of the run (resumable); null: runs/<config>/curate_work."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace a non-empty output_dir (or retain-set folder) that this project did not write (no "
+                ".safe-diffusion-dpo-output marker); without it such a folder is refused before curation. A marked "
+                "or empty folder is always replaced."})
+    seed: int = field(default=0, metadata={"help": "Base seed of every generated image."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
+        "help": "How images are generated."})
+    scorers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"oracle": {}}, metadata={
+        "help": "Scorers by name (oracle, nudenet, clip), each with its settings (inference/scorers/), e.g. "
+                "{nudenet: {threshold: 0.45}}."})
+    risks: dict[str, RiskConfig] = field(default_factory=dict, metadata={
+        "help": "The risks to curate pairs for, by name (a new risk is declared in the config file)."})
+    retain: RetainConfig = field(default_factory=RetainConfig, metadata={
+        "help": "The retain set: base-model images of risk-free prompts the trainer anchors the LoRA to."})
+    precision_recall_scorer: Optional[str] = field(default=None, metadata={
+        "help": "Measure this scorer's precision and recall against reference_scorer; null: no measurement."})
+    reference_scorer: str = field(default="oracle", metadata={
+        "help": "The ground truth of precision_recall_scorer."})
+    cross_risk_check: bool = field(default=True, metadata={
+        "help": "A preferred image must also pass every other exposure/association risk's detector: a pair never "
+                "prefers an image that carries another risk."})
+    caption_variants: int = field(default=0, metadata={
+        "help": "Also write each pair with this many other captions of the same request (other curation "
+                "templates, same images; file prompts have none): the LoRA learns the risk, not one phrasing."})
+    shard_size: int = field(default=500, metadata={"help": "Pairs per parquet shard of the preference set."})
+    # Split by batch on a CPU, many small collective generate/score calls made 2 processes slower than one.
+    process_split: str = field(default="auto", metadata={
+        "help": "How several processes share the work: batches: every generate/score call split across them; "
+                "tasks: each process curates whole risks (and the retain set), then the main process replays the "
+                "curation from the shared caches (the same pairs as one process); auto: tasks on a CPU launch, "
+                "batches on GPUs."})
 
     def validate(self) -> None:
         for name in self.scorers:

@@ -1,6 +1,6 @@
 """``make curate``: risk-specific preference pairs from a base model, written as a preference set.
 
-    python -m data_curation.curate --config configs/demo.yaml [key=value ...]
+    python -m data_curation.curate --config configs/demo.yaml [--key value | key=value ...]
     accelerate launch --num_processes N -m data_curation.curate --config ...   (make curate GPUS=N)
 
 config -> prompts (deduped, leakage-checked) -> generate (resumable) -> score -> pairs -> set at
@@ -10,7 +10,6 @@ Killed and restarted, it reuses every finished image and score and writes exactl
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.cli import run_main
+from core.cli import StageCLI, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import DataError
 from core.io import atomic_write_json, stable_key
@@ -43,11 +42,12 @@ from inference.prompts import load_prompts
 from inference.scorers import build_scorer
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_curation.curate", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="YAML config with a curate: section")
-    parser.add_argument("overrides", nargs="*", help="curate-section overrides, e.g. risks.exposure.target_pairs=50")
-    return parser.parse_args(argv)
+CLI = StageCLI(CurateConfig, "curate", prog="python -m data_curation.curate", description=__doc__,
+               config_required=True)
+
+
+def build_parser():
+    return CLI.parser()
 
 
 def output_folders(cfg: CurateConfig, config_path: str) -> tuple[Path, Path]:
@@ -374,7 +374,7 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = CLI.parse_args(argv, build_parser())
 
     def work() -> None:
         run(load_stage_config(CurateConfig, args.config, "curate", args.overrides), args.config)

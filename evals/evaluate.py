@@ -1,7 +1,7 @@
 """``make eval``: paired before/after evaluation of the base model, the DPO-aligned model and two
 post-training baselines, with bootstrap CIs, written to ``runs/<config name>/eval/``.
 
-    python -m evals.evaluate --config configs/demo.yaml [eval.key=value ...]
+    python -m evals.evaluate --config configs/demo.yaml [--key value | key=value ...]
 
 Steps: check inputs (model, LoRA, leakage) -> generate every model's images with the same seeds
 (resumable store) -> score them (cached by image key) -> metrics -> summary.json, report.html, PNGs
@@ -10,12 +10,11 @@ Steps: check inputs (model, LoRA, leakage) -> generate every model's images with
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from core.cli import resolve_device, run_main
+from core.cli import StageCLI, resolve_device, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_write_json, stable_key
@@ -33,12 +32,11 @@ from evals.runner import (
 from inference.speedups import prepare_pipeline, use_fast_paths
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m evals.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config with an eval: section")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the eval: section")
-    return parser.parse_args(argv)  # overrides: `steps=10` or `eval.steps=10` (core.config)
+CLI = StageCLI(EvalConfig, "eval", prog="python -m evals.evaluate", description=__doc__, config_required=True)
+
+
+def build_parser():
+    return CLI.parser()
 
 
 class LazyScorer:
@@ -131,8 +129,8 @@ def build_variants(cfg: EvalConfig, lora_dir: Path | None) -> dict[str, ModelVar
 
 def check_inputs(cfg: EvalConfig, run_name: str) -> tuple[Path, Path | None]:
     """Fail fast on bad input, before any model is loaded."""
-    check_model_dir(cfg.model_path, cfg.variant)
-    lora_dir = Path(cfg.lora_dir or f"runs/{run_name}/lora")
+    check_model_dir(cfg.model, cfg.variant)
+    lora_dir = Path(cfg.lora or f"runs/{run_name}/lora")
     if "aligned" in cfg.models:
         check_lora_dir(lora_dir)
     if cfg.mode == "i2p" and "filter_regenerate" in cfg.models and cfg.filter.scorer == "oracle":
@@ -433,13 +431,13 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
 
     from inference.generation import native_resolution, resolve_batch_size
 
-    pipe = load_pipeline(cfg.model_path, dtype=getattr(torch, cfg.dtype), device=device, variant=cfg.variant)
+    pipe = load_pipeline(cfg.model, dtype=getattr(torch, cfg.dtype), device=device, variant=cfg.variant)
     resolution = cfg.resolution or native_resolution(pipe)
     batch_size = resolve_batch_size(cfg.batch_size, resolution, pipe.device.type)
     fast = use_fast_paths(cfg.fast_paths, pipe.device.type)
     if fast:
         prepare_pipeline(pipe, cfg.speedups)
-    session = EvalSession(out_dir, pipe, cfg.model_path, cfg.steps, cfg.sampler, resolution, batch_size,
+    session = EvalSession(out_dir, pipe, cfg.model, cfg.steps, cfg.sampler, resolution, batch_size,
                           speedups=cfg.speedups if fast else None, variant=cfg.variant)
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
@@ -454,7 +452,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     summary.update({
         "run_name": run_name,
         "models": models,
-        "model_path": str(cfg.model_path),
+        "model_path": str(cfg.model),
         "lora_dir": str(lora_dir) if lora_dir else None,
         "negative_prompt": ", ".join(cfg.negative_prompts) if "negative_prompt" in models else None,
         "baseline_seeds_per_prompt": cfg.baseline_seeds_per_prompt,  # None: every seed
@@ -484,7 +482,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
                      "seed(s) only (eval.baseline_seeds_per_prompt; base and aligned at every seed): their rates are over "
                      "fewer images, and each difference with a baseline is paired on the images both models have.")
     summary["notes"] = notes
-    summary["meta"] = {"model": cfg.model_path, "LoRA": summary["lora_dir"] or "none",
+    summary["meta"] = {"model": cfg.model, "LoRA": summary["lora_dir"] or "none",
                        "prompts": summary.get("prompts", {}).get("n_prompts", "–"),
                        "seeds per prompt": cfg.seeds_per_prompt, "steps": cfg.steps, "guidance": cfg.guidance,
                        "sampler": cfg.sampler, "device": device, "wall time (s)": summary["wall_seconds"]}
@@ -509,7 +507,7 @@ def print_result(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = CLI.parse_args(argv, build_parser())
 
     def work() -> None:
         cfg = load_stage_config(EvalConfig, args.config, "eval", args.overrides)

@@ -74,7 +74,7 @@ def check_lora_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / LORA_WEIGHT_NAME).is_file():
         raise ModelPathError(
-            f"LoRA not found: {path / LORA_WEIGHT_NAME} does not exist (run `make train`, set eval.lora_dir, "
+            f"LoRA not found: {path / LORA_WEIGHT_NAME} does not exist (run `make train`, set eval.lora, "
             "or drop 'aligned' from eval.models)"
         )
     return path

@@ -34,14 +34,23 @@ class PromptSourceConfig:
     measured bias affects).
     """
 
-    source: Literal["world", "file", "templates"] = "world"
-    family: Optional[str] = None
-    path: Optional[str] = None
-    templates: list[str] = field(default_factory=list)
-    slots: dict[str, list[str]] = field(default_factory=dict)
-    eval_file: Optional[str] = None
-    where: dict[str, list[Any]] = field(default_factory=dict)  # keep prompts whose slot values are listed
-    limit: Optional[int] = None  # keep an evenly spread `limit` prompts (after dedupe and `where`)
+    source: Literal["world", "file", "templates"] = field(default="world", metadata={
+        "help": "world: a synthetic-world prompt family (curation split only); file: a UTF-8 text file, one prompt "
+                "per line (# starts a comment); templates: every combination of slots filled into each template."})
+    family: Optional[str] = field(default=None, metadata={
+        "help": "World prompt family (source world), e.g. exposure, stereotype, neutral."})
+    path: Optional[str] = field(default=None, metadata={"help": "Prompt file (source file)."})
+    templates: list[str] = field(default_factory=list, metadata={
+        "help": "Prompt templates (source templates), e.g. 'a photo of a {role} at the {setting}'."})
+    slots: dict[str, list[str]] = field(default_factory=dict, metadata={
+        "help": "Values of each template slot (source templates), e.g. {role: [doctor, chef]}."})
+    eval_file: Optional[str] = field(default=None, metadata={
+        "help": "Held-out eval prompts the file/template prompts are checked against (leakage)."})
+    where: dict[str, list[Any]] = field(default_factory=dict, metadata={
+        "help": "Keep only prompts whose slots take the listed values, e.g. {group: [mirdan]} (target the group a "
+                "measured bias affects)."})
+    limit: Optional[int] = field(default=None, metadata={
+        "help": "Keep an evenly spread N prompts (after dedupe and where); null: all."})
 
     def validate(self) -> None:
         if self.source == "world" and not self.family:

@@ -29,22 +29,24 @@ from typing import Any
 
 @dataclass
 class InferenceSpeedups:
-    fuse_qkv: bool = True
-    channels_last: bool = True
-    compile_unet: bool = True
-    compile_vae: bool = True
-    # inductor: run 1x1 convolutions as matrix products (they are, in NHWC); no extra compile time.
-    conv_1x1_as_mm: bool = True
-    # inductor's coordinate-descent kernel tuning: each Triton kernel's block sizes and warps are timed and the
-    # best kept (cached in inductor's cache dir). SD1.5 512 px on an H100: 7.26 images/s against 7.04-7.12
-    # without (docs/experiments.md, "Generation: kernel tuning and uint8 conversion on the GPU"), for about
-    # 3 minutes more compile on first use: it pays off after about two hours of generation, or at once where the
-    # cache is warm. Off by default.
-    coordinate_descent_tuning: bool = False
-    # further inductor options by name (torch._inductor.list_options()), e.g. {epilogue_fusion: false}
-    inductor_options: dict[str, Any] = field(default_factory=dict)
-    compile_mode: str = "default"  # torch.compile mode: "default", "max-autotune-no-cudagraphs", ...
-    compile_backend: str = "inductor"  # "aot_eager" captures the same graphs without codegen (CPU tests)
+    fuse_qkv: bool = field(default=True, metadata={
+        "help": "One (3D, D) projection instead of three (D, D) ones in every self-attention."})
+    channels_last: bool = field(default=True, metadata={"help": "NHWC memory layout for the UNet and the VAE."})
+    compile_unet: bool = field(default=True, metadata={"help": "torch.compile of the UNet forward."})
+    compile_vae: bool = field(default=True, metadata={"help": "torch.compile of the VAE decoder."})
+    conv_1x1_as_mm: bool = field(default=True, metadata={
+        "help": "Inductor: run 1x1 convolutions as matrix products (they are, in NHWC); no extra compile time."})
+    # Off by default: it pays off only after hours of generation, or where the cache is already warm.
+    coordinate_descent_tuning: bool = field(default=False, metadata={
+        "help": "Inductor's coordinate-descent kernel tuning: each Triton kernel's block sizes and warps are timed "
+                "and the best kept (in inductor's cache): faster kernels for a few minutes more compile on first use "
+                "(docs/performance.md)."})
+    inductor_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Further inductor options by name (torch._inductor.list_options()), e.g. {epilogue_fusion: false}."})
+    compile_mode: str = field(default="default", metadata={
+        "help": "torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs."})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile backend; aot_eager captures the same graphs without code generation (CPU tests)."})
 
     def validate(self) -> None:
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -31,7 +31,7 @@ def reduced_demo_config(out: Path) -> dict:
     train.update(data=str(out / "preference_set"), output_dir=str(out / "lora"), work_dir=str(out / "train_work"),
                  max_train_steps=4, pairs_per_step=4, checkpoint_every=2, log_every=2, progress_bar=False)
     train["retain"] = dict(train["retain"], data=str(out / "retain_set"))
-    evaluate.update(output_dir=str(out / "eval"), lora_dir=str(out / "lora"), preference_set=str(out / "preference_set"),
+    evaluate.update(output_dir=str(out / "eval"), lora=str(out / "lora"), preference_set=str(out / "preference_set"),
                     prompts_per_family=3, seeds_per_prompt=1, baseline_seeds_per_prompt=1, family_prompts={"stereotype": 5})
     evaluate["bootstrap"] = dict(evaluate["bootstrap"], n_boot=100)
     return {"curate": curate, "train": train, "eval": evaluate}

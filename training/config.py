@@ -8,22 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
+from core.config import Renamed
 from core.errors import ConfigError
 from training.loss import LOSS_TYPES
 
 
+def _report_to_from_tensorboard(value: Any) -> Any:
+    """The old ``tensorboard: true/false`` as a ``report_to`` value."""
+    return ("tensorboard" if value else "none") if isinstance(value, bool) else value
+
+
 @dataclass
 class LoraSettings:
-    rank: int = 8
-    # Scale of the LoRA update is alpha / rank (peft convention); alpha = rank gives scale 1.
-    alpha: float = 8.0
-    # Module names inside the UNet (peft matches by suffix). Attention projections by default.
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    dropout: float = 0.0
-    # Weight-decomposed LoRA (peft's DoRA).
-    use_dora: bool = False
+    rank: int = field(default=8, metadata={"help": "LoRA rank r of every adapted layer."})
+    alpha: float = field(default=8.0, metadata={
+        "help": "LoRA alpha: the update is scaled by alpha / rank (peft's convention; alpha = rank gives scale 1)."})
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], metadata={
+        "help": "UNet module names that get a LoRA (peft matches them by suffix); default: the attention "
+                "projections."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input, in [0, 1)."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (peft's DoRA)."})
 
     def validate(self) -> None:
         if self.rank < 1:
@@ -49,16 +55,19 @@ class RetainSettings:
     such squared noise-prediction differences), applied where there are no pairs. ``weight`` = 0: off.
     """
 
-    data: Optional[str] = None  # retain-set folder; default runs/<config>/retain_set when weight > 0
-    weight: float = 0.0  # dimensionless, in units of the DPO objective's β/2 (see above)
-    # "reference": the KL anchor above. "data": prior preservation, ||ε_θ - ε||² - ||ε_ref - ε||² on the
-    # retain images (denoising towards the filtered base images rather than towards the base model,
-    # whose predictions still carry the biases that the filter removed from the images).
-    target: Literal["reference", "data"] = "reference"
-    micro_batch_size: int = 8  # retain images per micro-batch (per process)
-    # Retain images per optimiser step over all processes and micro-steps; when set it replaces
-    # micro_batch_size (derived per process count, like TrainConfig.pairs_per_step).
-    images_per_step: Optional[int] = None
+    data: Optional[str] = field(default=None, metadata={
+        "help": "Retain-set folder; default runs/<config>/retain_set when weight > 0."})
+    weight: float = field(default=0.0, metadata={
+        "help": "Weight of the retain anchor, in units of the DPO objective's β/2 (dimensionless); 0: off."})
+    target: Literal["reference", "data"] = field(default="reference", metadata={
+        "help": "reference: the KL anchor ||ε_θ - ε_ref||² to the base model's predictions; data: prior "
+                "preservation, ||ε_θ - ε||² - ||ε_ref - ε||² on the retain images (denoise toward the filtered "
+                "base images rather than toward the base model, whose predictions still carry the biases the "
+                "filter removed from the images)."})
+    micro_batch_size: int = field(default=8, metadata={"help": "Retain images per micro-batch, per process."})
+    images_per_step: Optional[int] = field(default=None, metadata={
+        "help": "Retain images per optimiser step over all processes and micro-steps; when set it replaces "
+                "micro_batch_size (derived from the process count, like train.pairs_per_step)."})
 
     def validate(self) -> None:
         if self.weight < 0:
@@ -71,154 +80,165 @@ class RetainSettings:
 
 @dataclass
 class TrainConfig:
+    # Old key names, still read (with a FutureWarning).
+    RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {"tensorboard": Renamed("report_to", _report_to_from_tensorboard)}
+
     # --- inputs / outputs -------------------------------------------------------------------------
-    # A diffusers folder (SD1.x/2.x or SDXL), or a hub id (org/name) already in the local Hugging Face cache.
-    model: str = "models/synthetic-sd"
-    # Which weight files to load: "fp16" for unet/diffusion_pytorch_model.fp16.safetensors and the like, as many
-    # checkpoints ship (loaded as float32 for training); None: the plain files.
-    variant: Optional[str] = None
-    data: Optional[str] = None  # preference-set folder; default runs/<config>/preference_set
-    output_dir: Optional[str] = None  # final LoRA folder; default runs/<config>/lora
-    work_dir: Optional[str] = None  # checkpoints, cache, logs; default runs/<config>/train_work
-    max_pairs: Optional[int] = None  # use only the first N non-tie pairs (quick runs)
-    # Start from this LoRA (folder or .safetensors written by a previous `make train`) instead of B = 0:
-    # a later round of iterative DPO on pairs curated from the aligned model (curate.lora). The reference
-    # stays the base model. Its rank/alpha/targets must match train.lora.
-    init_lora: Optional[str] = None
+    model: str = field(default="models/synthetic-sd", metadata={
+        "help": "Base model: a diffusers folder (SD1.x/2.x or SDXL), or a hub id (org/name) already in the local "
+                "Hugging Face cache."})
+    variant: Optional[str] = field(default=None, metadata={
+        "help": "Weight files to load: fp16 for unet/diffusion_pytorch_model.fp16.safetensors and the like, as many "
+                "checkpoints ship (trained in float32); null: the plain files."})
+    data: Optional[str] = field(default=None, metadata={
+        "help": "Preference-set folder to train on; default runs/<config>/preference_set."})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "Folder of the trained LoRA, written when the run finishes; default runs/<config>/lora."})
+    work_dir: Optional[str] = field(default=None, metadata={
+        "help": "Checkpoints, latent cache and logs; default runs/<config>/train_work."})
+    max_pairs: Optional[int] = field(default=None, metadata={
+        "help": "Train on the first N non-tie pairs only (quick runs); null: all."})
+    init_lora: Optional[str] = field(default=None, metadata={
+        "help": "Start from this LoRA (folder or .safetensors of an earlier `make train`) instead of B = 0: a later "
+                "round of iterative DPO on pairs curated from the aligned model (curate.lora). The reference stays "
+                "the base model; its rank, alpha and target modules must match train.lora."})
 
     # --- objective --------------------------------------------------------------------------------
-    loss_type: Literal["sigmoid", "hinge", "ipo", "sft"] = "sigmoid"
-    beta: float = 5000.0  # official -β/2 convention (= diffusers' 2500); see training/loss.py
-    # None = the scheduler's own prediction type (epsilon or v_prediction).
-    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = None
-    prompt_dropout: float = 0.0  # fraction of pairs trained with the empty caption (official: 0.2)
-    # Per-risk sampling: a pair whose ``risk`` column is R is visited risk_repeats[R] times per epoch
-    # (default 1; 0 leaves that risk out). A risk that needs a whole distribution moved (stereotypes)
-    # can get more optimiser updates without more curated pairs or more steps.
-    risk_repeats: dict[str, int] = field(default_factory=dict)
-    # Conservative DPO (training/loss.py): trust each label with probability 1 - ε, so a pair stops pulling
-    # at a finite margin log((1-ε)/ε). `label_smoothing` is ε for every pair, `label_smoothing_per_risk`
-    # overrides it per risk. For a risk whose target is a distribution (stereotypes: uniform over groups,
-    # not "never the majority group"), hard labels push the majority group below its target share.
-    label_smoothing: float = 0.0
-    label_smoothing_per_risk: dict[str, float] = field(default_factory=dict)
-    # RPO (training/loss.py; trl's rpo_alpha): + α·β/2·(err(θ, w) - err(ref, w)), a supervised pull toward the
-    # preferred images that keeps acting after a pair's DPO loss has saturated. `rpo_alpha` is α for every
-    # pair, `rpo_alpha_per_risk` overrides it per risk. 0 = plain DPO.
-    rpo_alpha: float = 0.0
-    rpo_alpha_per_risk: dict[str, float] = field(default_factory=dict)
-    # RPO toward a target mixture (training/loss.py): the pull's weight s on the *rejected* image, 1 - s on the
-    # preferred one. 0 = plain RPO. For a risk whose pairs reject an over-represented group in favour of the
-    # other k - 1 (stereotypes), s = 1/k makes the pull's target uniform over all k groups instead of a 50/50
-    # mix of the non-majority ones. Needs α > 0 for the same pairs. Per risk as rpo_alpha.
-    rpo_rejected_share: float = 0.0
-    rpo_rejected_share_per_risk: dict[str, float] = field(default_factory=dict)
-    # Per-risk timestep range [low, high) in training timesteps (default: every pair draws t uniformly from
-    # [0, num_train_timesteps)). The DPO objective is an expectation over t (paper eq. 14); drawing t from
-    # U[low, high) for a risk's pairs reweights that risk's terms toward the noise levels where its attribute is
-    # decided. On the synthetic model a figure's group is settled only above t ≈ 400: denoised from t = 400 the
-    # preferred group survives 88% of the time, from t = 800 only 15% (docs/training.md): the stereotype pairs
-    # drawn below that level teach nothing about which group to draw. Measured on the demo: a stronger push that
-    # overshoots onto one other group, not a better balance, so the demo does not use it.
-    timestep_range_per_risk: dict[str, list[int]] = field(default_factory=dict)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "sft"] = field(default="sigmoid", metadata={
+        "help": "Preference loss (training/loss.py): sigmoid (Diffusion-DPO), hinge, ipo, or sft (the supervised "
+                "RPO term alone)."})
+    beta: float = field(default=5000.0, metadata={
+        "help": "DPO β in the paper's -β/2 convention (twice diffusers' value); see training/loss.py."})
+    prediction_type: Optional[Literal["epsilon", "v_prediction"]] = field(default=None, metadata={
+        "help": "What the UNet predicts; null: the scheduler's own prediction type."})
+    prompt_dropout: float = field(default=0.0, metadata={
+        "help": "Fraction of pairs trained with the empty caption, in [0, 1) (the paper's recipe: 0.2)."})
+    risk_repeats: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "Visits per epoch of the pairs of each risk (the set's risk column; default 1, 0 leaves a risk "
+                "out): more updates for a risk that needs a whole distribution moved (stereotypes), without more "
+                "pairs or steps."})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "Conservative DPO ε (training/loss.py), in [0, 0.5): each label is trusted with probability 1 - ε, "
+                "so a pair stops pulling at a margin of log((1 - ε) / ε). Sigmoid loss only."})
+    label_smoothing_per_risk: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "ε per risk, over label_smoothing: for a risk whose target is a distribution (stereotypes: "
+                "uniform over groups), hard labels push the majority group below its target share."})
+    rpo_alpha: float = field(default=0.0, metadata={
+        "help": "RPO α (training/loss.py; trl's rpo_alpha): the loss gains α·β/2·(err(θ, w) - err(ref, w)), a "
+                "supervised pull toward the preferred images that keeps acting after a pair's DPO loss has "
+                "saturated; 0: plain DPO."})
+    rpo_alpha_per_risk: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "RPO α per risk, over rpo_alpha."})
+    rpo_rejected_share: float = field(default=0.0, metadata={
+        "help": "RPO toward a target mixture, in [0, 1): the pull's weight s on the rejected image, 1 - s on the "
+                "preferred one. For pairs that reject an over-represented group in favour of the other k - 1, "
+                "s = 1/k makes the pull's target uniform over all k groups. Needs an RPO α > 0; 0: plain RPO."})
+    rpo_rejected_share_per_risk: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "rpo_rejected_share per risk, over rpo_rejected_share."})
+    timestep_range_per_risk: dict[str, list[int]] = field(default_factory=dict, metadata={
+        "help": "Per-risk training-timestep range [low, high): that risk's pairs draw t from U[low, high) instead "
+                "of [0, num_train_timesteps), which reweights its terms toward the noise levels where its "
+                "attribute is decided (docs/training.md)."})
 
-    retain: RetainSettings = field(default_factory=RetainSettings)
+    retain: RetainSettings = field(default_factory=RetainSettings, metadata={
+        "help": "The retain anchor: keeps the LoRA at the base model on risk-free prompts."})
 
     # --- LoRA ------------------------------------------------------------------------------------
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "The LoRA adapter."})
 
     # --- optimisation ----------------------------------------------------------------------------
-    seed: int = 0
-    max_train_steps: int = 300  # optimiser steps
-    micro_batch_size: int = 8  # pairs per process per forward
-    # Pairs per optimiser step over all processes and micro-steps (the recipe's batch). When set it
-    # replaces micro_batch_size, which becomes pairs_per_step / (processes x gradient_accumulation_steps),
-    # so one config trains the same recipe on 1 GPU, N GPUs or N CPU processes: the trainer draws each
-    # step's pairs, noise and timesteps globally and slices them per process (training/step.py).
-    pairs_per_step: Optional[int] = None
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the LoRA init and of every step's pairs, noise and timesteps."})
+    max_train_steps: int = field(default=300, metadata={"help": "Optimiser steps."})
+    micro_batch_size: int = field(default=8, metadata={"help": "Pairs per process per forward."})
+    pairs_per_step: Optional[int] = field(default=None, metadata={
+        "help": "Pairs per optimiser step over all processes and micro-steps (the recipe's batch). When set it "
+                "replaces micro_batch_size, which becomes pairs_per_step / (processes x "
+                "gradient_accumulation_steps): one config trains the same recipe on 1 GPU, N GPUs or N CPU "
+                "processes."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
     lr_scheduler: Literal[
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
-    ] = "constant_with_warmup"
-    lr_warmup_steps: int = 20
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still logged)
-    fused_optimizer: Optional[bool] = None  # None = fused AdamW on CUDA, plain on CPU
+    ] = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule (diffusers' get_scheduler)."})
+    lr_warmup_steps: int = field(default=20, metadata={"help": "Warm-up steps of the learning-rate schedule."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW β1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW β2."})
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW decoupled weight decay."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW ε."})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "help": "Gradient-norm clipping threshold; 0: no clipping (the norm is still logged)."})
+    fused_optimizer: Optional[bool] = field(default=None, metadata={
+        "help": "Fused AdamW kernels; null: fused on CUDA, plain on a CPU."})
 
     # --- speed -----------------------------------------------------------------------------------
-    # auto = bf16 on CUDA, else fp32. fp16 uses dynamic loss scaling. (Not "no": YAML reads that as false.)
-    mixed_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    cache_latents: bool = True  # VAE latents + text embeddings encoded once (False = every step)
-    gradient_checkpointing: bool = False
-    channels_last: bool = False
-    # torch.compile of the UNet (training/compile.py). Off by default: compiling costs a minute or more
-    # up front, which only pays on long GPU runs. Both modes keep the reference pass (adapters off) exact:
-    # "regions": only the ResNet blocks and feed-forwards that hold no LoRA layer; the adapter switch stays
-    #   eager. Measured on an H200: +30% pairs/s on SD1.5 at 512 px, +18% on SDXL at 1024 px
-    #   (docs/experiments.md, "Fast path, regional compile, channels_last, checkpointing").
-    # "full": the whole UNet forward, one graph per adapter state (policy, reference), keyed on the state
-    #   explicitly; exactness checked on CPU in tests/training/test_compile.py. Adds what regions leave
-    #   eager (attention blocks, LoRA layers, layer-norms, the glue between blocks). Measured on an H200:
-    #   SD1.5 512 px 61.3 pairs/s at micro-batch 16 (regions 45.4), SDXL 1024 px 8.59 at 4 (regions 6.75);
-    #   the fastest mode for GPU runs (docs/experiments.md, "Whole-UNet compile"). On a CPU it does not pay
-    #   (60 demo steps: 15.1 vs 14.5 pairs/s, after ~160 s of compiling).
-    # "auto": "full" on a CUDA device, "none" elsewhere (one config for the CPU and GPU runs of a recipe).
-    # ("none", not "off": YAML reads off as false.)
-    compile_unet: Literal["none", "regions", "full", "auto"] = "none"
-    compile_regions: bool = False  # older spelling of compile_unet=regions, kept so existing configs load
-    # torch.compile backend. "aot_eager" traces and runs autograd like inductor but without code generation
-    # (no speed-up): for CPU tests and for telling a dynamo problem from an inductor one.
-    compile_backend: str = "inductor"
-    # Inductor options for compile_unet (torch.compile's ``options=``; the keys of
-    # torch._inductor.list_options(), e.g. {conv_1x1_as_mm: true, coordinate_descent_tuning: true}).
-    # They change kernel choice and scheduling only, never the maths. Empty = inductor's defaults.
-    compile_options: dict[str, Any] = field(default_factory=dict)
-    # Fused LoRA linear layers (training/fused_lora.py): each peft LoRA layer as one autograd node that runs only
-    # the products the maths needs (none of the casts, scalings and copies of peft's traced graph); the same
-    # maths, bf16 rounding apart. The layers, parameters and saved LoRA stay peft's. Measured on an H100, SD1.5
-    # 512 px micro-batch 48 with compile_unet full: 61.4 against 60.5 pairs/s and 62.5 against 66.7 GiB
-    # (docs/experiments.md, "Fused LoRA layers"). "auto": on when compile_unet resolves to "full" and the LoRA has no
-    # dropout and no DoRA; "on": also without compile, and an error naming what blocks it; "off": peft's forward.
-    fused_lora: Union[Literal["auto", "on", "off"], bool] = "auto"
-    # CUDA-graph capture of the whole optimiser step (training/graph.py): cache gathers, reference and policy
-    # forwards, DPO loss + retain anchor, backward, clipping and the AdamW update are captured once after a few
-    # eager warm-up steps and replayed every step after copying the step's draws into static tensors. For
-    # launch-bound runs (the demo's tiny UNet: ~600 module calls per forward, ~160 ms of Python per step).
-    # "auto": on when it is possible (one CUDA process, bf16 or fp32, cached latents held on the GPU, SD1.x/2.x,
-    # compile_unet none, no gradient checkpointing, LoRA dropout or DoRA), else off; "on": the same, but a
-    # configuration where capture is impossible is an error naming why; "off": the eager step. YAML reads on/off
-    # as true/false, so both spellings are accepted (cuda_graph_setting() folds them).
-    cuda_graph: Union[Literal["auto", "on", "off"], bool] = "auto"
-    # Reference losses computed once per pair and noise draw, in a pass before the training loop
-    # (training/reference_cache.py). Step s's draws are a pure function of (seed, s) and the reference (LoRA off)
-    # is frozen, so err(ref, w) and err(ref, l) of every pair of every step are fixed numbers before training
-    # starts: the pass computes the same values the inline reference forward would (same inputs, same graph). The
-    # training step then runs the policy only (6 UNet forward-equivalents per pair instead of 8). The pass costs
-    # the reference's 2 forward-equivalents per pair once; they are reused by every run that shares the base
-    # model, data, seed, pairs per step and noise settings, whatever its β, learning rate, LoRA, loss type or
-    # optimiser (a sweep), and by resumed or longer runs. Needs cache_latents, a loss with a reference (not sft)
-    # and no retain anchor (which needs whole reference predictions, not losses). "on"/"off" (or true/false).
-    reference_cache: Union[Literal["on", "off"], bool] = "off"
-    # Where the reference-loss files live; default <work_dir>/cache. Point the runs of a sweep at one folder.
-    reference_cache_dir: Optional[str] = None
-    allow_tf32: bool = True
+    # "fp32", not "no": YAML reads an unquoted no as false.
+    mixed_precision: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={
+        "help": "auto: bf16 on CUDA, else fp32. fp16 uses dynamic loss scaling (CUDA only)."})
+    cache_latents: bool = field(default=True, metadata={
+        "help": "Encode VAE latents and text embeddings once, before training (false: every step)."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute UNet activations in the backward pass: less memory, more compute."})
+    channels_last: bool = field(default=False, metadata={"help": "NHWC memory layout for the UNet."})
+    # "none", not "off": YAML reads an unquoted off as false.
+    compile_unet: Literal["none", "regions", "full", "auto"] = field(default="none", metadata={
+        "help": "torch.compile of the UNet (training/compile.py); every mode keeps the reference pass (adapters "
+                "off) exact. regions: the ResNet blocks and feed-forwards that hold no LoRA layer; full: the whole "
+                "UNet forward, one graph per adapter state (the fastest mode on GPUs); auto: full on CUDA, none "
+                "elsewhere; none: eager. Compiling costs a minute or more up front (docs/performance.md)."})
+    compile_regions: bool = field(default=False, metadata={
+        "help": "Older spelling of compile_unet: regions, kept so that existing configs load."})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile backend. aot_eager traces and runs autograd like inductor without generating code "
+                "(CPU tests; telling a dynamo problem from an inductor one)."})
+    compile_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Inductor options for compile_unet (keys of torch._inductor.list_options(), e.g. "
+                "{conv_1x1_as_mm: true}); they change kernel choice and scheduling, never the maths. Empty: "
+                "inductor's defaults."})
+    fused_lora: Union[Literal["auto", "on", "off"], bool] = field(default="auto", metadata={
+        "help": "Fused LoRA linear layers (training/fused_lora.py): each peft LoRA layer as one autograd node "
+                "that runs only the products the maths needs; the layers, parameters and saved LoRA stay peft's. "
+                "auto: on when compile_unet resolves to full and the LoRA has no dropout and no DoRA; on: also "
+                "without compile (an error names what blocks it); off: peft's forward."})
+    cuda_graph: Union[Literal["auto", "on", "off"], bool] = field(default="auto", metadata={
+        "help": "CUDA-graph capture of the whole optimiser step (training/graph.py), captured after a few eager "
+                "warm-up steps and replayed every step: for launch-bound runs (small UNets). auto: on where "
+                "possible (one CUDA process, bf16 or fp32, cached latents on the GPU, SD1.x/2.x, compile_unet none, "
+                "no gradient checkpointing, LoRA dropout or DoRA); on: the same, and an error naming why where "
+                "capture is impossible; off: the eager step."})
+    # Exact because step s's draws are a pure function of (seed, s) and the reference (LoRA off) is frozen: every
+    # reference loss of the run is a fixed number before training starts.
+    reference_cache: Union[Literal["on", "off"], bool] = field(default="off", metadata={
+        "help": "Compute the reference losses of every pair and noise draw once, in a pass before the training "
+                "loop (training/reference_cache.py): the step then runs the policy only (6 UNet "
+                "forward-equivalents per pair instead of 8), with the same values. The pass is reused by every "
+                "run with the same base model, data, seed, pairs per step and noise settings (a sweep over β, "
+                "learning rate, LoRA, loss or optimiser; resumed or longer runs). Needs cache_latents, a loss with "
+                "a reference (not sft) and no retain anchor."})
+    reference_cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "Folder of the reference-loss files; default <work_dir>/cache. Point the runs of a sweep at one "
+                "folder."})
+    allow_tf32: bool = field(default=True, metadata={"help": "TF32 matrix products and convolutions on CUDA."})
 
     # --- bookkeeping -----------------------------------------------------------------------------
-    log_every: int = 10  # optimiser steps between metric reductions (the only host syncs)
-    checkpoint_every: int = 100  # optimiser steps; 0 = no intermediate checkpoints
-    keep_checkpoints: int = 2
-    resume: Optional[str] = None  # "latest" or a checkpoint folder
-    # output_dir is replaced when the run finishes. A folder this project wrote (it holds the
-    # .safe-diffusion-dpo-output marker) or an empty one always may be; any other non-empty folder is refused
-    # before training starts, listing what would be deleted, unless overwrite is true.
-    overwrite: bool = False
-    tensorboard: bool = True
-    export_merged_unet: bool = False
-    progress_bar: bool = True
+    log_every: int = field(default=10, metadata={
+        "help": "Optimiser steps between metric reductions (the loop's only host syncs) and log records."})
+    checkpoint_every: int = field(default=100, metadata={
+        "help": "Optimiser steps between checkpoints in work_dir/checkpoints; 0: none before the end."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept; older ones are deleted."})
+    resume: Optional[str] = field(default=None, metadata={
+        "help": "Continue from a checkpoint: latest, or a checkpoint folder; null: start afresh."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace a non-empty output_dir that this project did not write (no .safe-diffusion-dpo-output "
+                "marker); without it such a folder is refused before training, listing what would be deleted. A "
+                "marked or empty folder is always replaced."})
+    report_to: Literal["tensorboard", "wandb", "none"] = field(default="tensorboard", metadata={
+        "help": "Metric tracker, through accelerate, besides work_dir/logs/metrics.jsonl: tensorboard "
+                "(work_dir/logs/tensorboard), wandb (work_dir/logs/wandb; offline unless WANDB_MODE is set; needs "
+                "`pip install wandb`) or none."})
+    export_merged_unet: bool = field(default=False, metadata={
+        "help": "Also write the UNet with the LoRA merged into it (output_dir/unet_merged)."})
+    progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar (main process)."})
 
     def validate(self) -> None:
         if self.loss_type not in LOSS_TYPES:

@@ -1,4 +1,5 @@
-"""Metric accumulation on device (no host sync per step) and logging to JSONL + TensorBoard.
+"""Metric accumulation on device (no host sync per step) and logging to JSONL (the trainer also hands each record
+to accelerate's tracker, ``train.report_to``).
 
 Per step, metric tensors are summed on device. Every ``log_every`` steps the sums are averaged over
 the steps, then over processes with ``accelerator.reduce(mean)`` (all processes run the same number of
@@ -68,17 +69,12 @@ def all_finite(values: dict[str, float]) -> bool:
 
 
 class MetricLogger:
-    """Main process only: appends one JSON object per log step and mirrors scalars to TensorBoard."""
+    """Main process only: appends one JSON object per log step to ``metrics.jsonl``."""
 
-    def __init__(self, log_dir: str | Path, tensorboard: bool) -> None:
+    def __init__(self, log_dir: str | Path) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.log_dir / "metrics.jsonl"
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.log_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop lines from steps after the checkpoint, so the file reads as one clean run."""
@@ -92,14 +88,6 @@ class MetricLogger:
         with open(self.jsonl_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""LoRA Diffusion-DPO training: ``python -m training.train --config configs/demo.yaml [key=value ...]``.
+"""LoRA Diffusion-DPO training: ``python -m training.train --config configs/demo.yaml [--key value | key=value ...]``.
 
 Reads ``train.data`` (a preference set), writes ``train.output_dir`` (``pytorch_lora_weights.safetensors``,
 README.md model card, resolved config, metrics) atomically at the end; checkpoints, the latent cache and
@@ -7,8 +7,8 @@ logs live in ``train.work_dir``. Multi-GPU/multi-node: run the same module under
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import importlib
 import os
 import shutil
 import sys
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from core.cli import run_main
+from core.cli import StageCLI, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text, stable_key
@@ -58,7 +58,7 @@ class TrainingDiverged(PipelineError):
 # not the objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a
 # run resume graphed from an eager checkpoint and back. (compile_regions predates this and stays in.) reference_cache
 # moves the reference pass before the loop; the reference losses are the same numbers (training/reference_cache.py).
-_BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress_bar",
+_BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "report_to", "progress_bar",
                 "export_merged_unet", "output_dir", "work_dir", "compile_unet", "compile_backend", "cuda_graph",
                 "fused_lora", "reference_cache", "reference_cache_dir", "overwrite"}
 
@@ -294,12 +294,16 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     from accelerate.utils import AutocastKwargs
 
     family, resolution, pairs, order, per_pair, init_lora, retain = _check_inputs(cfg)
+    _check_tracker(cfg.report_to)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     graph_setting = cfg.cuda_graph_setting()
     # A cast cached by autocast while capturing would be a graph-pool tensor reused outside the graph; without
     # the cache the same casts run every forward, with the same values (training/graph.py).
     handlers = [AutocastKwargs(cache_enabled=False)] if graph_setting != "off" else []
-    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers)
+    work_dir = Path(cfg.work_dir)
+    accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=handlers,
+                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_dir=str(work_dir / "logs"))
     device, is_main = accelerator.device, accelerator.is_main_process
     blockers = graph_blockers(cfg, device.type, accelerator.num_processes, mixed_precision, family)
     if graph_setting == "on":
@@ -310,7 +314,6 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-    work_dir = Path(cfg.work_dir)
     checkpoint_root = work_dir / "checkpoints"
     if is_main:
         write_resolved_config(cfg, work_dir)
@@ -374,9 +377,10 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         restore_optimizer_flags(optimizer, flags)  # the checkpoint's may be another run's (graphed or eager)
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
 
-    logger = MetricLogger(work_dir / "logs", cfg.tensorboard) if is_main else None
+    logger = MetricLogger(work_dir / "logs") if is_main else None
     if logger is not None:
         logger.truncate_after(start_step)
+    _start_tracker(cfg, accelerator, work_dir / "logs")
     world = accelerator.num_processes
     pairs_per_step = pair_micro_batch * cfg.gradient_accumulation_steps * world
     latent_shape = (int(unwrapped.config.in_channels), components.latent_size, components.latent_size)
@@ -440,6 +444,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
             last_values = values
             if logger is not None:
                 logger.log(done, values)
+            accelerator.log(values, step=done)  # the report_to tracker (main process)
             progress.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values.get('implicit_accuracy', 0):.2f}",
                                  pairs_s=f"{values['pairs_per_s']:.1f}")
             interval_start, interval_steps = time.perf_counter(), 0
@@ -477,7 +482,6 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     }
     if is_main:
         _write_output(cfg, family, unwrapped, pairs, summary, work_dir)
-        logger.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -498,17 +502,64 @@ def _write_output(cfg: TrainConfig, family: str, unet, pairs, summary: dict, wor
             export_merged_unet(cfg.model, tmp, tmp / "unet_merged", variant=cfg.variant)
 
 
+def _check_tracker(report_to: str) -> None:
+    """A tracker whose package is missing fails here, by name (accelerate would drop it without a word)."""
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
+    if package is None:
+        return
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise ConfigError(f"train.report_to={report_to} needs the {package} package, which is not installed "
+                          f"({exc}): pip install {package}, or set report_to: none") from exc
+
+
+def _start_tracker(cfg: TrainConfig, accelerator, log_dir: Path) -> None:
+    """accelerate's tracker for ``report_to``: tensorboard in ``log_dir/tensorboard``, wandb in ``log_dir/wandb``
+    (offline unless the user set WANDB_MODE: nothing leaves the machine unasked). Given the resolved config."""
+    if cfg.report_to == "none":
+        return
+    init_kwargs = {}
+    if cfg.report_to == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        init_kwargs = {"wandb": {"dir": str(log_dir), "name": Path(cfg.output_dir).parent.name or None}}
+    project = "tensorboard" if cfg.report_to == "tensorboard" else "safe-diffusion-dpo"
+    accelerator.init_trackers(project, config=_flat_config(to_dict(cfg)), init_kwargs=init_kwargs)
+
+
+def _flat_config(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A nested config as dotted keys with scalar values (what trackers store as hyper-parameters)."""
+    import json
+
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
+
+
 def load_config(config_path: str | None, overrides: list[str]) -> TrainConfig:
     cfg = load_stage_config(TrainConfig, config_path, "train", overrides)
     return resolve_paths(cfg, config_name(config_path))
 
 
+CLI = StageCLI(TrainConfig, "train", prog="python -m training.train", description=__doc__)
+
+
+def build_parser():
+    parser = CLI.parser()
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                        help="latest or a checkpoint folder (= resume=...)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config with a train: section")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (= resume=...)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the train: section")
-    args = parser.parse_args(argv)
+    args = CLI.parse_args(argv, build_parser())
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
 
     def work() -> None:

@@ -1,9 +1,9 @@
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 import pytest
 
-from core.config import config_from_dict, load_stage_config, write_resolved_config, read_yaml
+from core.config import Renamed, config_from_dict, load_stage_config, read_yaml, write_resolved_config
 from core.errors import ConfigError
 
 
@@ -156,3 +156,70 @@ def test_curate_override_with_a_misspelt_risk():
 
     with pytest.raises(ConfigError, match=r"unknown risk 'exposur'; configured risks: \['association', 'exposure'"):
         load_stage_config(CurateConfig, "configs/demo.yaml", "curate", ["risks.exposur.target_pairs=5"])
+
+
+@dataclass
+class Section:
+    depth: int = 1
+
+
+@dataclass
+class RenamedOuter:
+    RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {
+        "model_path": Renamed("model"),
+        "tensorboard": Renamed("report_to", lambda v: ("tensorboard" if v else "none") if isinstance(v, bool) else v),
+    }
+    model: str = "m"
+    report_to: Literal["tensorboard", "none"] = "tensorboard"
+    steps: int = 1
+    inner: Section = field(default_factory=Section)
+
+
+@dataclass
+class RenamedInner:
+    RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {"depth_old": Renamed("depth")}
+    depth: int = 1
+
+
+@dataclass
+class HoldsRenamed:
+    inner: RenamedInner = field(default_factory=RenamedInner)
+
+
+def test_renamed_keys_are_read_with_a_warning(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  model_path: old/place\n  tensorboard: false\n")
+    with pytest.warns(FutureWarning, match=r"eval\.model_path is deprecated, use eval\.model"):
+        cfg = load_stage_config(RenamedOuter, path, "eval")
+    assert (cfg.model, cfg.report_to) == ("old/place", "none")  # the old value converted
+    # An override with the new name wins over the file's old name, and the other way round.
+    with pytest.warns(FutureWarning):
+        assert load_stage_config(RenamedOuter, path, "eval", ["model=new/place"]).model == "new/place"
+    path.write_text("eval:\n  model: new/place\n")
+    with pytest.warns(FutureWarning, match="model_path is deprecated"):
+        assert load_stage_config(RenamedOuter, path, "eval", ["eval.model_path=old/place"]).model == "old/place"
+    with pytest.warns(FutureWarning, match="tensorboard is deprecated"):
+        assert load_stage_config(RenamedOuter, path, "eval", ["tensorboard=true"]).report_to == "tensorboard"
+    # Both names in one mapping: ambiguous.
+    with pytest.raises(ConfigError, match="model_path is the old name of eval.model; set only eval.model"):
+        config_from_dict(RenamedOuter, {"model": "a", "model_path": "b"}, where="eval")
+    # In a nested section, from the data and from an override.
+    with pytest.warns(FutureWarning, match=r"inner\.depth_old is deprecated, use inner\.depth"):
+        assert config_from_dict(HoldsRenamed, {"inner": {"depth_old": 3}}).inner.depth == 3
+    with pytest.warns(FutureWarning, match=r"inner\.depth_old is deprecated"):
+        assert config_from_dict(HoldsRenamed, {}, ["inner.depth_old=4"]).inner.depth == 4
+    # The resolved config has the new names only.
+    out = write_resolved_config(cfg, tmp_path / "out")
+    assert "model_path" not in read_yaml(out) and read_yaml(out)["model"] == "old/place"
+
+
+def test_load_without_value_checks_still_checks_keys_and_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: -1.0\n")
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        load_stage_config(Outer, path, "train")
+    assert load_stage_config(Outer, path, "train", validate=False).lr == -1.0
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_stage_config(Outer, path, "train", ["lrr=1"], validate=False)
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_stage_config(Outer, path, "train", ["inner.rank=x"], validate=False)

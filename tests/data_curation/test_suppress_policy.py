@@ -39,7 +39,7 @@ def suppress_config(out: Path) -> dict:
                   "max_train_steps": 80, "pairs_per_step": 8, "lr_warmup_steps": 5, "cache_latents": True,
                   "lora": {"rank": 8, "alpha": 8.0, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
                   "log_every": 20, "checkpoint_every": 1000, "progress_bar": False, "mixed_precision": "fp32"},
-        "eval": {"model_path": "models/synthetic-sd", "lora_dir": str(out / "lora"), "output_dir": str(out / "eval"),
+        "eval": {"model": "models/synthetic-sd", "lora": str(out / "lora"), "output_dir": str(out / "eval"),
                  "preference_set": str(out / "set"), "models": ["base", "aligned"], "families": ["exposure_request"],
                  "splits": ["in_grammar"], "requested": {"exposure": "suppress"}, "prompts_per_family": 32,
                  "seeds_per_prompt": 2, "steps": 8, "guidance": 1.5, "sampler": "dpmsolver", "batch_size": 32,

@@ -91,7 +91,7 @@ def fake_world(monkeypatch):
 
 
 def _cfg(model, out, clip, **extra):
-    data = {"model_path": str(model), "output_dir": str(out), "steps": 2, "seeds_per_prompt": 2,
+    data = {"model": str(model), "output_dir": str(out), "steps": 2, "seeds_per_prompt": 2,
             "prompts_per_family": 2, "clip_path": str(clip), "batch_size": 16, "device": "cpu",
             "preference_set": str(out.parent / "no_preference_set"), "bootstrap": {"n_boot": 200},
             "filter": {"max_retries": 2}, "report": {"grid_columns": 2}}
@@ -101,7 +101,7 @@ def _cfg(model, out, clip, **extra):
 
 def test_world_eval_with_lora_then_resume(fake_world, tiny_sd15_path, tiny_clip_dir, random_lora, tmp_path):
     out = tmp_path / "eval"
-    cfg = _cfg(tiny_sd15_path, out, tiny_clip_dir, lora_dir=str(random_lora))
+    cfg = _cfg(tiny_sd15_path, out, tiny_clip_dir, lora=str(random_lora))
     first = evaluate.run_eval(cfg, "unit")["summary"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["models"] == ["base", "aligned", "negative_prompt", "filter_regenerate"]
@@ -177,7 +177,7 @@ def test_eval_refuses_prompts_that_curation_uses(fake_world, tiny_sd15_path, tin
     config.write_text(yaml.safe_dump({
         "curate": {"risks": {"exposure": {"strategy": "best_of_n", "detector": {"key": "exposed"},
                                           "prompts": {"source": "file", "path": str(prompt_file)}}}},
-        "eval": {"model_path": str(tiny_sd15_path), "output_dir": str(tmp_path / "eval"), "models": ["base"],
+        "eval": {"model": str(tiny_sd15_path), "output_dir": str(tmp_path / "eval"), "models": ["base"],
                  "clip_path": str(tiny_clip_dir)},
     }))
     cfg = evaluate.load_stage_config(EvalConfig, config, "eval")
@@ -197,7 +197,7 @@ def test_world_eval_on_the_synthetic_model(synthetic_sd_path, synthetic_oracle_p
                                            tmp_path):
     """The real world: eval split, trained oracle and synthetic CLIP (base vs negative prompts)."""
     cfg = config_from_dict(EvalConfig, {
-        "model_path": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
+        "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
         "clip_path": str(synthetic_clip_path), "output_dir": str(tmp_path / "eval"),
         "preference_set": str(tmp_path / "none"), "models": ["base", "negative_prompt", "filter_regenerate"],
         "prompts_per_family": 4, "seeds_per_prompt": 2, "steps": 10, "bootstrap": {"n_boot": 200},
@@ -237,7 +237,7 @@ def test_two_process_eval_matches_one_process(synthetic_sd_path, synthetic_oracl
     main one scores (collectively for the filter baseline, alone for the metrics) and writes the report. The
     numbers must be those of one process (CLIP scores up to float rounding of the other thread count)."""
     config = {
-        "model_path": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
+        "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
         "clip_path": str(synthetic_clip_path), "preference_set": str(tmp_path / "none"),
         "models": ["base", "negative_prompt", "filter_regenerate"], "families": ["exposure", "neutral"],
         "prompts_per_family": 3, "seeds_per_prompt": 2, "steps": 10, "guidance": 1.5, "sampler": "dpmsolver",

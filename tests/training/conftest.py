@@ -39,7 +39,7 @@ def tiny_config(model: Path, data: Path, run_dir: Path, *overrides: str) -> Trai
     base = [
         f"model={model}", f"data={data}", f"output_dir={run_dir / 'lora'}", f"work_dir={run_dir / 'work'}",
         "mixed_precision=fp32", "micro_batch_size=2", "max_train_steps=3", "lr_warmup_steps=0",
-        "learning_rate=1e-3", "log_every=1", "progress_bar=false", "tensorboard=false", "lora.rank=4",
+        "learning_rate=1e-3", "log_every=1", "progress_bar=false", "report_to=none", "lora.rank=4",
         "lora.alpha=4",
     ]
     return load_config(None, base + list(overrides))

@@ -14,7 +14,7 @@ def _run(tmp_path: Path, model: Path, data: Path, *extra: str) -> int:
     return main([
         f"model={model}", f"data={data}", f"output_dir={tmp_path / 'out'}", f"work_dir={tmp_path / 'work'}",
         "mixed_precision=fp32", "max_train_steps=2", "micro_batch_size=2", "progress_bar=false",
-        "tensorboard=false", *extra,
+        "report_to=none", *extra,
     ])
 
 

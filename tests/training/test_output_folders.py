@@ -29,7 +29,7 @@ def _user_folder(folder: Path, files: int = 10) -> Path:
 def _train_args(tmp_path: Path, model: Path, data: Path, *extra: str) -> list[str]:
     return [f"model={model}", f"data={data}", f"output_dir={tmp_path / 'out'}", f"work_dir={tmp_path / 'work'}",
             "mixed_precision=fp32", "max_train_steps=2", "micro_batch_size=2", "progress_bar=false",
-            "tensorboard=false", *extra]
+            "report_to=none", *extra]
 
 
 def test_check_output_dir_rules(tmp_path):

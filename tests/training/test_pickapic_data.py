@@ -64,7 +64,7 @@ def test_truncated_shard_is_named_before_training(tiny_sd15_path, tmp_path, caps
     shard = data / "part0.parquet"
     shard.write_bytes(shard.read_bytes()[:-200])
     code = main([f"model={tiny_sd15_path}", f"data={data}", f"output_dir={tmp_path / 'out'}",
-                 f"work_dir={tmp_path / 'work'}", "max_train_steps=1", "progress_bar=false", "tensorboard=false"])
+                 f"work_dir={tmp_path / 'work'}", "max_train_steps=1", "progress_bar=false", "report_to=none"])
     err = capsys.readouterr().err
     assert code == 2 and "part0.parquet cannot be read (truncated" in err and "no usable pairs" not in err
     assert not (tmp_path / "out").exists()

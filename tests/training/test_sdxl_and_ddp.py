@@ -56,7 +56,7 @@ def train_two_processes(model: Path, data: Path, run: Path, port: int, **extra) 
         "work_dir": str(run / "work"), "mixed_precision": "fp32", "max_train_steps": 3,
         # The recipe's global batch: 4 pairs per step = 2 per process here (micro_batch_size is ignored).
         "pairs_per_step": 4, "micro_batch_size": 3,
-        "lr_warmup_steps": 0, "log_every": 1, "progress_bar": False, "tensorboard": False,
+        "lr_warmup_steps": 0, "log_every": 1, "progress_bar": False, "report_to": "none",
         "lora": {"rank": 4, "alpha": 4.0}, **EQUIVALENCE_SETTINGS, **extra,
     }
     run.mkdir(parents=True, exist_ok=True)

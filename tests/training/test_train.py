@@ -51,7 +51,7 @@ EQUIVALENCE = ("adam_epsilon=1.0", "learning_rate=0.05", "beta=100")
 
 def test_train_writes_loadable_lora_and_card(tiny_sd15_path, tiny_set, tmp_path):
     run = tmp_path / "run"
-    summary = train(tiny_config(tiny_sd15_path, tiny_set, run, "tensorboard=true"))
+    summary = train(tiny_config(tiny_sd15_path, tiny_set, run, "report_to=tensorboard"))
     out = run / "lora"
     assert list((run / "work" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert {"pytorch_lora_weights.safetensors", "README.md", "resolved_config.yaml", "metrics.jsonl",
