@@ -13,7 +13,9 @@ Rules (so that a typo never silently falls back to a default):
   (``core.cli.StageCLI`` also reads them as ``--dotted.key value``);
 * a field's help text is its ``metadata={"help": ...}`` (``--help`` of every entry point prints it);
 * a renamed key keeps its old name as a deprecated alias: the dataclass lists it in ``RENAMED_KEYS``
-  (old name -> :class:`Renamed`), and a config or override that uses it gets a ``FutureWarning``.
+  (old name -> :class:`Renamed`), and a config or override that uses it gets a ``FutureWarning``;
+* a removed key is listed in ``REMOVED_KEYS`` (name -> why, where to read about it): a config that still sets it
+  fails with that note rather than as an unknown key.
 
 The resolved config is written next to every output with :func:`write_resolved_config`.
 """
@@ -162,6 +164,9 @@ def _rename_old_keys(tp: Any, data: dict, where: str) -> dict:
 
 def _build(cls: type[T], data: dict, where: str) -> T:
     data = _rename_old_keys(cls, data, where)
+    removed = getattr(cls, "REMOVED_KEYS", {})
+    for name in sorted(set(data) & set(removed)):
+        raise ConfigError(f"{_dotted(where, name)} was removed: {removed[name]}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -9,7 +9,7 @@ checked here so a bad config fails before any image is generated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from core.errors import ConfigError
 from inference.generation import check_sampler
@@ -138,12 +138,10 @@ class BalanceConfig:
     ``values`` lists the attribute's values (defaults to the world's groups); ``stratify_by`` names
     the prompt slot within which the distribution is measured (e.g. role: each role has its own bias;
     ``prompt``: each prompt on its own; null: the whole risk at once).
-
-    ``every_deficit_group`` (minimal pair only): correct each risky image once per under-represented
-    group, one pair each, instead of once with the group the schedule hands out. Every scene then
-    prefers all the deficit groups equally over the same rejected image, and a group whose corrections
-    are often refused (e.g. flagged by another risk's detector) is not left short.
     """
+
+    # Removed keys (core/config.py): measured, not adopted.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"every_deficit_group": "measured and not adopted; see docs/experiments.md"}
 
     attribute: str = field(default="group", metadata={"help": "Label whose distribution is steered."})
     values: list[str] = field(default_factory=list, metadata={
@@ -153,9 +151,6 @@ class BalanceConfig:
     stratify_by: Optional[str] = field(default="role", metadata={
         "help": "Prompt slot within which the distribution is measured (role: each role its own bias; prompt: "
                 "each prompt alone; null: the whole risk at once)."})
-    every_deficit_group: bool = field(default=False, metadata={
-        "help": "Minimal pairs: correct each risky image once per under-represented group instead of once with "
-                "the scheduled group, so no deficit group is left short when its corrections are often refused."})
 
     def validate(self) -> None:
         if self.target:
@@ -211,8 +206,6 @@ class RiskConfig:
             raise ConfigError(f"target_pairs must be >= 0 (0: check only), got {self.target_pairs}")
         if self.images_per_prompt < 1 or self.max_rounds < 1:
             raise ConfigError("images_per_prompt and max_rounds must be >= 1")
-        if self.strategy == "best_of_n" and self.balance.every_deficit_group:
-            raise ConfigError("balance.every_deficit_group applies to strategy minimal_pair only")
         if self.strategy == "best_of_n" and self.images_per_prompt < 2:
             raise ConfigError("best_of_n needs images_per_prompt >= 2")
         if self.strategy == "minimal_pair" and not self.corrective:

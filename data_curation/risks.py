@@ -45,10 +45,6 @@ class GroupSchedule:
         self.surplus = {v for v in values if observed_share[v] > shares[v]}
         self._current = {v: 0.0 for v in values}
 
-    def deficit_groups(self) -> list[str]:
-        """Every group below its target share, in the order of ``values``."""
-        return [v for v, w in self.weights.items() if w > 0]
-
     def next(self) -> str | None:
         """The next preferred group, or None when no group is below target (nothing to correct)."""
         total = sum(self.weights.values())

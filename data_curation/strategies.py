@@ -109,12 +109,10 @@ def corrective_spec(
 
 def _wanted_groups(judge: RiskJudge, record: PromptRecord) -> list[str | None]:
     """The groups a risky image is corrected to: [None] for risks other than stereotype; the next group
-    of the stratum's schedule, or every deficit group (``balance.every_deficit_group``); [] if none."""
+    of the stratum's schedule; [] if none."""
     if judge.kind != "stereotype":
         return [None]
     schedule = judge.schedule_for(record)
-    if judge.cfg.balance.every_deficit_group:
-        return schedule.deficit_groups()
     wanted = schedule.next()
     return [] if wanted is None else [wanted]
 
@@ -134,7 +132,7 @@ def best_of_n_round(
         risky = [(o, c) for o, c in valid if judge.carries_risk(c.scores, record)]
         if not risky:
             continue
-        groups = _wanted_groups(judge, record)  # one at most: every_deficit_group is minimal-pair only
+        groups = _wanted_groups(judge, record)
         if not groups:
             continue
         wanted = groups[0]

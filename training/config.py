@@ -82,6 +82,10 @@ class RetainSettings:
 class TrainConfig:
     # Old key names, still read (with a FutureWarning).
     RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {"tensorboard": Renamed("report_to", _report_to_from_tensorboard)}
+    # Removed keys (core/config.py): measured, not adopted.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = dict.fromkeys(
+        ["risk_repeats", "label_smoothing", "label_smoothing_per_risk", "timestep_range_per_risk"],
+        "measured and not adopted; see docs/experiments.md")
 
     # --- inputs / outputs -------------------------------------------------------------------------
     model: str = field(default="models/synthetic-sd", metadata={
@@ -113,16 +117,6 @@ class TrainConfig:
         "help": "What the UNet predicts; null: the scheduler's own prediction type."})
     prompt_dropout: float = field(default=0.0, metadata={
         "help": "Fraction of pairs trained with the empty caption, in [0, 1) (the paper's recipe: 0.2)."})
-    risk_repeats: dict[str, int] = field(default_factory=dict, metadata={
-        "help": "Visits per epoch of the pairs of each risk (the set's risk column; default 1, 0 leaves a risk "
-                "out): more updates for a risk that needs a whole distribution moved (stereotypes), without more "
-                "pairs or steps."})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "Conservative DPO ε (training/loss.py), in [0, 0.5): each label is trusted with probability 1 - ε, "
-                "so a pair stops pulling at a margin of log((1 - ε) / ε). Sigmoid loss only."})
-    label_smoothing_per_risk: dict[str, float] = field(default_factory=dict, metadata={
-        "help": "ε per risk, over label_smoothing: for a risk whose target is a distribution (stereotypes: "
-                "uniform over groups), hard labels push the majority group below its target share."})
     rpo_alpha: float = field(default=0.0, metadata={
         "help": "RPO α (training/loss.py; trl's rpo_alpha): the loss gains α·β/2·(err(θ, w) - err(ref, w)), a "
                 "supervised pull toward the preferred images that keeps acting after a pair's DPO loss has "
@@ -135,10 +129,6 @@ class TrainConfig:
                 "s = 1/k makes the pull's target uniform over all k groups. Needs an RPO α > 0; 0: plain RPO."})
     rpo_rejected_share_per_risk: dict[str, float] = field(default_factory=dict, metadata={
         "help": "rpo_rejected_share per risk, over rpo_rejected_share."})
-    timestep_range_per_risk: dict[str, list[int]] = field(default_factory=dict, metadata={
-        "help": "Per-risk training-timestep range [low, high): that risk's pairs draw t from U[low, high) instead "
-                "of [0, num_train_timesteps), which reweights its terms toward the noise levels where its "
-                "attribute is decided (docs/training.md)."})
 
     retain: RetainSettings = field(default_factory=RetainSettings, metadata={
         "help": "The retain anchor: keeps the LoRA at the base model on risk-free prompts."})
@@ -261,12 +251,6 @@ class TrainConfig:
         for name in ("lr_warmup_steps", "checkpoint_every", "max_grad_norm", "adam_weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for risk, repeats in self.risk_repeats.items():
-            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
-                raise ValueError(f"risk_repeats.{risk} must be a whole number >= 0, got {repeats!r}")
-        for name, eps in self._global_and_per_risk("label_smoothing"):
-            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 0.5:
-                raise ValueError(f"{name} must be a number in [0, 0.5), got {eps!r}")
         for name, alpha in self._global_and_per_risk("rpo_alpha"):
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < float("inf"):
                 raise ValueError(f"{name} must be a number >= 0, got {alpha!r}")
@@ -279,16 +263,8 @@ class TrainConfig:
             if share > 0 and self.rpo_alpha_per_risk.get(risk, self.rpo_alpha) <= 0:
                 raise ValueError(f"rpo_rejected_share_per_risk.{risk} = {share} needs an RPO α > 0 for {risk!r} "
                                  f"(rpo_alpha_per_risk.{risk} or rpo_alpha)")
-        for risk, bounds in self.timestep_range_per_risk.items():
-            ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
-                  and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) and 0 <= bounds[0] < bounds[1])
-            if not ok:
-                raise ValueError(f"timestep_range_per_risk.{risk} must be [low, high) with 0 <= low < high, whole "
-                                 f"numbers, got {bounds!r}")
         if self.loss_type == "sft" and self.uses_rpo():
             raise ValueError("rpo_alpha does not apply to loss_type sft (the sft loss is the RPO term alone)")
-        if self.loss_type != "sigmoid" and self.uses_label_smoothing():
-            raise ValueError(f"label smoothing applies to loss_type sigmoid only, not {self.loss_type!r}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {self.max_pairs}")
         self._validate_compile()
@@ -312,9 +288,6 @@ class TrainConfig:
 
         return (per_micro_batch(self.pairs_per_step, self.micro_batch_size, "pairs_per_step"),
                 per_micro_batch(self.retain.images_per_step, self.retain.micro_batch_size, "retain.images_per_step"))
-
-    def uses_label_smoothing(self) -> bool:
-        return self.label_smoothing > 0 or any(e > 0 for e in self.label_smoothing_per_risk.values())
 
     def _global_and_per_risk(self, option: str) -> list[tuple[str, object]]:
         """(name, value) of ``option`` and of each entry of ``option``_per_risk, for validation messages."""

@@ -30,11 +30,6 @@ Loss types (the trl DPO vocabulary, with the diffusion log-ratio z = h / β = -1
 * ``sft``:     err(θ, w) only: supervised fine-tuning on the preferred images (a baseline; needs no
   reference pass and ignores the loser).
 
-Label smoothing (``sigmoid`` only; conservative DPO, Mitchell 2023, trl's ``label_smoothing``): each pair's
-label is trusted with probability 1 - ε, so loss = -(1 - ε) log σ(h) - ε log σ(-h). For ε > 0 the loss has
-its minimum at a finite margin h* = log((1 - ε) / ε) instead of pushing h to infinity: a pair stops pulling
-once the policy prefers its winner by that much. ε may differ per pair (per risk: training/config.py).
-
 RPO term (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; trl's ``rpo_alpha``): DPO only
 fixes the *difference* of the two likelihoods, and both can fall together. RPO adds α × the chosen image's
 negative log-likelihood. For diffusion the NLL bound is the denoising error, and we write the term in the
@@ -90,15 +85,13 @@ def diffusion_dpo_loss(
     ref_err_l: torch.Tensor | None,
     beta: float,
     loss_type: LossType = "sigmoid",
-    label_smoothing: torch.Tensor | float = 0.0,
     rpo_alpha: torch.Tensor | float = 0.0,
     rpo_rejected_share: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss over the batch and per-batch metric tensors (0-dim, still on device: no host sync).
 
     All error inputs are (B,) per-pair mean squared errors (see :func:`per_sample_mse`). ``ref_err_*``
-    may be ``None`` only for ``sft``. ``label_smoothing``: ε, a float or a (B,) tensor in [0, 0.5)
-    (``sigmoid`` only; see the module docstring). ``rpo_alpha``: α of the RPO term, a float or a (B,)
+    may be ``None`` only for ``sft``. ``rpo_alpha``: α of the RPO term, a float or a (B,)
     tensor >= 0 (not with ``sft``, which is that term alone). ``rpo_rejected_share``: s, the RPO pull's
     weight on the rejected image, a float or a (B,) tensor in [0, 1) (module docstring).
     """
@@ -123,8 +116,6 @@ def diffusion_dpo_loss(
         return loss, metrics
     if ref_err_w is None or ref_err_l is None:
         raise ValueError(f"loss_type {loss_type!r} needs the reference errors")
-    if loss_type != "sigmoid" and _is_set(label_smoothing):
-        raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {loss_type!r}")
     ref_err_w = ref_err_w.float()
     ref_err_l = ref_err_l.float()
 
@@ -134,9 +125,6 @@ def diffusion_dpo_loss(
     margin = chosen_rewards - rejected_rewards  # h = -β/2 (Δθ - Δref)
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(margin)
-        if _is_set(label_smoothing):
-            eps = torch.as_tensor(label_smoothing, dtype=margin.dtype, device=margin.device)
-            losses = (1.0 - eps) * losses - eps * F.logsigmoid(-margin)
     elif loss_type == "hinge":
         losses = torch.relu(1.0 - margin)
     else:  # ipo, on the un-scaled log-ratio z = h / β

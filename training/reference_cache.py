@@ -59,12 +59,12 @@ class ReferencePass:
 
 
 def reference_cache_key(unet_fingerprint: str, latent_cache_key: str, seed: int, pairs_per_step: int,
-                        prompt_dropout: float, risk_repeats: dict, timestep_ranges: dict, prediction_type: str,
-                        mixed_precision: str) -> str:
-    """The file key: everything the reference errors of step s depend on, nothing they do not."""
+                        prompt_dropout: float, prediction_type: str, mixed_precision: str) -> str:
+    """The file key: everything the reference errors of step s depend on, nothing they do not. (The two empty
+    lists stood for two per-risk options since removed, docs/experiments.md demo recipes 3 and 12: kept, so that
+    files written before still match.)"""
     return stable_key(FORMAT, unet_fingerprint, latent_cache_key, seed, pairs_per_step, prompt_dropout,
-                      sorted(risk_repeats.items()), sorted((k, list(v)) for k, v in timestep_ranges.items()),
-                      prediction_type, mixed_precision)
+                      [], [], prediction_type, mixed_precision)
 
 
 def reference_cache_path(cache_dir: str | Path, key: str) -> Path:

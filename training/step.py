@@ -37,15 +37,6 @@ def step_pair_indices(step: int, pairs_per_step: int, num_pairs: int, seed: int)
     return out
 
 
-def risk_sampling_order(risks: list[str], repeats: dict[str, int]) -> torch.Tensor:
-    """(M,) int64 pair indices that one epoch visits: pair i appears repeats.get(risks[i], 1) times.
-
-    The per-epoch permutation of :func:`step_pair_indices` runs over these M positions, so a risk
-    repeated k times gets k× the optimiser updates per epoch, spread evenly over the epoch."""
-    counts = torch.tensor([repeats.get(risk, 1) for risk in risks], dtype=torch.int64)
-    return torch.repeat_interleave(torch.arange(len(risks), dtype=torch.int64), counts)
-
-
 @dataclass
 class StepDraws:
     """Random draws for the E pairs of one optimiser step (on the training device)."""
@@ -111,25 +102,11 @@ def to_device_async(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def timestep_bounds(ranges: list[tuple[int, int] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Per-item (ranged (N,) bool, low (N,) int64, high (N,) int64) for :func:`draw_step`, from each item's
-    [low, high) or None (the full range); None when no item has a range."""
-    if all(r is None for r in ranges):
-        return None
-    ranged = torch.tensor([r is not None for r in ranges])
-    low = torch.tensor([r[0] if r else 0 for r in ranges], dtype=torch.int64)
-    high = torch.tensor([r[1] if r else 1 for r in ranges], dtype=torch.int64)
-    return ranged, low, high
-
-
 def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items: int,
-          latent_shape: tuple[int, int, int], num_train_timesteps: int, prompt_dropout: float | None, device,
-          order: torch.Tensor | None = None, bounds=None) -> StepDraws:
+          latent_shape: tuple[int, int, int], num_train_timesteps: int, prompt_dropout: float | None,
+          device) -> StepDraws:
     """``count`` items of step ``step`` (a window of the per-epoch permutation seeded by ``index_seed``),
     with noise, timesteps and (if ``prompt_dropout`` is given) dropout flags from one generator.
-    ``order`` (see :func:`risk_sampling_order`) maps epoch positions to items; None = each item once.
-    ``bounds`` (:func:`timestep_bounds`): items with a range take t = low + ⌊u·(high - low)⌋ with u ~ U[0, 1)
-    drawn after everything else, so the other items' draws are those of a run without ranges.
 
     A CPU generator keeps the draws identical across devices and process counts; E × C×h×w floats
     per optimiser step is cheap next to 6 UNet passes per pair."""
@@ -140,15 +117,7 @@ def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items
         drop = torch.zeros(count, dtype=torch.bool)
     else:
         drop = torch.rand(count, generator=generator) < prompt_dropout
-    if order is None:
-        indices = step_pair_indices(step, count, num_items, index_seed)
-    else:
-        indices = order[step_pair_indices(step, count, len(order), index_seed)]
-    if bounds is not None:
-        ranged, low, high = (b[indices] for b in bounds)
-        u = torch.rand(count, generator=generator, dtype=torch.float64)
-        in_range = low + (u * (high - low).double()).long().minimum(high - low - 1)
-        timesteps = torch.where(ranged, in_range, timesteps)
+    indices = step_pair_indices(step, count, num_items, index_seed)
     return StepDraws(
         to_device_async(indices, device), indices, to_device_async(noise, device),
         to_device_async(timesteps, device), to_device_async(drop, device),
@@ -157,12 +126,11 @@ def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items
 
 def draw_step(
     step: int, seed: int, pairs_per_step: int, num_pairs: int, latent_shape: tuple[int, int, int],
-    num_train_timesteps: int, prompt_dropout: float, device, order: torch.Tensor | None = None, bounds=None,
+    num_train_timesteps: int, prompt_dropout: float, device,
 ) -> StepDraws:
-    """The pairs, noise, timesteps and prompt dropout of optimiser step ``step`` (``bounds``: per-pair
-    timestep ranges, :func:`timestep_bounds`)."""
+    """The pairs, noise, timesteps and prompt dropout of optimiser step ``step``."""
     return _draw(seed * 7_919 + step * 104_729 + 17, seed, step, pairs_per_step, num_pairs, latent_shape,
-                 num_train_timesteps, prompt_dropout, device, order, bounds)
+                 num_train_timesteps, prompt_dropout, device)
 
 
 def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],
@@ -275,19 +243,18 @@ def pair_errors(
 def dpo_loss_on_batch(
     unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, beta: float,
     loss_type: str, autocast, channels_last: bool = False, retain=None, retain_weight: float = 0.0,
-    retain_target: str = "reference", label_smoothing: torch.Tensor | float = 0.0,
-    rpo_alpha: torch.Tensor | float = 0.0, rpo_rejected_share: torch.Tensor | float = 0.0,
+    retain_target: str = "reference", rpo_alpha: torch.Tensor | float = 0.0,
+    rpo_rejected_share: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The step's loss and metrics on one micro-batch (see :func:`pair_errors`). ``label_smoothing``:
-    ε of each pair of the micro-batch ((B,) tensor) or of all (float); ``rpo_alpha`` likewise α of the RPO term
-    and ``rpo_rejected_share`` its weight on the rejected image (training/loss.py).
+    """The step's loss and metrics on one micro-batch (see :func:`pair_errors`). ``rpo_alpha``: α of the RPO
+    term for each pair of the micro-batch ((B,) tensor) or for all (float), and ``rpo_rejected_share`` its weight on the rejected image (training/loss.py).
 
     With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py).
     """
     *errors, retain_distance = pair_errors(
         unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last, retain, retain_target
     )
-    loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type, label_smoothing, rpo_alpha, rpo_rejected_share)
+    loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type, rpo_alpha, rpo_rejected_share)
     if retain_distance is not None:
         loss = loss + retain_weight * 0.5 * beta * retain_distance
         metrics["retain/distance"] = retain_distance.detach()

@@ -45,7 +45,7 @@ from training.reference_cache import (
     reference_cache_path, write_reference_errors,
 )
 from training.step import (
-    draw_retain_step, draw_step, dpo_loss_on_batch, reference_pair_errors, risk_sampling_order, timestep_bounds,
+    draw_retain_step, draw_step, dpo_loss_on_batch, reference_pair_errors,
 )
 
 
@@ -65,8 +65,9 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,
 # so those checkpoints still resume (a non-default value does change what is trained and is included).
-_LATER_DEFAULTS = {"label_smoothing": 0.0, "label_smoothing_per_risk": {}, "init_lora": None, "pairs_per_step": None,
-                   "rpo_alpha": 0.0, "rpo_alpha_per_risk": {}, "timestep_range_per_risk": {},
+# (Three objective fields removed later, TrainConfig.REMOVED_KEYS, were listed here too: at their defaults they
+# were left out of the digest, so the digests of configs that never set them are unchanged.)
+_LATER_DEFAULTS = {"init_lora": None, "pairs_per_step": None, "rpo_alpha": 0.0, "rpo_alpha_per_risk": {},
                    "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}, "variant": None}
 _LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 
@@ -104,13 +105,11 @@ def _check_inputs(cfg: TrainConfig):
     family = check_model_dir(cfg.model, cfg.variant)
     resolution = model_resolution(resolve_model_path(cfg.model))
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
-    order = _sampling_order(cfg, pairs)
     per_pair = _per_pair_options(cfg, pairs)
-    _check_risks_present("timestep_range_per_risk", list(cfg.timestep_range_per_risk), pairs, cfg.data)
     # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
     init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
-    return family, resolution, pairs, order, per_pair, init_lora, retain
+    return family, resolution, pairs, per_pair, init_lora, retain
 
 
 def _check_risks_present(option: str, named: list[str], pairs, data: str) -> None:
@@ -122,11 +121,9 @@ def _check_risks_present(option: str, named: list[str], pairs, data: str) -> Non
 
 def _per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
     """(N,) per-pair values of the options that may differ per risk, only those set anywhere:
-    ``label_smoothing`` (ε), ``rpo_alpha`` (α) and ``rpo_rejected_share`` (s), each its global value
-    overridden per risk."""
+    ``rpo_alpha`` (α) and ``rpo_rejected_share`` (s), each its global value overridden per risk."""
     options = {}
     for name, value, per_risk, used in [
-        ("label_smoothing", cfg.label_smoothing, cfg.label_smoothing_per_risk, cfg.uses_label_smoothing()),
         ("rpo_alpha", cfg.rpo_alpha, cfg.rpo_alpha_per_risk, cfg.uses_rpo()),
         ("rpo_rejected_share", cfg.rpo_rejected_share, cfg.rpo_rejected_share_per_risk, cfg.uses_rpo_rejected_share()),
     ]:
@@ -135,30 +132,6 @@ def _per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
         _check_risks_present(f"{name}_per_risk", list(per_risk), pairs, cfg.data)
         options[name] = torch.tensor([per_risk.get(risk, value) for risk in pairs.risks()], dtype=torch.float32)
     return options
-
-
-def _timestep_bounds(cfg: TrainConfig, pairs, num_train_timesteps: int):
-    """Per-pair timestep ranges of ``cfg.timestep_range_per_risk`` for :func:`training.step.draw_step`, or None."""
-    if not cfg.timestep_range_per_risk:
-        return None
-    for risk, (low, high) in cfg.timestep_range_per_risk.items():
-        if high > num_train_timesteps:
-            raise ConfigError(f"train.timestep_range_per_risk.{risk} = [{low}, {high}) goes past the model's "
-                              f"{num_train_timesteps} training timesteps")
-    return timestep_bounds([tuple(cfg.timestep_range_per_risk[r]) if r in cfg.timestep_range_per_risk else None
-                            for r in pairs.risks()])
-
-
-def _sampling_order(cfg: TrainConfig, pairs) -> torch.Tensor | None:
-    """Epoch order for ``cfg.risk_repeats`` (None when unset); clear errors for a risk the set lacks
-    or repeats that leave nothing to train on."""
-    if not cfg.risk_repeats:
-        return None
-    _check_risks_present("risk_repeats", list(cfg.risk_repeats), pairs, cfg.data)
-    order = risk_sampling_order(pairs.risks(), cfg.risk_repeats)
-    if len(order) == 0:
-        raise ConfigError(f"train.risk_repeats {cfg.risk_repeats} leaves no pair of {cfg.data} to train on")
-    return order
 
 
 def _build_optimizer(cfg: TrainConfig, params, device: torch.device, capturable: bool = False):
@@ -185,8 +158,8 @@ def _build_optimizer(cfg: TrainConfig, params, device: torch.device, capturable:
 
 
 def _reference_pass(cfg: TrainConfig, accelerator, latent_cache_file: Path, pairs, unwrapped, source, schedule,
-                    prediction_type: str, mixed_precision: str, micro_batches: tuple[int, int], latent_shape, order,
-                    bounds, show: bool) -> tuple[torch.Tensor, ReferencePass]:
+                    prediction_type: str, mixed_precision: str, micro_batches: tuple[int, int], latent_shape,
+                    show: bool) -> tuple[torch.Tensor, ReferencePass]:
     """(S, E, 2) reference errors of every optimiser step on the device, read from or added to this run's
     reference-loss file (training/reference_cache.py); each process computes its own micro-slices of each step.
     ``micro_batches``: (pairs per micro-batch, E pairs per step). ``latent_cache_file``'s name holds the latent
@@ -194,8 +167,7 @@ def _reference_pass(cfg: TrainConfig, accelerator, latent_cache_file: Path, pair
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     pair_micro_batch, pairs_per_step = micro_batches
     key = reference_cache_key(components_fingerprint(cfg.model, ("unet", "scheduler")), latent_cache_file.stem,
-                              cfg.seed, pairs_per_step, cfg.prompt_dropout, cfg.risk_repeats,
-                              cfg.timestep_range_per_risk, prediction_type, mixed_precision)
+                              cfg.seed, pairs_per_step, cfg.prompt_dropout, prediction_type, mixed_precision)
     path = reference_cache_path(cfg.reference_cache_dir or Path(cfg.work_dir) / "cache", key)
     existing = read_reference_errors(path, pairs_per_step)
     # Every process has read the file before the main one rewrites it, and all keep the rows all of them have (a
@@ -206,7 +178,7 @@ def _reference_pass(cfg: TrainConfig, accelerator, latent_cache_file: Path, pair
 
     def compute_step(step: int) -> torch.Tensor:
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape, schedule.num_train_timesteps,
-                          cfg.prompt_dropout, device, order, bounds)
+                          cfg.prompt_dropout, device)
         parts = [draws.micro_slice(a, rank, world, pair_micro_batch) for a in range(cfg.gradient_accumulation_steps)]
         local = torch.stack([reference_pair_errors(unwrapped, source.batch(part), part, schedule, accelerator.autocast,
                                                    cfg.channels_last) for part in parts])  # (A, B, 2)
@@ -293,7 +265,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     from accelerate import Accelerator
     from accelerate.utils import AutocastKwargs
 
-    family, resolution, pairs, order, per_pair, init_lora, retain = _check_inputs(cfg)
+    family, resolution, pairs, per_pair, init_lora, retain = _check_inputs(cfg)
     _check_tracker(cfg.report_to)
     mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
     graph_setting = cfg.cuda_graph_setting()
@@ -321,7 +293,6 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     components = load_components(cfg.model, cfg.variant)
     prediction_type = cfg.prediction_type or components.scheduler_prediction_type
     schedule = NoiseSchedule(components.alphas_cumprod, prediction_type, device)
-    bounds = _timestep_bounds(cfg, pairs, schedule.num_train_timesteps)
     for module in [components.vae, *components.text_encoders]:
         module.to(device)
     if cfg.cache_latents:
@@ -389,7 +360,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     if cfg.uses_reference_cache():
         reference_errors, reference_pass = _reference_pass(
             cfg, accelerator, latent_cache_file, pairs, unwrapped, source, schedule, prediction_type, mixed_precision,
-            (pair_micro_batch, pairs_per_step), latent_shape, order, bounds, show)
+            (pair_micro_batch, pairs_per_step), latent_shape, show)
 
     # The graph path: one captured step (use_graph), or in tests its static-input form run eagerly.
     captured_step = None
@@ -406,7 +377,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
     interval_start, interval_steps, timed = time.perf_counter(), 0, []
     for step in range(start_step, cfg.max_train_steps):
         draws = draw_step(step, cfg.seed, pairs_per_step, len(pairs), latent_shape,
-                          schedule.num_train_timesteps, cfg.prompt_dropout, draw_device, order, bounds)
+                          schedule.num_train_timesteps, cfg.prompt_dropout, draw_device)
         if reference_errors is not None:
             draws.reference_errors = reference_errors[step]  # (E, 2) on the device
         retain_draws = None
@@ -473,7 +444,7 @@ def train(cfg: TrainConfig, stop_at_step: int | None = None, static_step: bool =
         "prediction_type": prediction_type,
         "pairs_per_s": pairs_per_s,
         "data": pairs.counts(),
-        "pair_visits_per_epoch": len(order) if order is not None else len(pairs),
+        "pair_visits_per_epoch": len(pairs),
         "retain": ({"images": len(retain), "set_hash": retain.set_hash, "weight": cfg.retain.weight}
                    if retain is not None else None),
         "set_hash": pairs.set_hash,

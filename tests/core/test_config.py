@@ -213,6 +213,31 @@ def test_renamed_keys_are_read_with_a_warning(tmp_path):
     assert "model_path" not in read_yaml(out) and read_yaml(out)["model"] == "old/place"
 
 
+@dataclass
+class HasRemoved:
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"gone": "measured and not adopted; see docs/experiments.md"}
+    kept: int = 1
+
+
+@dataclass
+class HoldsRemoved:
+    inner: HasRemoved = field(default_factory=HasRemoved)
+
+
+def test_removed_keys_fail_with_their_note(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  gone: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.gone was removed: measured and not adopted; see docs/experiments\.md"):
+        load_stage_config(HasRemoved, path, "train")
+    with pytest.raises(ConfigError, match=r"train\.gone was removed"):
+        load_stage_config(HasRemoved, None, "train", ["gone=3"])
+    with pytest.raises(ConfigError, match=r"inner\.gone was removed"):
+        config_from_dict(HoldsRemoved, {}, ["inner.gone.sub=4"])
+    assert config_from_dict(HoldsRemoved, {"inner": {"kept": 2}}).inner.kept == 2
+    with pytest.raises(ConfigError, match="unknown key"):  # any other unknown key: as before
+        config_from_dict(HasRemoved, {"gonee": 1})
+
+
 def test_load_without_value_checks_still_checks_keys_and_types(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: -1.0\n")

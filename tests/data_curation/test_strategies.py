@@ -201,36 +201,11 @@ def test_categorical_risks_do_not_flag_other_risks_images():
     assert [p.order for p in alone] == [p.order for p in with_other]
 
 
-def test_every_deficit_group_corrects_each_risky_image_once_per_under_represented_group():
-    """balance.every_deficit_group: each rejected image is paired with one fix per deficit group, so the
-    preferred groups are balanced per scene; the default hands out one group per image."""
-    prompts = expand_templates(["a {role}"], {"role": ["doctor", "chef"]})
-    judge = make_judge("stereotype", risk(
-        prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=40,
-        images_per_prompt=12, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
-        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"},
-        balance={"every_deficit_group": True},
-    ))
-    pairs, info = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0, default_groups=GROUPS)
-    assert len(pairs) == 40
-    by_rejected: dict[str, set] = {}
-    for pair in pairs:
-        by_rejected.setdefault(pair.rejected.key, set()).add(pair.note["preferred_group"])
-        assert pair.rejected.scores["oracle"]["labels"]["group"] == "zorvan"
-    # Two deficit groups (quelli, mirdan): 20 rejected images, each with both fixes.
-    assert len(by_rejected) == 20 and all(groups == {"quelli", "mirdan"} for groups in by_rejected.values())
-    assert info["preferred_groups"] == {"quelli": 20, "mirdan": 20}
-    orders = [p.order for p in pairs]
-    assert orders == sorted(orders) and len(set(orders)) == len(orders)
-
-
-def test_every_deficit_group_is_refused_for_best_of_n():
-    import pytest
-
+def test_every_deficit_group_is_a_removed_key():
     from core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="every_deficit_group"):
-        risk(prompts={"source": "templates", "templates": ["x"]}, strategy="best_of_n",
+    with pytest.raises(ConfigError, match="every_deficit_group was removed: .*docs/experiments.md"):
+        risk(prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair",
              detector={"scorer": "oracle", "attribute": "group"}, balance={"every_deficit_group": True})
 
 
@@ -268,12 +243,11 @@ def _lazy_cases():
     return {
         "exposure": ("exposure", exposure, places),
         "stereotype": ("stereotype", stereotype, roles),
-        "every_deficit_group": ("stereotype", dict(stereotype, balance={"every_deficit_group": True}), roles),
         "best_of_n": ("exposure", dict(exposure, strategy="best_of_n", corrective=[]), places),
     }
 
 
-@pytest.mark.parametrize("case", ["exposure", "stereotype", "every_deficit_group", "best_of_n"])
+@pytest.mark.parametrize("case", ["exposure", "stereotype", "best_of_n"])
 @pytest.mark.parametrize("batch_size, score_batch_size", [(None, 1), (3, 2), (4, 4)])
 def test_stopping_early_keeps_exactly_the_pairs_of_whole_rounds(case, batch_size, score_batch_size):
     """Curation stops generating once the first target_pairs pairs are certain (part way through a round);

@@ -85,8 +85,9 @@ def test_auto_is_off_on_cpu(tiny_sd15_path, tiny_set, tmp_path):
 
 
 # What the static-input step must reproduce: accumulation (grads summed in place over micro-steps), prompt dropout,
-# per-pair label smoothing (a gather with the static indices), the retain anchor (its own static draws), warm-up LR.
-STATIC_CASE = ("gradient_accumulation_steps=2", "prompt_dropout=0.3", "label_smoothing=0.1", "max_train_steps=4",
+# a per-pair option (RPO α per risk: a gather with the static indices), the retain anchor (its own static draws),
+# warm-up LR.
+STATIC_CASE = ("gradient_accumulation_steps=2", "prompt_dropout=0.3", "rpo_alpha_per_risk.exposure=0.1", "max_train_steps=4",
                "lr_scheduler=linear", "lr_warmup_steps=2", *EQUIVALENCE)
 
 

@@ -77,7 +77,7 @@ def test_missing_or_corrupt_init_lora(tiny_sd15_path, tiny_set, tmp_path, capsys
 
 
 def test_digest_ignores_later_options_at_their_defaults():
-    """Checkpoints written before label smoothing / init_lora / pairs_per_step existed keep resuming; setting them changes
+    """Checkpoints written before RPO / init_lora / pairs_per_step existed keep resuming; setting them changes
     the objective and therefore the digest."""
     import dataclasses
 
@@ -95,7 +95,7 @@ def test_digest_ignores_later_options_at_their_defaults():
     before = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING and k not in _LATER_DEFAULTS}
     before["retain"] = {k: v for k, v in before["retain"].items() if k not in _LATER_RETAIN_DEFAULTS}
     assert config_digest(cfg) == stable_key(before)
-    assert config_digest(dataclasses.replace(cfg, label_smoothing=0.1)) != config_digest(cfg)
+    assert config_digest(dataclasses.replace(cfg, rpo_alpha=0.1)) != config_digest(cfg)
     assert config_digest(dataclasses.replace(cfg, init_lora="x")) != config_digest(cfg)
     assert config_digest(dataclasses.replace(cfg, pairs_per_step=16)) != config_digest(cfg)
     retain = dataclasses.replace(cfg.retain, images_per_step=4)

@@ -109,40 +109,6 @@ def test_ties_are_excluded_and_winner_ordered():
         select_pairs([1.0, 0.7], [0.0, 0.3], "set")
 
 
-def test_label_smoothing_hand_computed_and_per_pair():
-    # Same pairs as test_sigmoid_hand_computed: h = (2.5, -1.0).
-    model_w, model_l = _errs(0.099, 0.2), _errs(0.3, 0.0996)
-    ref_w, ref_l = _errs(0.100, 0.2), _errs(0.3, 0.1000)
-    h = np.array([2.5, -1.0])
-    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731; -log σ(h) = softplus(-h)
-    for eps in (0.1, torch.tensor([0.0, 0.2])):
-        e = np.array([0.1, 0.1]) if isinstance(eps, float) else eps.numpy()
-        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=5000.0, label_smoothing=eps)
-        expected = np.mean((1 - e) * softplus(-h) + e * softplus(h))
-        assert loss.item() == pytest.approx(expected, rel=1e-3)
-
-
-def test_label_smoothing_has_a_finite_optimum():
-    """With ε > 0 the loss is smallest at margin log((1-ε)/ε), not at infinity (hard labels)."""
-    eps = 0.1
-    margins = torch.linspace(-2.0, 8.0, 2001)
-    zeros = torch.zeros_like(margins)
-    # model_err_w = -2 h / β with everything else 0 gives margin h.
-    beta = 1000.0
-    smoothed = [diffusion_dpo_loss(-2 * m.view(1) / beta, zeros[:1], zeros[:1], zeros[:1], beta, label_smoothing=eps)[0]
-                for m in margins]
-    best = margins[int(torch.stack(smoothed).argmin())].item()
-    assert best == pytest.approx(math.log((1 - eps) / eps), abs=0.01)
-    hard = torch.stack([diffusion_dpo_loss(-2 * m.view(1) / beta, zeros[:1], zeros[:1], zeros[:1], beta)[0] for m in margins])
-    assert int(hard.argmin()) == len(margins) - 1  # keeps decreasing
-
-
-def test_label_smoothing_is_refused_for_other_losses():
-    errs = _errs(0.1, 0.2)
-    with pytest.raises(ValueError, match="sigmoid"):
-        diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0, loss_type="ipo", label_smoothing=0.1)
-
-
 def test_rpo_term_hand_computed_and_per_pair():
     """loss = -log σ(h) + α · β/2 · (err(θ, w) - err(ref, w)), per pair, then the mean."""
     model_w, model_l = _errs(0.099, 0.2), _errs(0.3, 0.0996)

@@ -40,7 +40,7 @@ def test_pairs_get_the_import_defaults_and_winners_follow_the_labels(tiny_sd15_p
         assert pairs.image_bytes(i)[0] == winner
     # A risk option must name a risk the set holds: here the default one.
     assert train(tiny_config(tiny_sd15_path, single, tmp_path / "run", "max_train_steps=1",
-                             f"risk_repeats={{{DEFAULT_RISK}: 2}}"))["pair_visits_per_epoch"] == 8
+                             f"rpo_alpha_per_risk={{{DEFAULT_RISK}: 0.1}}"))["pair_visits_per_epoch"] == 4
 
 
 def test_save_to_disk_folder_with_image_features(tmp_path):
