@@ -135,7 +135,7 @@ RETAIN_TASK = "retain"
 
 def curate_tasks(
     ws: Workspace, cfg: CurateConfig, prompts: dict[str, list], retain_prompts: list | None, base: GenerationSpec,
-    only: set[str] | None = None, announce: bool = True,
+    only: set[str] | None = None, announce: bool = True, retain_requested: frozenset[str] = frozenset(),
 ) -> tuple[list[Pair], dict[str, dict], list | None, dict | None]:
     """Curate every risk in config order, then the retain set: (pairs, per-risk info, retained images, retain info).
 
@@ -166,9 +166,8 @@ def curate_tasks(
 
     retained, retain_info = None, None
     if retain_prompts is not None and (only is None or RETAIN_TASK in only):
-        requested = frozenset(r.prompt for i, source in enumerate(cfg.retain.request_prompts)
-                              for r in load_prompts(source, f"curate.retain.request_prompts[{i}]"))
-        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed, requested)
+        retained, retain_info = curate_retain(ws, cfg.retain, retain_prompts, judges, base, cfg.seed,
+                                              retain_requested)
         if announce:
             print(f"[curate] retain set: {retain_info['images_kept']}/{retain_info['images_generated']} base images kept "
                   f"(dropped: {retain_info['dropped'] or 'none'})")
@@ -219,7 +218,8 @@ def wait_for_all(state) -> None:
         state.wait_for_everyone()
 
 
-def run_tasks_split(ws: Workspace, cfg: CurateConfig, prompts, retain_prompts, base, state, work_dir: Path) -> dict:
+def run_tasks_split(ws: Workspace, cfg: CurateConfig, prompts, retain_prompts, base, state, work_dir: Path,
+                    retain_requested: frozenset[str] = frozenset()) -> dict:
     """``process_split: tasks``: each process takes whole tasks (a risk, or the retain set) from a shared list,
     largest first, and curates them alone (``solo_process``), filling the shared image and score caches; no
     collective call until all are done. Returns the generation summary of all processes (on every process).
@@ -238,7 +238,8 @@ def run_tasks_split(ws: Workspace, cfg: CurateConfig, prompts, retain_prompts, b
             if claim(claims, task):
                 mine.append(task)
                 print(f"[curate] rank {state.process_index}: task {task}", flush=True)
-                curate_tasks(ws, cfg, prompts, retain_prompts, base, only={task}, announce=False)
+                curate_tasks(ws, cfg, prompts, retain_prompts, base, only={task}, announce=False,
+                             retain_requested=retain_requested)
     own = ws.generation_summary() | {"tasks": mine}
     atomic_write_json(reports / f"rank{state.process_index}.json", own)
     print(f"[curate] rank {state.process_index}/{state.num_processes}: tasks {mine}: "
@@ -280,13 +281,15 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
                          keep=[("curate.work_dir", work_dir), ("curate.output_dir", out_dir)])
     # Prompts first: bad prompt files and leakage fail before any model is loaded.
     prompts = {name: load_prompts(risk.prompts, f"curate.risks.{name}.prompts") for name, risk in cfg.tasks().items()}
-    retain_prompts = None
+    retain_prompts, retain_requested = None, frozenset()
     if cfg.retain.prompts:
         retain_prompts = load_prompts(cfg.retain.prompts, "curate.retain.prompts")
         for i, source in enumerate(cfg.retain.extra_prompts):
             retain_prompts += load_prompts(source, f"curate.retain.extra_prompts[{i}]")
-        for i, source in enumerate(cfg.retain.request_prompts):
-            retain_prompts += load_prompts(source, f"curate.retain.request_prompts[{i}]")
+        requests = [r for i, source in enumerate(cfg.retain.request_prompts)
+                    for r in load_prompts(source, f"curate.retain.request_prompts[{i}]")]
+        retain_prompts += requests
+        retain_requested = frozenset(r.prompt for r in requests)
     lora_file = lora_weights_file(cfg.lora, "curate.lora: give a folder written by `make train`") if cfg.lora else None
     dtype = getattr(torch, cfg.generation.dtype)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=str(state.device), variant=cfg.variant)
@@ -320,18 +323,19 @@ def run(cfg: CurateConfig, config_path: str) -> Path | None:
 
     split = resolve_process_split(cfg.process_split, state)
     if split == "tasks":
-        summary = run_tasks_split(ws, cfg, prompts, retain_prompts, base, state, work_dir)
+        summary = run_tasks_split(ws, cfg, prompts, retain_prompts, base, state, work_dir, retain_requested)
         if not state.is_main_process:
             return None
         # Every image and score of the run is now cached: this process replays the whole curation alone,
         # reading them back, so the pairs are those of a one-process run (it generates nothing more).
         ws.progress, ws.reports, ws.scoring_seconds = False, [], 0.0
         with solo_process():
-            all_pairs, per_risk, retained, retain_info = curate_tasks(ws, cfg, prompts, retain_prompts, base)
+            all_pairs, per_risk, retained, retain_info = curate_tasks(ws, cfg, prompts, retain_prompts, base,
+                                                                      retain_requested=retain_requested)
         summary["images_generated_in_replay"] = ws.generation_summary()["images_generated"]
     else:
         all_pairs, per_risk, retained, retain_info = curate_tasks(
-            ws, cfg, prompts, retain_prompts, base, announce=state.is_main_process
+            ws, cfg, prompts, retain_prompts, base, announce=state.is_main_process, retain_requested=retain_requested
         )
         summary = ws.generation_summary()
         print(f"[curate] rank {state.process_index}/{state.num_processes}: {describe_generation(summary)}", flush=True)

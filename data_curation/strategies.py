@@ -187,13 +187,13 @@ def _correct(
         if aligned and judge.keeps_request:  # the original is the preferred image: it must honour its prompt
             aligned = judge.is_aligned(cand.scores, record.slots)
         changed = judge.keeps_attributes(preferred.scores, cand.scores) if aligned else None
-        kept = preferred if not judge.keeps_request else cand  # the image the pair prefers
-        other_risk = flagged_by(kept.scores, record, others) if aligned and changed is None else None
+        # honour: the original, which shows the requested content, is preferred over the corrected picture
+        better, worse = (cand, preferred) if judge.keeps_request else (preferred, cand)
+        other_risk = flagged_by(better.scores, record, others) if aligned and changed is None else None
         clean = aligned and changed is None and other_risk is None
         similarity = pixel_similarity(ws.image(preferred.key), ws.image(cand.key)) if clean else float("nan")
         if clean and similarity >= judge.cfg.min_similarity:
             note = {"variant": variant_index, **({"preferred_group": wanted} if wanted else {})}
-            better, worse = (cand, preferred) if judge.keeps_request else (preferred, cand)
             if judge.keeps_request:
                 note["keeps_request"] = True
             pairs.append((item.origin, Pair(judge.name, "minimal_pair", record.prompt, better, worse, item.order,

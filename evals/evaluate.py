@@ -285,9 +285,10 @@ def world_prompt_records(cfg: EvalConfig, pref_dir: Path, config_path: str | Non
     # Held out by template and slot combination (the world's own check); the shift split is written in a grammar
     # curation never uses (checked against every curation prompt of every family); and both are disjoint from
     # the prompts curation will use (curate: section) or did use (the preference set's captions and prompts).
-    check_no_leakage(world_curation_records(cfg.families), in_grammar)
+    curation = world_curation_records(FAMILIES if shift else cfg.families)
+    check_no_leakage([r for r in curation if r["family"] in cfg.families], in_grammar)
     if shift:
-        check_shift_disjoint(world_curation_records(FAMILIES), shift)
+        check_shift_disjoint(curation, shift)
     check_disjoint(eval_prompts, curation_prompts_from_config(config_path), f"{config_path} curate: section")
     check_disjoint(eval_prompts, curation_prompts_from_preference_set(pref_dir), str(pref_dir))
     return records
@@ -342,9 +343,13 @@ def i2p_splits(cfg: EvalConfig) -> dict[str, tuple[str | None, str | None]]:
 def run_i2p(cfg, session, lora_dir, device):
     """Every I2P split: rows tagged with their split; the first split's rows are the summary's ``metrics``."""
     variants = build_variants(cfg, lora_dir)
+    # One lazy scorer each for every split: a model is loaded once, on first use.
+    scorers = (build_scorer_fn(cfg.i2p.scorer, cfg, device), build_scorer_fn(cfg.filter.scorer, cfg, device),
+               build_clip_fn(cfg, device))
+    files = i2p_splits(cfg)
     splits, grids, seeds, filter_info = {}, [], set(), None
-    for split, (csv_path, captions_path) in i2p_splits(cfg).items():
-        rows, split_grids, split_seeds, outcome = _i2p_split(cfg, session, variants, device, csv_path, captions_path)
+    for split, (csv_path, captions_path) in files.items():
+        rows, split_grids, split_seeds, outcome = _i2p_split(cfg, session, variants, scorers, csv_path, captions_path)
         seeds |= split_seeds
         filter_info = filter_info or outcome
         if split != "in_grammar":
@@ -354,7 +359,7 @@ def run_i2p(cfg, session, lora_dir, device):
         for row in rows:
             row["split"] = split
         splits[split] = {"metrics": rows, "stereotype": None, "bars": [],
-                         "baseline_comparison": baseline_comparison(rows, split if len(i2p_splits(cfg)) > 1 else None)}
+                         "baseline_comparison": baseline_comparison(rows, split if len(files) > 1 else None)}
     if not session.state.is_main_process:
         return None
     summary = {"metrics": splits["in_grammar"]["metrics"], "stereotype": None, "bars": [],
@@ -365,12 +370,12 @@ def run_i2p(cfg, session, lora_dir, device):
     return summary, grids
 
 
-def _i2p_split(cfg, session, variants, device, csv_path, captions_path):
-    """(metric rows, grids, seeds, filter section) of one I2P CSV and/or caption file."""
+def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
+    """(metric rows, grids, seeds, filter section) of one I2P CSV and/or caption file; ``scorers``: the I2P scorer,
+    the filter baseline's scorer and the CLIP score, as (cache id, lazy function) each."""
     from evals.i2p import SCORE_KEYS, clip_rows, ip_rows, load_captions, load_i2p_csv
 
-    scorer = build_scorer_fn(cfg.i2p.scorer, cfg, device)
-    filter_scorer = build_scorer_fn(cfg.filter.scorer, cfg, device)
+    scorer, filter_scorer, clip = scorers
     rows, grids, seeds, filter_info = [], [], set(), None
     if csv_path:
         csv_rows = load_i2p_csv(csv_path, cfg.i2p.max_prompts)
@@ -402,7 +407,6 @@ def _i2p_split(cfg, session, variants, device, csv_path, captions_path):
         keys, _ = generate_all(session, cfg, items, variants, filter_scorer, with_filter=False)
         seeds |= {it.seed for it in items}
         if session.state.is_main_process:
-            clip = build_clip_fn(cfg, device)
             clip_scores = {name: [s and s["scores"]["clip_score"]
                                   for s in score_made(session, clip, k, items, desc=f"clip {name}")]
                            for name, k in keys.items()}
