@@ -10,6 +10,7 @@ conservative. Written with the project's own ``preference_sets`` writer.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,34 @@ def smooth_image(rng: np.random.Generator, resolution: int, grid: int = 16) -> n
     return np.asarray(Image.fromarray(small).resize((resolution, resolution), Image.NEAREST), dtype=np.uint8)
 
 
-def synthetic_rows(num_pairs: int, resolution: int, seed: int = 0):
-    """``num_pairs`` rows with decisive labels (no ties), alternating which image wins."""
+def photo_like_jpeg(rng: np.random.Generator, resolution: int, grid: int = 16, noise: float = 8.0) -> bytes:
+    """JPEG (quality 90) of a bilinearly upsampled random colour field with Gaussian grain (σ = ``noise`` grey
+    levels): smooth regions plus texture, so decoding costs about what a photo of the same size costs (JPEG
+    decoding time grows with the non-zero DCT coefficients, which a flat blocky field would mostly lack)."""
+    from PIL import Image
+
+    small = Image.fromarray(rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8))
+    field_ = np.asarray(small.resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
+    grain = rng.normal(0.0, noise, size=field_.shape).astype(np.float32)
+    image = Image.fromarray(np.clip(field_ + grain, 0, 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def synthetic_rows(num_pairs: int, resolution: int, seed: int = 0, image_format: str = "png"):
+    """``num_pairs`` rows with decisive labels (no ties), alternating which image wins. ``image_format``:
+    png (blocky fields, quick to decode) or jpeg (photo-like, as Pick-a-Pic's JPEGs)."""
     rng = np.random.default_rng(seed)
+
+    def image() -> bytes:
+        return photo_like_jpeg(rng, resolution) if image_format == "jpeg" else encode_png(smooth_image(rng, resolution))
+
     for index in range(num_pairs):
         yield make_pair_row(
             caption=CAPTIONS[index % len(CAPTIONS)],
-            jpg_0=encode_png(smooth_image(rng, resolution)),
-            jpg_1=encode_png(smooth_image(rng, resolution)),
+            jpg_0=image(),
+            jpg_1=image(),
             label_0=1.0 if index % 2 == 0 else 0.0,
             risk="benchmark",
             strategy="best_of_n",
@@ -51,7 +72,8 @@ def synthetic_rows(num_pairs: int, resolution: int, seed: int = 0):
         )
 
 
-def write_synthetic_set(folder: str | Path, num_pairs: int, resolution: int, seed: int = 0) -> Path:
+def write_synthetic_set(folder: str | Path, num_pairs: int, resolution: int, seed: int = 0,
+                        image_format: str = "png") -> Path:
     """Write (or reuse, if already complete) the benchmark set at ``folder``."""
     folder = Path(folder)
     if (folder / "stats.json").is_file():
@@ -60,4 +82,6 @@ def write_synthetic_set(folder: str | Path, num_pairs: int, resolution: int, see
         "title": f"benchmark set ({num_pairs} pairs at {resolution} px)",
         "description": "Smooth random colour fields for throughput benchmarks; not training data.",
     }
-    return write_preference_set(synthetic_rows(num_pairs, resolution, seed), folder, card=card)
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
+    return write_preference_set(synthetic_rows(num_pairs, resolution, seed, image_format), folder, card=card)

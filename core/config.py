@@ -335,7 +335,7 @@ def read_yaml(path: str | Path) -> dict:
 
 # Every stage section that may appear at the top of a config file. Keeping the list here means a
 # misspelt section ("trian:") fails loudly instead of being ignored.
-KNOWN_SECTIONS = ("run", "world", "curate", "train", "eval", "annotate", "bench")
+KNOWN_SECTIONS = ("run", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora")
 
 
 def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = (),

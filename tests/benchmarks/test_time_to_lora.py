@@ -1,0 +1,100 @@
+"""The time-to-LoRA harness: step detection in tqdm output, the linear cost model, the result shape, config errors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from benchmarks.time_to_lora import (
+    OURS_STEP,
+    STOCK_STEP,
+    JobSettings,
+    RunTiming,
+    TimeToLoraConfig,
+    end_to_end_entries,
+    extrapolate,
+    fixed_and_rates,
+    run_stock,
+    stream_with_first_step,
+)
+from core.errors import ConfigError
+
+FAKE_BAR = r"""
+import sys, time
+sys.stderr.write("loading\n"); sys.stderr.flush(); time.sleep(0.4)
+sys.stderr.write("\rSteps:   0%|          | 0/3 [00:00<?, ?it/s]"); sys.stderr.flush(); time.sleep(0.6)
+sys.stderr.write("\rSteps:  33%|###       | 1/3 [00:01<00:02, 1.0it/s]"); sys.stderr.flush(); time.sleep(0.3)
+sys.stderr.write("\rSteps: 100%|##########| 3/3 [00:01<00:00, 3.0it/s]\n"); sys.stderr.flush()
+"""
+
+
+def test_first_step_is_read_from_a_carriage_return_progress_bar(tmp_path):
+    code, wall, first = stream_with_first_step([sys.executable, "-c", FAKE_BAR], {}, tmp_path / "log.txt", 60,
+                                               STOCK_STEP)
+    assert code == 0
+    assert first is not None and 0.9 <= first < wall  # after the 0/3 bar, not at it
+    assert "3/3" in (tmp_path / "log.txt").read_text()
+
+
+def test_step_patterns_tell_the_training_bar_from_other_bars():
+    assert OURS_STEP.search("train:   6%|6         | 1/16 [00:05<01:17,  5.15s/it]").group(1) == "1"
+    assert OURS_STEP.search("reference losses:   6%|6   | 1/16 [00:04<01:14]") is None
+    assert STOCK_STEP.search("train:   6%|6         | 1/16 [00:05<01:17]") is None
+
+
+def _timing(side, wall, first, steps, pairs_per_step, phases=None, job="100x1", caches="cold"):
+    return RunTiming(side, job, caches, wall, first, steps, pairs_per_step, 0, phases or {})
+
+
+def test_cost_model_reproduces_the_measured_run_and_scales_linearly():
+    # 100 pairs, 10 steps of 10: first step at 30 s, 9 more steps in 9 s (1 s per 10 pairs), caching 5 s.
+    run = _timing("ours", 39.0, 30.0, 10, 10, {"latent_cache_s": 4.0, "reference_pass_s": 1.0})
+    model = fixed_and_rates(run, pairs=100, pair_visits=100)
+    assert model["per_pair_visit_s"] == pytest.approx(0.1)
+    assert model["once_per_pair_s"] == pytest.approx(0.05)
+    assert extrapolate(model, JobSettings(100, 1)) == pytest.approx(39.0)
+    # 10x the pairs, 4 passes: fixed + 0.05 x 1000 + 0.1 x 4000.
+    assert extrapolate(model, JobSettings(1000, 4)) == pytest.approx(model["fixed_s"] + 50 + 400)
+
+
+def test_cost_model_refuses_a_run_without_a_first_step():
+    with pytest.raises(ConfigError, match="first-step"):
+        fixed_and_rates(_timing("stock", 10.0, None, 10, 10), 100, 100)
+
+
+def test_end_to_end_entries_have_the_fixed_shape():
+    cfg = TimeToLoraConfig(jobs=[JobSettings(100), JobSettings(1000, 4, measure=False)], caches=["cold"])
+    runs = [_timing("stock", 60.0, 20.0, 10, 10), _timing("ours", 39.0, 30.0, 10, 10)]
+    entries = end_to_end_entries(cfg, runs, "NVIDIA H100 80GB HBM3", {})
+    assert [(e["job"], e["caches"], e["measured"]) for e in entries] == [("100x1", "cold", True),
+                                                                          ("1000x4", "cold", False)]
+    for entry in entries:
+        assert {"job", "caches", "stock_wall_s", "ours_wall_s", "measured", "gpu"} <= set(entry)
+        assert entry["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert entries[0]["stock_wall_s"] == 60.0 and entries[0]["ours_wall_s"] == 39.0
+    assert entries[1]["extrapolated_from"] == "100x1"
+    assert entries[1]["ours_wall_s"] > entries[0]["ours_wall_s"]
+
+
+def test_a_failed_run_is_not_reported_as_a_time():
+    cfg = TimeToLoraConfig(jobs=[JobSettings(100)], caches=["cold"])
+    failed = RunTiming("ours", "100x1", "cold", 5.0, None, 10, 10, 1)
+    entry = end_to_end_entries(cfg, [_timing("stock", 60.0, 20.0, 10, 10), failed], "gpu", {})[0]
+    assert entry["ours_wall_s"] is None and "speedup" not in entry
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="at least one job must be measured"):
+        TimeToLoraConfig(jobs=[JobSettings(100, measure=False)]).validate()
+    with pytest.raises(ValueError, match="list cold too"):
+        TimeToLoraConfig(caches=["warm"]).validate()
+    with pytest.raises(ValueError, match="pairs and passes"):
+        JobSettings(0).validate()
+
+
+def test_missing_stock_script_names_the_fetch_script(tmp_path):
+    cfg = TimeToLoraConfig(work_dir=str(tmp_path))
+    cfg.stock.script = "benchmarks/stock/no_such_script.py"
+    with pytest.raises(ConfigError, match="fetch_stock_example.sh"):
+        run_stock(cfg, JobSettings(10), "cold", tmp_path, tmp_path, tmp_path)
