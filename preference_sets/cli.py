@@ -1,7 +1,10 @@
-"""``python -m preference_sets.cli {validate,stats,merge,split,export,import} ...``
+"""``python -m preference_sets.cli {validate,stats,merge,split,export,import,moderate} ...``
 
 ``import SRC DEST`` reads a set made elsewhere (a Pick-a-Pic parquet file or folder, HF ``data/`` layout or
 flat, or a datasets save_to_disk folder) and writes it in this project's format.
+
+``moderate --set DIR --config FILE`` flags the set's images with the scorers of the file's ``moderate:`` section
+and writes a report (``preference_sets.moderate``); the set is not changed.
 
 Exit status: 0 on success, 2 on bad input (the message names the problem; no traceback).
 """
@@ -14,8 +17,10 @@ import sys
 
 from core.cli import run_main
 from core.errors import DataError
+from mitigations.moderation import ImageModerator, load_moderation_config
 from preference_sets.importer import import_set
 from preference_sets.io import DEFAULT_SHARD_SIZE, iter_rows
+from preference_sets.moderate import moderate_set
 from preference_sets.ops import export, merge, split
 from preference_sets.schema import DEFAULT_RISK
 from preference_sets.stats import compute_stats
@@ -83,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true", help="leave out bad rows (listed in the card)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     p.add_argument("--overwrite", action="store_true")
+
+    p = commands.add_parser("moderate", help="flag the set's images with configured scorers; write a report, "
+                                             "leave the set as it is")
+    p.add_argument("--set", required=True, dest="folder", help="the preference set to screen")
+    p.add_argument("--config", required=True, help="YAML file with a moderate: section (scorers and flag rules)")
+    p.add_argument("--out", help="report folder (default: <set>_moderation beside the set)")
+    p.add_argument("--batch-pairs", type=int, default=16, help="pairs decoded and scored at a time")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out not written by this project")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the moderate: section")
     return parser
 
 
@@ -109,6 +123,12 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "import":
         summary = import_set(args.src, args.dest, split=args.split, risk=args.risk, resolution=args.resolution,
                              skip_bad_rows=args.skip_bad_rows, shard_size=args.shard_size, overwrite=args.overwrite)
+        print(json.dumps(summary, indent=2))
+    elif args.command == "moderate":
+        if args.batch_pairs < 1:
+            raise DataError(f"--batch-pairs must be >= 1, got {args.batch_pairs}")
+        moderator = ImageModerator(load_moderation_config(args.config, args.overrides))
+        summary = moderate_set(args.folder, moderator, args.out, overwrite=args.overwrite, batch_pairs=args.batch_pairs)
         print(json.dumps(summary, indent=2))
 
 
