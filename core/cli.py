@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, Callable, Literal, Union
 
-from core.config import _member_type, load_stage_config, to_dict
+from core.config import _member_type, load_stage_config, renamed_keys, to_dict
 from core.errors import ConfigError, PipelineError
 
 
@@ -171,9 +171,11 @@ def _takes_bool(cls: type, key: str, section: str) -> bool:
         parts = parts[1:]
     tp: Any = cls
     for part in parts:
-        tp = _member_type(tp, part)
-        if tp is None:
-            return False
+        spec = renamed_keys(tp).get(part)
+        for name in spec.new.split(".") if spec else [part]:  # an old key name: where it lives now
+            tp = _member_type(tp, name)
+            if tp is None:
+                return False
     return tp is bool or (typing.get_origin(tp) in (Union, types.UnionType) and bool in typing.get_args(tp))
 
 

@@ -123,7 +123,8 @@ def _yaml_bool_choice(value: bool, choices: tuple, where: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Renamed:
     """The new name of a renamed config key; ``convert`` maps a value of the old key to the new key's (None: the
-    value is kept). A dataclass lists its old names as ``RENAMED_KEYS: ClassVar[dict[str, Renamed]]``."""
+    value is kept). A dataclass lists its old names as ``RENAMED_KEYS: ClassVar[dict[str, Renamed]]``. A dotted
+    ``new`` (``generation.steps``) moves the key into a section of the same dataclass."""
 
     new: str
     convert: Callable[[Any], Any] | None = None
@@ -153,12 +154,22 @@ def _rename_old_keys(tp: Any, data: dict, where: str) -> dict:
     for old, spec in renamed.items():
         if old not in data:
             continue
-        if spec.new in data:
+        *sections, name = spec.new.split(".")
+        node = data
+        for section in sections:  # a moved key: copy the sections on its way, so the caller's data is kept
+            child = node.get(section)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{_dotted(where, old)} moved to {_dotted(where, spec.new)}, but "
+                                  f"{_dotted(where, section)} is not a section")
+            node[section] = node = dict(child)
+        if name in node:
             raise ConfigError(f"{_dotted(where, old)} is the old name of {_dotted(where, spec.new)}; "
                               f"set only {_dotted(where, spec.new)}")
         _warn_renamed(_dotted(where, old), _dotted(where, spec.new))
         value = data.pop(old)
-        data[spec.new] = spec.convert(value) if spec.convert else value
+        node[name] = spec.convert(value) if spec.convert else value
     return data
 
 
@@ -232,13 +243,16 @@ def apply_overrides(data: dict, overrides: list[str], cls: type | None = None, w
     for text in overrides:
         path, value = parse_override(text)
         node, tp, section, full, known = data, cls, "", where, set()
-        for i, part in enumerate(path):
+        i = 0
+        while i < len(path):
+            part = path[i]
             spec = renamed_keys(tp).get(part)
             if spec is not None:
                 _warn_renamed(_dotted(full, part), _dotted(full, spec.new))
-                part = spec.new
                 if i == len(path) - 1 and spec.convert:
                     value = spec.convert(value)
+                path = [*path[:i], *spec.new.split("."), *path[i + 1:]]  # a moved key: its new sections too
+                part = path[i]
             if i == len(path) - 1:
                 node[part] = value
                 break
@@ -254,6 +268,7 @@ def apply_overrides(data: dict, overrides: list[str], cls: type | None = None, w
             member, full = _member_type(tp, part), _dotted(full, part)
             node[part] = _rename_old_keys(member, dict(child), full)
             node, tp, section = node[part], member, part
+            i += 1
     return data
 
 
@@ -341,7 +356,7 @@ KNOWN_SECTIONS = ("run", "world", "curate", "train", "eval", "annotate", "bench"
 def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = (),
                       validate: bool = True) -> T:
     """Load ``section`` of the YAML file at ``path`` into ``cls``; overrides are relative to it, with or
-    without the section's prefix (``steps=10`` or ``eval.steps=10``). ``validate=False`` checks keys and types
+    without the section's prefix (``seed=10`` or ``eval.seed=10``). ``validate=False`` checks keys and types
     only (no ``validate()`` value checks): what a documented command's keys are checked with."""
     prefix = f"{section}."
     overrides = [o[len(prefix):] if o.startswith(prefix) else o for o in overrides]

@@ -9,49 +9,18 @@ checked here so a bad config fails before any image is generated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional
 
 from core.errors import ConfigError
-from inference.generation import check_sampler
+from inference.config import GenerationConfig
 from inference.prompts import PromptSourceConfig
 from inference.scorers import check_scorer_name
-from inference.speedups import InferenceSpeedups
 
 # The risk kinds this stage knows how to judge (see data_curation.risks for what each one means).
 RISK_KINDS = ("exposure", "stereotype", "association", "misalignment")
 STRATEGIES = ("best_of_n", "minimal_pair")
 REQUESTABLE_KINDS = ("exposure", "association")  # content a prompt can ask for outright
 REQUEST_SUFFIX = "_request"
-
-
-@dataclass
-class GenerationConfig:
-    sampler: str = field(default="ddim", metadata={"help": "Scheduler name (inference.generation), e.g. ddim, euler."})
-    steps: int = field(default=20, metadata={"help": "Sampler steps per image."})
-    guidance: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
-    resolution: Optional[int] = field(default=None, metadata={
-        "help": "Image size in pixels (square, a multiple of 8); null: the model's native size."})
-    batch_size: Union[int, Literal["auto"]] = field(default=32, metadata={
-        "help": "Images per generation batch; auto: chosen from the resolution and device "
-                "(inference.generation.resolve_batch_size)."})
-    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={
-        "help": "Weights and activations dtype of generation."})
-    # Off on a CPU under auto: compiling costs more there than it saves.
-    fast_paths: Union[bool, Literal["auto"]] = field(default="auto", metadata={
-        "help": "Exact-math inference fast paths (inference/speedups.py: fused QKV, channels_last, torch.compile of "
-                "the UNet and the VAE decoder): auto: on when generating on CUDA, off on a CPU; true/false force "
-                "them. Compiling takes a few minutes up front (docs/performance.md)."})
-    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups, metadata={
-        "help": "Which fast paths, when fast_paths is on."})
-
-    def validate(self) -> None:
-        check_sampler(self.sampler)
-        if self.steps < 1:
-            raise ConfigError(f"curate.generation.steps must be >= 1, got {self.steps}")
-        if self.batch_size != "auto" and self.batch_size < 1:
-            raise ConfigError(f"curate.generation.batch_size must be >= 1, got {self.batch_size}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ConfigError(f"curate.generation.resolution must be a multiple of 8, got {self.resolution}")
 
 
 @dataclass
@@ -264,7 +233,7 @@ class CurateConfig:
                 "or empty folder is always replaced."})
     seed: int = field(default=0, metadata={"help": "Base seed of every generated image."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
-        "help": "How images are generated."})
+        "help": "How images are generated (the same keys as eval.generation)."})
     scorers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"oracle": {}}, metadata={
         "help": "Scorers by name (oracle, nudenet, clip), each with its settings (inference/scorers/), e.g. "
                 "{nudenet: {threshold: 0.45}}."})

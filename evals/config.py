@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional, Union
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Literal, Optional
 
 from core.config import Renamed
 from core.errors import ConfigError
-from inference.speedups import InferenceSpeedups
+from inference.config import GenerationConfig
 
 MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate")
 WORLD_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
@@ -83,7 +83,7 @@ class I2PConfig:
         "help": "Images per CSV prompt, at seeds sd_seed, sd_seed + 1, ... (the I2P convention is 10)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use the first N CSV prompts only; null: all."})
     use_csv_guidance: bool = field(default=True, metadata={
-        "help": "Guidance scale from the CSV's sd_guidance_scale, else eval.guidance."})
+        "help": "Guidance scale from the CSV's sd_guidance_scale, else eval.generation.guidance."})
     paraphrase_csv: str | None = field(default=None, metadata={
         "help": "Paraphrases of the csv prompts (same schema), evaluated the same way and reported as the "
                 "phrasing_shift split: whether the alignment generalises beyond one phrasing."})
@@ -124,8 +124,12 @@ class ReportConfig:
 
 @dataclass
 class EvalConfig:
-    # Old key names, still read (with a FutureWarning): the same names as curate: and train: use.
-    RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {"model_path": Renamed("model"), "lora_dir": Renamed("lora")}
+    # Old key names, still read (with a FutureWarning): the same names as curate: and train: use, and the
+    # generation settings in the generation: section that curate: has too.
+    RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {
+        "model_path": Renamed("model"), "lora_dir": Renamed("lora"),
+        **{f.name: Renamed(f"generation.{f.name}") for f in fields(GenerationConfig)},
+    }
 
     mode: Literal["synthetic", "i2p"] = field(default="synthetic", metadata={
         "help": "synthetic: the synthetic world's held-out prompts, read by the exact oracle; i2p: a real model on "
@@ -171,23 +175,11 @@ class EvalConfig:
                 "all of them. Each DPO-vs-baseline difference is paired on the images both models have."})
     seed: int = field(default=1234, metadata={
         "help": "Base seed: each (prompt, j) seed derives from it, the same for every model."})
-    steps: int = field(default=20, metadata={"help": "Sampler steps per image."})
-    guidance: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
-    sampler: str = field(default="ddim", metadata={"help": "Scheduler name (inference.generation), e.g. ddim, euler."})
-    resolution: int | None = field(default=None, metadata={
-        "help": "Image size in pixels (square); null: the model's native size."})
-    batch_size: Union[int, Literal["auto"]] = field(default=64, metadata={
-        "help": "Images per generation batch; auto: chosen from the resolution and device "
-                "(inference.generation.resolve_batch_size)."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
+        "help": "How images are generated (the same keys as curate.generation); eval.i2p.use_csv_guidance takes "
+                "the I2P prompts' guidance from the CSV instead."})
     device: str = field(default="auto", metadata={
         "help": "auto (cuda when a GPU is visible, else cpu), cpu, cuda, ..."})
-    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={
-        "help": "Weights and activations dtype of generation."})
-    fast_paths: Union[bool, Literal["auto"]] = field(default="auto", metadata={
-        "help": "Exact-math generation fast paths (inference/speedups.py): auto: on with CUDA; true/false force "
-                "them. With them on, the aligned model runs as a second pipeline with the LoRA merged."})
-    speedups: InferenceSpeedups = field(default_factory=InferenceSpeedups, metadata={
-        "help": "Which fast paths, when fast_paths is on."})
     oracle_path: str = field(default="models/synthetic-oracle", metadata={
         "help": "The synthetic world's oracle (synthetic mode, and the oracle filter scorer)."})
     clip_path: str = field(default="models/synthetic-clip", metadata={
@@ -225,7 +217,5 @@ class EvalConfig:
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.seeds_per_prompt:
                 raise ConfigError(f"eval.baseline_seeds_per_prompt must be a whole number from 1 to eval.seeds_per_prompt "
                                   f"({self.seeds_per_prompt}), or null for all seeds; got {n!r}")
-        if self.steps < 1 or (self.batch_size != "auto" and self.batch_size < 1):
-            raise ValueError("eval.steps and eval.batch_size must be >= 1")
         if self.mode == "i2p" and not (self.i2p.csv or self.i2p.captions):
             raise ConfigError("eval.mode=i2p needs eval.i2p.csv and/or eval.i2p.captions (local files)")

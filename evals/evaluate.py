@@ -307,7 +307,7 @@ def split_view(items, results: dict, records, split: str):
 def run_world(cfg, session, records, lora_dir, device):
     from evals.world_metrics import compute_world_summary
 
-    items = make_items([r["prompt"] for r in records], cfg.seeds_per_prompt, cfg.seed, cfg.guidance)
+    items = make_items([r["prompt"] for r in records], cfg.seeds_per_prompt, cfg.seed, cfg.generation.guidance)
     variants = build_variants(cfg, lora_dir)
     keys, filter_outcome = generate_all(session, cfg, items, variants, build_scorer_fn(cfg.filter.scorer, cfg, device))
     if not session.state.is_main_process:
@@ -379,7 +379,7 @@ def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
     rows, grids, seeds, filter_info = [], [], set(), None
     if csv_path:
         csv_rows = load_i2p_csv(csv_path, cfg.i2p.max_prompts)
-        guidance = [r["sd_guidance_scale"] for r in csv_rows] if cfg.i2p.use_csv_guidance else cfg.guidance
+        guidance = [r["sd_guidance_scale"] for r in csv_rows] if cfg.i2p.use_csv_guidance else cfg.generation.guidance
         items = make_items([r["prompt"] for r in csv_rows], cfg.i2p.images_per_prompt, cfg.seed, guidance,
                            explicit_seeds=[r["sd_seed"] for r in csv_rows])
         keys, outcome = generate_all(session, cfg, items, variants, filter_scorer)
@@ -402,7 +402,7 @@ def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
             session.use_base()
     if captions_path:
         captions = load_captions(captions_path)
-        items = make_items(captions, cfg.seeds_per_prompt, cfg.seed, cfg.guidance)
+        items = make_items(captions, cfg.seeds_per_prompt, cfg.seed, cfg.generation.guidance)
         # The filter baseline is about risky prompts: benign captions measure alignment of the other models.
         keys, _ = generate_all(session, cfg, items, variants, filter_scorer, with_filter=False)
         seeds |= {it.seed for it in items}
@@ -435,14 +435,14 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
 
     from inference.generation import native_resolution, resolve_batch_size
 
-    pipe = load_pipeline(cfg.model, dtype=getattr(torch, cfg.dtype), device=device, variant=cfg.variant)
-    resolution = cfg.resolution or native_resolution(pipe)
-    batch_size = resolve_batch_size(cfg.batch_size, resolution, pipe.device.type)
-    fast = use_fast_paths(cfg.fast_paths, pipe.device.type)
+    pipe = load_pipeline(cfg.model, dtype=getattr(torch, cfg.generation.dtype), device=device, variant=cfg.variant)
+    resolution = cfg.generation.resolution or native_resolution(pipe)
+    batch_size = resolve_batch_size(cfg.generation.batch_size, resolution, pipe.device.type)
+    fast = use_fast_paths(cfg.generation.fast_paths, pipe.device.type)
     if fast:
-        prepare_pipeline(pipe, cfg.speedups)
-    session = EvalSession(out_dir, pipe, cfg.model, cfg.steps, cfg.sampler, resolution, batch_size,
-                          speedups=cfg.speedups if fast else None, variant=cfg.variant)
+        prepare_pipeline(pipe, cfg.generation.speedups)
+    session = EvalSession(out_dir, pipe, cfg.model, cfg.generation.steps, cfg.generation.sampler, resolution,
+                          batch_size, speedups=cfg.generation.speedups if fast else None, variant=cfg.variant)
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
     if cfg.mode == "synthetic":
@@ -460,10 +460,11 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         "lora_dir": str(lora_dir) if lora_dir else None,
         "negative_prompt": ", ".join(cfg.negative_prompts) if "negative_prompt" in models else None,
         "baseline_seeds_per_prompt": cfg.baseline_seeds_per_prompt,  # None: every seed
-        "generation": {"steps": cfg.steps, "guidance": cfg.guidance, "sampler": cfg.sampler,
-                       "resolution": resolution, "seeds_per_prompt": cfg.seeds_per_prompt, "base_seed": cfg.seed,
+        "generation": {"steps": cfg.generation.steps, "guidance": cfg.generation.guidance,
+                       "sampler": cfg.generation.sampler, "resolution": resolution,
+                       "seeds_per_prompt": cfg.seeds_per_prompt, "base_seed": cfg.seed,
                        "images_generated_this_run": session.generated, "images_reused": session.reused,
-                       "fast_paths": cfg.speedups.enabled() if fast else [],
+                       "fast_paths": cfg.generation.speedups.enabled() if fast else [],
                        "images_scored_this_run": session.scored},
         "wall_seconds": round(time.perf_counter() - start, 1),
         "device": device,
@@ -488,8 +489,9 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     summary["notes"] = notes
     summary["meta"] = {"model": cfg.model, "LoRA": summary["lora_dir"] or "none",
                        "prompts": summary.get("prompts", {}).get("n_prompts", "–"),
-                       "seeds per prompt": cfg.seeds_per_prompt, "steps": cfg.steps, "guidance": cfg.guidance,
-                       "sampler": cfg.sampler, "device": device, "wall time (s)": summary["wall_seconds"]}
+                       "seeds per prompt": cfg.seeds_per_prompt, "steps": cfg.generation.steps,
+                       "guidance": cfg.generation.guidance, "sampler": cfg.generation.sampler, "device": device,
+                       "wall time (s)": summary["wall_seconds"]}
     atomic_write_json(out_dir / "summary.json", summary)
     paths = write_report(out_dir, summary, grids, blur_px=cfg.report.blur_px)
     paths["summary"] = out_dir / "summary.json"

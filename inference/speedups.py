@@ -1,5 +1,5 @@
 """Exact-math inference fast paths for a diffusers SD/SDXL pipeline, shared by curation
-(``curate.generation.fast_paths`` / ``speedups``), evaluation (``eval.fast_paths`` / ``speedups``) and
+(``curate.generation.fast_paths`` / ``speedups``), evaluation (``eval.generation.fast_paths`` / ``speedups``) and
 ``make bench``.
 
 Every option keeps the sampler, step count, guidance and precision: the same function is computed,

@@ -190,6 +190,7 @@ def test_documented_command(where, argv, monkeypatch):
     ('make eval ARGS="--prompts_per_famly 3"', "prompts_per_famly"),
     ('make curate CONFIG=configs/sd15.yaml ARGS="risks.exposur.target_pairs=5"', "unknown risk 'exposur'"),
     ('make eval CONFIG=configs/sd15.yaml ARGS="model_path=/data/sd"', "model_path is deprecated"),
+    ('make eval ARGS="steps=10"', r"eval\.steps is deprecated, use eval\.generation\.steps"),
     ("make annotate SET=x ARGS=overlap=two", "expected an integer"),
     ("python -m training.trian --config configs/demo.yaml", "does not import"),
     ("python -m training.train --config configs/demo.yaml --max_train_steps", "does not parse"),

@@ -40,7 +40,7 @@ def test_eval_runs_an_fp16_variant_hub_id(cached_fp16_hub_id, tiny_clip_dir, tmp
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump({"eval": {
         "mode": "i2p", "model": cached_fp16_hub_id, "variant": "fp16", "output_dir": str(tmp_path / "eval"),
-        "models": ["base"], "steps": 2, "seeds_per_prompt": 1, "batch_size": 2, "device": "cpu",
+        "models": ["base"], "generation": {"steps": 2, "batch_size": 2}, "seeds_per_prompt": 1, "device": "cpu",
         "clip_path": str(tiny_clip_dir), "i2p": {"captions": str(captions)}, "bootstrap": {"n_boot": 100}}}))
     assert main(["--config", str(config)]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())

@@ -4,6 +4,7 @@ has one, and keys renamed so that one thing has one name across stages still loa
 from __future__ import annotations
 
 import importlib
+import typing
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from core.cli import StageCLI, config_key_docs
 from core.config import KNOWN_SECTIONS, config_from_dict, load_stage_config, read_yaml
+from core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +55,36 @@ def test_shared_dataclasses_are_documented_where_they_are_used():
     # inference.prompts.PromptSourceConfig and inference.speedups.InferenceSpeedups
     assert {"risks.<name>.prompts.source", "retain.extra_prompts[].where", "generation.speedups.fuse_qkv"} <= keys
     keys = {doc.key for doc in config_key_docs(stage_cli("evals.evaluate").cls)}
-    assert {"speedups.coordinate_descent_tuning", "i2p.csv", "filter.max_retries"} <= keys
+    assert {"generation.speedups.coordinate_descent_tuning", "i2p.csv", "filter.max_retries"} <= keys
+
+
+def test_curate_and_eval_share_one_generation_section():
+    from data_curation.config import CurateConfig
+    from evals.config import EvalConfig
+    from inference.config import GenerationConfig
+
+    def generation_keys(cls):
+        return [(d.key, d.type, d.default, d.help) for d in config_key_docs(cls) if d.key.startswith("generation.")]
+
+    assert typing.get_type_hints(CurateConfig)["generation"] is GenerationConfig
+    assert typing.get_type_hints(EvalConfig)["generation"] is GenerationConfig
+    assert generation_keys(CurateConfig) == generation_keys(EvalConfig)
+    assert {"generation.steps", "generation.batch_size", "generation.speedups.compile_unet"} <= {
+        key for key, *_ in generation_keys(EvalConfig)}
+
+
+def test_eval_generation_keys_moved_into_the_generation_section():
+    from evals.config import EvalConfig
+
+    with pytest.warns(FutureWarning, match=r"eval\.steps is deprecated, use eval\.generation\.steps"):
+        cfg = config_from_dict(EvalConfig, {"steps": 7, "generation": {"sampler": "euler"}}, where="eval")
+    assert (cfg.generation.steps, cfg.generation.sampler) == (7, "euler")
+    with pytest.warns(FutureWarning, match=r"fast_paths is deprecated, use generation\.fast_paths"):
+        cfg = config_from_dict(EvalConfig, {}, ["fast_paths=false", "speedups.compile_vae=false"])
+    assert cfg.generation.fast_paths is False and cfg.generation.speedups.compile_vae is False
+    with pytest.raises(ConfigError, match=r"eval\.guidance is the old name of eval\.generation\.guidance"):
+        config_from_dict(EvalConfig, {"guidance": 2.0, "generation": {"guidance": 3.0}}, where="eval")
+    assert "steps" not in {doc.key for doc in config_key_docs(EvalConfig)}
 
 
 @pytest.mark.parametrize("module", list(STAGES))

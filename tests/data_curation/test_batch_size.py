@@ -1,4 +1,4 @@
-"""batch_size: auto (curate.generation and eval), resolved per device and resolution."""
+"""batch_size: auto (the generation: section of curate and eval), resolved per device and resolution."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from core.config import config_from_dict
 from core.errors import ConfigError
-from data_curation.config import GenerationConfig
+from inference.config import GenerationConfig
 from inference.generation import resolve_batch_size
 
 
@@ -31,6 +31,6 @@ def test_batch_size_config_accepts_auto_or_a_positive_number():
 def test_eval_batch_size_accepts_auto():
     from evals.config import EvalConfig
 
-    assert config_from_dict(EvalConfig, {"batch_size": "auto"}).batch_size == "auto"
-    with pytest.raises((ConfigError, ValueError), match="batch_size"):
-        config_from_dict(EvalConfig, {"batch_size": -1})
+    assert config_from_dict(EvalConfig, {"generation": {"batch_size": "auto"}}).generation.batch_size == "auto"
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        config_from_dict(EvalConfig, {"generation": {"batch_size": -1}})

@@ -42,8 +42,7 @@ def suppress_config(out: Path) -> dict:
         "eval": {"model": "models/synthetic-sd", "lora": str(out / "lora"), "output_dir": str(out / "eval"),
                  "preference_set": str(out / "set"), "models": ["base", "aligned"], "families": ["exposure_request"],
                  "splits": ["in_grammar"], "requested": {"exposure": "suppress"}, "prompts_per_family": 32,
-                 "seeds_per_prompt": 2, "steps": 8, "guidance": 1.5, "sampler": "dpmsolver", "batch_size": 32,
-                 "fast_paths": False, "bootstrap": {"n_boot": 200}},
+                 "seeds_per_prompt": 2, "generation": GENERATION, "bootstrap": {"n_boot": 200}},
     }
 
 

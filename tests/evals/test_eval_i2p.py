@@ -29,14 +29,15 @@ def i2p_files(tmp_path):
 
 def _cfg(model, out, csv, captions, clip, **extra):
     data = {
-        "mode": "i2p", "model_path": str(model), "output_dir": str(out), "steps": 2, "seeds_per_prompt": 2,
+        "mode": "i2p", "model_path": str(model), "output_dir": str(out), "seeds_per_prompt": 2,
         "models": ["base", "negative_prompt", "filter_regenerate"], "negative_prompts": ["nude"],
-        "clip_path": str(clip), "batch_size": 8, "device": "cpu",
+        "clip_path": str(clip), "generation": {"steps": 2, "batch_size": 8}, "device": "cpu",
         "filter": {"scorer": "nudenet", "flag_labels": ["exposed"], "max_retries": 2},
         "bootstrap": {"n_boot": 200},
         "i2p": {"csv": str(csv), "captions": str(captions), "scorer": "nudenet", "images_per_prompt": 2},
         "report": {"blur_px": 10},
     }
+    data["generation"].update(extra.pop("generation", {}))
     data.update(extra)
     return config_from_dict(EvalConfig, data)
 
@@ -135,7 +136,7 @@ def test_i2p_eval_baselines_at_fewer_seeds(tiny_sd15_path, i2p_files, tiny_clip_
 
 
 def test_i2p_eval_fast_paths_make_the_plain_images(tiny_sd15_path, i2p_files, tiny_clip_dir, random_lora, tmp_path):
-    """eval.fast_paths (fused QKV, channels_last, compiled UNet and VAE decoder; aot_eager here): the base model
+    """eval.generation.fast_paths (fused QKV, channels_last, compiled UNet and VAE decoder; aot_eager here): the base model
     and the aligned one (a second pipeline with the LoRA merged) make the plain eval's images to 1 grey level,
     under the same keys, in both I2P passes (CSV, then captions after switching back to the base weights)."""
     import numpy as np
@@ -145,7 +146,7 @@ def test_i2p_eval_fast_paths_make_the_plain_images(tiny_sd15_path, i2p_files, ti
     models = ["base", "aligned", "negative_prompt"]
     plain = _cfg(tiny_sd15_path, tmp_path / "plain", *i2p_files, tiny_clip_dir, models=models, lora_dir=str(random_lora))
     fast = _cfg(tiny_sd15_path, tmp_path / "fast", *i2p_files, tiny_clip_dir, models=models, lora_dir=str(random_lora),
-                fast_paths=True, speedups={"compile_backend": "aot_eager"})
+                generation={"fast_paths": True, "speedups": {"compile_backend": "aot_eager"}})
     run_eval(plain, "unit")
     run_eval(fast, "unit")
     stored = lambda f: {p.name: p for p in (f / "images").rglob("*.png")}  # noqa: E731

@@ -91,8 +91,8 @@ def fake_world(monkeypatch):
 
 
 def _cfg(model, out, clip, **extra):
-    data = {"model": str(model), "output_dir": str(out), "steps": 2, "seeds_per_prompt": 2,
-            "prompts_per_family": 2, "clip_path": str(clip), "batch_size": 16, "device": "cpu",
+    data = {"model": str(model), "output_dir": str(out), "generation": {"steps": 2, "batch_size": 16},
+            "seeds_per_prompt": 2, "prompts_per_family": 2, "clip_path": str(clip), "device": "cpu",
             "preference_set": str(out.parent / "no_preference_set"), "bootstrap": {"n_boot": 200},
             "filter": {"max_retries": 2}, "report": {"grid_columns": 2}}
     data.update(extra)
