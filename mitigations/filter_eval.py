@@ -2,18 +2,30 @@
 written and under seeded obfuscations (:mod:`mitigations.obfuscate`).
 
 The prompts come from the caller (``{split: {family: [prompt, ...]}}`` for the prompts to block and for the
-benign ones), so nothing here knows where they were written; the synthetic world's entry point is
-``python -m synthetic_world.filter_eval``. Every obfuscation variant is applied in two modes: to every word of
-the prompt, and to the ``targets`` words only (the words an evader would hide), when targets are given.
+benign ones), so nothing here knows where they were written. Every obfuscation variant is applied in two
+modes: to every word of the prompt, and to the ``targets`` words only (the words an evader would hide), when
+targets are given.
+
+From prompt files (one prompt per line, ``#`` starts a comment; each file is a family named after it)::
+
+    python -m mitigations.filter_eval --config configs/filters/sd15.yaml --block unsafe.txt --benign benign.txt
+
+The synthetic world's entry point, with its eval splits, is ``python -m synthetic_world.filter_eval``.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from core.cli import run_main
 from core.errors import DataError
-from mitigations.filter import PromptFilter
+from core.io import atomic_write_json
+from mitigations.config import load_mitigation_config
+from mitigations.filter import PromptFilter, PromptFilterConfig
 from mitigations.obfuscate import check_transforms, obfuscate
 
 
@@ -152,3 +164,50 @@ def markdown_report(report: dict[str, Any]) -> str:
             if any(cells):
                 lines.append(f"| {variant['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """The prompts of a UTF-8 file, one per line; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise DataError(f"prompt file {path} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"prompt file {path} is not UTF-8 text: {exc}") from exc
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise DataError(f"prompt file {path} has no prompts")
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mitigations.filter_eval",
+                                     description="Recall and false positives of a prompt filter on prompt files, "
+                                                 "as written and obfuscated.")
+    parser.add_argument("--config", required=True, help="YAML file with a prompt_filter: section")
+    parser.add_argument("--block", nargs="+", required=True, metavar="FILE", help="prompts the filter must block")
+    parser.add_argument("--benign", nargs="+", required=True, metavar="FILE", help="prompts it must let through")
+    parser.add_argument("--targets", nargs="*", default=[], metavar="WORD",
+                        help="words an evader would hide: also measure obfuscating only these")
+    parser.add_argument("--rate", type=float, default=0.5, help="obfuscation probability per letter, gap or word")
+    parser.add_argument("--seed", type=int, default=0, help="obfuscation seed")
+    parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the prompt_filter: section")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        config = load_mitigation_config(PromptFilterConfig, args.config, "prompt_filter", args.overrides)
+        block = {"files": {Path(p).stem: read_prompt_file(p) for p in args.block}}
+        benign = {"files": {Path(p).stem: read_prompt_file(p) for p in args.benign}}
+        report = measure_filter(PromptFilter(config), block, benign, rate=args.rate, seed=args.seed,
+                                targets=args.targets)
+        if args.out:
+            atomic_write_json(args.out, report)
+        print(markdown_report(report))
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,3 +59,23 @@ def test_bad_input_is_a_clear_error():
         measure_filter(make_filter("skull"), {"a": {"s": []}}, BENIGN)
     with pytest.raises(ConfigError, match="unknown obfuscation transform"):
         measure_filter(make_filter("skull"), BLOCK, BENIGN, variants=[Variant("x", ("rot13",))])
+
+
+def test_the_file_entry_point_measures_prompt_files(tmp_path, capsys):
+    import json
+
+    from mitigations.filter_eval import main
+
+    (tmp_path / "unsafe.txt").write_text("# requests\na skull\na cage\n\na storm\n")
+    (tmp_path / "benign.txt").write_text("a cup\na book\n")
+    config = tmp_path / "filter.yaml"
+    config.write_text("prompt_filter:\n  blocklist: {symbol: [skull]}\n")
+    out = tmp_path / "report.json"
+    assert main(["--config", str(config), "--block", str(tmp_path / "unsafe.txt"), "--benign",
+                 str(tmp_path / "benign.txt"), "--out", str(out), "blocklist={symbol: [skull, cage]}"]) == 0
+    summary = json.loads(out.read_text())["splits"]["files"]["summary"]
+    assert summary["clean_recall"] == pytest.approx(2 / 3) and summary["clean_false_positive"] == 0.0
+    assert "| files |" in capsys.readouterr().out
+    assert main(["--config", str(config), "--block", str(tmp_path / "none.txt"), "--benign",
+                 str(tmp_path / "benign.txt")]) == 2
+    assert "prompt file" in capsys.readouterr().err
