@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, TypeVar, Union
 import yaml
 
 from core.errors import ConfigError
+from core.plugins import load_plugins
 
 T = TypeVar("T")
 
@@ -349,8 +350,9 @@ def read_yaml(path: str | Path) -> dict:
 
 
 # Every stage section that may appear at the top of a config file. Keeping the list here means a
-# misspelt section ("trian:") fails loudly instead of being ignored.
-KNOWN_SECTIONS = ("run", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora")
+# misspelt section ("trian:") fails loudly instead of being ignored. ``plugins`` lists plug-in modules to load
+# (core.plugins), for a checkout whose installed entry points do not declare them.
+KNOWN_SECTIONS = ("run", "plugins", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora")
 
 
 def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = (),
@@ -366,6 +368,7 @@ def load_stage_config(cls: type[T], path: str | Path | None, section: str, overr
         raise ConfigError(
             f"{path}: unknown top-level section(s) {unknown_sections}. Valid sections: {list(KNOWN_SECTIONS)}"
         )
+    load_plugins(data.get("plugins"), f"{path}")
     section_data = data.get(section) or {}
     return config_from_dict(cls, section_data, overrides, where=section, validate=validate)
 

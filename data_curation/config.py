@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from core.errors import ConfigError
 from inference.config import GenerationConfig
-from inference.prompts import PromptSourceConfig
+from inference.prompts import PromptSourceConfig, prompt_source
 from inference.scorers import check_scorer_name
 
 # The risk kinds this stage knows how to judge (see data_curation.risks for what each one means).
@@ -288,8 +288,9 @@ class CurateConfig:
                 raise ConfigError(f"curate.risks.{name}.detector.key is required for {kind} (e.g. exposed)")
             if kind in ("stereotype", "misalignment") and not risk.detector.attribute:
                 raise ConfigError(f"curate.risks.{name}.detector.attribute is required for {kind} (e.g. group)")
-            if risk.prompts.source == "file" and any(v.set_slots for v in risk.corrective):
-                raise ConfigError(f"curate.risks.{name}: set_slots needs world or template prompts, not a file")
+            if any(v.set_slots for v in risk.corrective) and not prompt_source(risk.prompts.source).rewritable:
+                raise ConfigError(f"curate.risks.{name}: set_slots needs prompts whose slots can be re-rendered "
+                                  f"(templates, or a plug-in source such as world), not {risk.prompts.source}")
             if risk.request_pairs and kind not in REQUESTABLE_KINDS:
                 raise ConfigError(f"curate.risks.{name}: request pairs apply to risks whose content a prompt can ask "
                                   f"for ({list(REQUESTABLE_KINDS)}), not {kind}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from core.cli import StageCLI, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.io import atomic_write_json, stable_key
 from core.output_dir import check_output_dir
 from data_curation.config import CurateConfig
@@ -38,7 +38,7 @@ from inference.generation import (
     resolve_batch_size,
     solo_process,
 )
-from inference.prompts import load_prompts
+from inference.prompts import load_prompts, prompt_source
 from inference.scorers import build_scorer
 
 
@@ -63,13 +63,17 @@ def retain_folder(cfg: CurateConfig, config_path: str) -> Path:
     return output_folders(cfg, config_path)[0].parent / "retain_set"
 
 
-def balance_values(risk, kind: str) -> list[str]:
-    """Stereotype balance values: the config's list, else the synthetic world's groups."""
+def balance_values(risk, kind: str, name: str) -> list[str]:
+    """Stereotype balance values: the config's list, else every value the risk's prompt source gives the balanced
+    attribute."""
     if kind != "stereotype" or risk.balance.values:
         return list(risk.balance.values)
-    from synthetic_world.vocab import GROUPS
-
-    return list(GROUPS)
+    attribute = risk.balance.attribute or risk.detector.attribute
+    values = prompt_source(risk.prompts.source).slot_values(attribute)
+    if not values:
+        raise ConfigError(f"curate.risks.{name}.balance.values: the prompt source {risk.prompts.source!r} does not "
+                          f"know the values of {attribute!r}; list them")
+    return list(values)
 
 
 def pair_rows(pair: Pair, ws: Workspace, model_id: str, caption_variants: int):
@@ -145,6 +149,7 @@ def curate_tasks(
     all_pairs: list[Pair] = []
     per_risk: dict[str, dict] = {}
     judges = make_judges(cfg)
+    groups = {judge.name: balance_values(judge.cfg, judge.kind, judge.name) for judge in judges}  # before any work
     for judge in judges:
         name, risk = judge.name, judge.cfg
         if only is not None and name not in only:
@@ -154,7 +159,7 @@ def curate_tasks(
             continue
         others = cross_risk_judges(judge, judges) if cfg.cross_risk_check else []
         pairs, info = curate_risk(ws, judge, prompts[name], base, cfg.seed,
-                                  default_groups=balance_values(risk, judge.kind), others=others)
+                                  default_groups=groups[name], others=others)
         info["pair_similarity"] = similarity_summary(pairs)
         if cfg.reference_scorer in ws.scorers:
             info[f"verified_by_{cfg.reference_scorer}"] = verify_pairs(judge, pairs, cfg.reference_scorer)

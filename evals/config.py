@@ -7,7 +7,9 @@ from typing import ClassVar, Literal, Optional
 
 from core.config import Renamed
 from core.errors import ConfigError
+from evals.suite import eval_suite_of
 from inference.config import GenerationConfig
+from inference.scorers import check_scorer_name
 
 MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate")
 WORLD_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
@@ -46,8 +48,9 @@ def check_request_policy(policy: dict[str, str], where: str) -> None:
 class FilterBaselineConfig:
     """Output filter + regenerate: reject a flagged image, regenerate with a new seed up to k times."""
 
-    scorer: Literal["oracle", "nudenet", "clip"] = field(default="oracle", metadata={
-        "help": "Scorer that reads each image for the filter."})
+    scorer: str = field(default="oracle", metadata={
+        "help": "Registered scorer that reads each image for the filter: nudenet, clip or a plug-in's (the synthetic "
+                "world's oracle)."})
     flag_labels: list[str] = field(default_factory=lambda: ["exposed", "symbol"], metadata={
         "help": "Scorer labels that flag an image when true or a string other than none (oracle: exposed, symbol; "
                 "nudenet: exposed; clip: inappropriate)."})
@@ -131,8 +134,9 @@ class EvalConfig:
         **{f.name: Renamed(f"generation.{f.name}") for f in fields(GenerationConfig)},
     }
 
-    mode: Literal["synthetic", "i2p"] = field(default="synthetic", metadata={
-        "help": "synthetic: the synthetic world's held-out prompts, read by the exact oracle; i2p: a real model on "
+    mode: str = field(default="synthetic", metadata={
+        "help": "A registered eval suite (evals/suite.py), e.g. the synthetic world's synthetic: its held-out "
+                "prompts, read by the exact oracle; or i2p: a real model on "
                 "an I2P-format CSV and benign captions (eval.i2p)."})
     model: str = field(default="models/synthetic-sd", metadata={
         "help": "Base model: a diffusers folder, or a hub id (org/name) already in the local Hugging Face cache."})
@@ -198,9 +202,11 @@ class EvalConfig:
             raise ConfigError(f"eval.models: unknown model(s) {unknown}; valid: {list(MODEL_NAMES)}")
         if "base" not in self.models:
             raise ConfigError("eval.models must include 'base' (every difference is paired against it)")
-        bad = sorted(set(self.families) - set(WORLD_FAMILIES))
-        if bad:
-            raise ConfigError(f"eval.families: unknown family(ies) {bad}; valid: {list(WORLD_FAMILIES)}")
+        suite = eval_suite_of(self)
+        if suite is not None:
+            suite.check_config(self)  # the suite's families
+        if "filter_regenerate" in self.models:
+            check_scorer_name(self.filter.scorer)
         bad = sorted(set(self.family_prompts) - set(self.families))
         if bad:
             raise ConfigError(f"eval.family_prompts names family(ies) {bad} not in eval.families {self.families}")

@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from core import plugins
 from core.cli import StageCLI, resolve_device, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_write_json, stable_key
 from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
 from evals.config import EvalConfig
+from evals.metric_rows import ModelImages
 from evals.metrics import sample_size_label
 from evals.report import ImageGrid, console_table, write_report
 from evals.runner import (
@@ -29,6 +31,7 @@ from evals.runner import (
     is_flagged,
     make_items,
 )
+from evals.suite import EvalSuite, eval_suite_of
 from inference.speedups import prepare_pipeline, use_fast_paths
 
 
@@ -52,13 +55,19 @@ class LazyScorer:
         return self._fn(images, prompts)
 
 
+# The scorers the i2p path configures (eval.i2p); an eval suite configures its own (EvalSuite.scorer_options).
+I2P_SCORERS = ("nudenet", "clip")
+
+
 def build_scorer_fn(name: str, cfg: EvalConfig, device: str):
     """(cache id, lazy score function) for scorer ``name`` configured from ``cfg``."""
     from inference.scorers import check_scorer_name
 
     check_scorer_name(name)
-    if name == "oracle":
-        kwargs = {"path": cfg.oracle_path}
+    suite = eval_suite_of(cfg)
+    suite_options = suite.scorer_options(name, cfg) if suite is not None else None
+    if suite_options is not None:
+        kwargs = suite_options
     elif name == "nudenet":
         thresholds = sorted(cfg.i2p.thresholds)
         kwargs = {"threshold": thresholds[0], "report_thresholds": thresholds}
@@ -133,10 +142,13 @@ def check_inputs(cfg: EvalConfig, run_name: str) -> tuple[Path, Path | None]:
     lora_dir = Path(cfg.lora or f"runs/{run_name}/lora")
     if "aligned" in cfg.models:
         check_lora_dir(lora_dir)
-    if cfg.mode == "i2p" and "filter_regenerate" in cfg.models and cfg.filter.scorer == "oracle":
-        raise ConfigError("eval.filter.scorer=oracle only reads the synthetic world; use nudenet or clip for i2p")
-    scorers = {"clip"} if cfg.mode == "synthetic" or cfg.i2p.captions else set()
-    scorers |= {"oracle"} if cfg.mode == "synthetic" else ({cfg.i2p.scorer} if cfg.i2p.csv else set())
+    suite = eval_suite_of(cfg)
+    if suite is None and "filter_regenerate" in cfg.models and cfg.filter.scorer not in I2P_SCORERS:
+        reads = plugins.registration("scorer", cfg.filter.scorer).info.get("reads", "the images of its own eval suite")
+        raise ConfigError(f"eval.filter.scorer={cfg.filter.scorer} only reads {reads}; use "
+                          f"{' or '.join(I2P_SCORERS)} for i2p")
+    scorers = {"clip"} if suite is not None or cfg.i2p.captions else set()
+    scorers |= {suite.reader} if suite is not None else ({cfg.i2p.scorer} if cfg.i2p.csv else set())
     if "filter_regenerate" in cfg.models:
         scorers.add(cfg.filter.scorer)
     for name in sorted(scorers):
@@ -222,73 +234,49 @@ def score_made(session, scorer, model_keys: list, items, desc: str) -> list:
     return spread(scores, made, len(model_keys))
 
 
-def world_results(session, cfg, items, keys, device):
-    """Oracle reads and CLIP scores of every model's images, in item order."""
-    from evals.world_metrics import ModelImages
-
-    oracle = build_scorer_fn("oracle", cfg, device)
+def suite_results(session, cfg, suite: EvalSuite, items, keys, device):
+    """The suite reader's reads and the CLIP scores of every model's images, in item order."""
+    reader = build_scorer_fn(suite.reader, cfg, device)
     clip = build_clip_fn(cfg, device)
     results = {}
     for name, model_keys in keys.items():
-        reads = score_made(session, oracle, model_keys, items, desc=f"oracle {name}")
+        reads = score_made(session, reader, model_keys, items, desc=f"{suite.reader} {name}")
         clip_scores = score_made(session, clip, model_keys, items, desc=f"clip {name}")
         results[name] = ModelImages([s and s["labels"] for s in reads],
                                     [s and s["scores"]["clip_score"] for s in clip_scores])
     return results
 
 
-def world_grids(session, cfg, items, records, keys, results) -> list[ImageGrid]:
+def suite_grids(session, cfg, suite: EvalSuite, items, records, keys, results) -> list[ImageGrid]:
     """Per family: the first prompts at their first seed, one row per model (same seeds)."""
-    from evals.world_metrics import describe_read
-
     grids = []
-    titles = {"exposure": "Unintended exposure", "association": "Harmful association",
-              "stereotype": "Stereotypes (group not named)", "misalignment": "Misalignment (requested outfit)",
-              "explicit": "Explicit attributes", "neutral": "Neutral prompts (collateral)",
-              "exposure_request": "Requested exposure", "symbol_request": "Requested symbols"}
     for split, family in [(split, family) for split in cfg.splits for family in cfg.families]:
         picks = [i for i, it in enumerate(items) if it.seed_index == 0 and records[it.prompt_index]["family"] == family
                  and records[it.prompt_index]["eval_split"] == split]
         picks = picks[: cfg.report.grid_columns]
         if not picks:
             continue
-        title = titles.get(family, family) + ("" if split == "in_grammar" else " — phrasing shift")
+        title = suite.grid_title(family) + ("" if split == "in_grammar" else " — phrasing shift")
         grid = ImageGrid(title=title, columns=[(items[i].prompt, items[i].seed) for i in picks],
                          rows={}, flagged={}, notes={})
         for name, model_keys in keys.items():
             grid.rows[name] = session.store.get_many([model_keys[i] for i in picks])
             reads = [results[name].reads[i] for i in picks]
-            grid.notes[name] = [describe_read(r) for r in reads]
+            grid.notes[name] = [suite.describe_read(r) for r in reads]
             grid.flagged[name] = [is_flagged(r, cfg.filter.flag_labels) for r in reads]
         grids.append(grid)
     return grids
 
 
-def world_prompt_records(cfg: EvalConfig, pref_dir: Path, config_path: str | None) -> list[dict]:
+def suite_prompt_records(cfg: EvalConfig, suite: EvalSuite, pref_dir: Path, config_path: str | None) -> list[dict]:
     """The prompt records of every configured eval split (in_grammar first), after every leakage check
     (before any model is loaded). Each record carries ``eval_split``."""
-    from evals.prompt_sets import (
-        check_disjoint,
-        curation_prompts_from_config,
-        curation_prompts_from_preference_set,
-        world_curation_records,
-        world_eval_records,
-    )
-    from synthetic_world.prompts import FAMILIES, check_no_leakage, check_shift_disjoint
+    from evals.prompt_sets import check_disjoint, curation_prompts_from_config, curation_prompts_from_preference_set
 
-    records = []
-    for split in cfg.splits:
-        records += world_eval_records(cfg.families, cfg.prompts_per_family, cfg.family_prompts, split)
+    # The suite's own checks first (held out by its rules), then the prompts curation will use (curate: section)
+    # or did use (the preference set's captions and prompts).
+    records = suite.prompt_records(cfg)
     eval_prompts = [r["prompt"] for r in records]
-    in_grammar = [r for r in records if r["eval_split"] == "in_grammar"]
-    shift = [r for r in records if r["eval_split"] == "phrasing_shift"]
-    # Held out by template and slot combination (the world's own check); the shift split is written in a grammar
-    # curation never uses (checked against every curation prompt of every family); and both are disjoint from
-    # the prompts curation will use (curate: section) or did use (the preference set's captions and prompts).
-    curation = world_curation_records(FAMILIES if shift else cfg.families)
-    check_no_leakage([r for r in curation if r["family"] in cfg.families], in_grammar)
-    if shift:
-        check_shift_disjoint(curation, shift)
     check_disjoint(eval_prompts, curation_prompts_from_config(config_path), f"{config_path} curate: section")
     check_disjoint(eval_prompts, curation_prompts_from_preference_set(pref_dir), str(pref_dir))
     return records
@@ -296,27 +284,23 @@ def world_prompt_records(cfg: EvalConfig, pref_dir: Path, config_path: str | Non
 
 def split_view(items, results: dict, records, split: str):
     """The items of one eval split and every model's images on them (same order)."""
-    from evals.world_metrics import ModelImages
-
     keep = [i for i, it in enumerate(items) if records[it.prompt_index]["eval_split"] == split]
     view = {name: ModelImages([imgs.reads[i] for i in keep], [imgs.clip[i] for i in keep])
             for name, imgs in results.items()}
     return [items[i] for i in keep], view
 
 
-def run_world(cfg, session, records, lora_dir, device):
-    from evals.world_metrics import compute_world_summary
-
+def run_suite(cfg, suite: EvalSuite, session, records, lora_dir, device):
     items = make_items([r["prompt"] for r in records], cfg.seeds_per_prompt, cfg.seed, cfg.generation.guidance)
     variants = build_variants(cfg, lora_dir)
     keys, filter_outcome = generate_all(session, cfg, items, variants, build_scorer_fn(cfg.filter.scorer, cfg, device))
     if not session.state.is_main_process:
         return None
-    results = world_results(session, cfg, items, keys, device)
+    results = suite_results(session, cfg, suite, items, keys, device)
     splits = {}
     for split in cfg.splits:
         split_items, split_results = split_view(items, results, records, split)
-        splits[split] = compute_world_summary(split_items, records, split_results, cfg.bootstrap, cfg.requested, split)
+        splits[split] = suite.summary(split_items, records, split_results, cfg.bootstrap, cfg.requested, split)
         splits[split]["baseline_comparison"] = baseline_comparison(splits[split]["metrics"], split)
     first = splits[cfg.splits[0]]
     summary = {"metrics": first["metrics"], "stereotype": first["stereotype"],
@@ -329,7 +313,7 @@ def run_world(cfg, session, records, lora_dir, device):
                                                                  for r in records) for f in cfg.families}
                                                   for split in cfg.splits}}
     summary["seeds"] = sorted({it.seed for it in items})
-    return summary, world_grids(session, cfg, items, records, keys, results)
+    return summary, suite_grids(session, cfg, suite, items, records, keys, results)
 
 
 def i2p_splits(cfg: EvalConfig) -> dict[str, tuple[str | None, str | None]]:
@@ -422,8 +406,9 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     out_dir, lora_dir = check_inputs(cfg, run_name)
     pref_dir = Path(cfg.preference_set or f"runs/{run_name}/preference_set")
     device = resolve_device(cfg.device, "eval.device")
-    records = world_prompt_records(cfg, pref_dir, config_path) if cfg.mode == "synthetic" else None
-    if cfg.mode == "i2p":  # read the input files now: a bad CSV fails before any model is loaded
+    suite = eval_suite_of(cfg)
+    records = suite_prompt_records(cfg, suite, pref_dir, config_path) if suite is not None else None
+    if suite is None:  # i2p: read the input files now, a bad CSV fails before any model is loaded
         from evals.i2p import load_captions, load_i2p_csv
 
         for csv_path, captions_path in i2p_splits(cfg).values():
@@ -445,8 +430,8 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
                           batch_size, speedups=cfg.generation.speedups if fast else None, variant=cfg.variant)
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
-    if cfg.mode == "synthetic":
-        result = run_world(cfg, session, records, lora_dir, device)
+    if suite is not None:
+        result = run_suite(cfg, suite, session, records, lora_dir, device)
     else:
         result = run_i2p(cfg, session, lora_dir, device)
     if result is None:
@@ -472,10 +457,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     })
     if "baseline_comparison" not in summary:
         summary["baseline_comparison"] = baseline_comparison(summary["metrics"])
-    notes = []
-    if cfg.mode == "synthetic" and cfg.filter.scorer == "oracle" and "filter_regenerate" in models:
-        notes.insert(0, "The filter baseline uses the exact oracle as its classifier: an upper bound on what a "
-                        "real output filter achieves.")
+    notes = list(suite.notes(cfg)) if suite is not None else []
     stereotype = summary.get("stereotype") or {}
     if stereotype.get("uniform_model_reads") is not None:
         notes.append(f"Stereotype max share: at {sample_size_label(stereotype['images_per_role'])} images per role "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.errors import DataError
 from evals import metrics as m
+from evals.metric_rows import MetricDef, ModelImages, metric_row
 
 I2P_REQUIRED_COLUMNS = ("prompt", "categories", "sd_seed", "sd_guidance_scale")
 SCORE_KEYS = {"nudenet": "nudenet_max", "clip": "inappropriate"}
@@ -60,8 +61,6 @@ def load_captions(path: str | Path) -> list[str]:
 
 def ip_rows(items, csv_rows: list[dict], scores: dict[str, list[dict]], score_key: str, thresholds, boot) -> list[dict]:
     """One metric row per (threshold, category) plus 'all', with paired differences vs base."""
-    from evals.world_metrics import MetricDef, metric_row
-
     categories = sorted({c for row in csv_rows for c in row["categories"]})
     results = {name: _reads(s) for name, s in scores.items()}
     rows = []
@@ -82,8 +81,6 @@ def ip_rows(items, csv_rows: list[dict], scores: dict[str, list[dict]], score_ke
 
 
 def clip_rows(items, captions: list[str], clip_scores: dict[str, list[float]], boot) -> list[dict]:
-    from evals.world_metrics import MetricDef, metric_row
-
     records = [{"prompt": c} for c in captions]
     results = {name: _reads([None if c is None else {} for c in s], s) for name, s in clip_scores.items()}
     metric = MetricDef(id="caption_clip", short="CLIP score (benign)", title="CLIP score on benign captions",
@@ -95,8 +92,6 @@ def clip_rows(items, captions: list[str], clip_scores: dict[str, list[float]], b
 
 def _reads(reads, clip=None):
     """Scorer outputs (and CLIP scores) in item order, as the metrics take them."""
-    from evals.world_metrics import ModelImages
-
     reads = list(reads)
     return ModelImages(reads, list(clip) if clip is not None else [float("nan")] * len(reads))
 

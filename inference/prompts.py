@@ -1,7 +1,9 @@
-"""Prompt sets: from the synthetic world, a UTF-8 file, or templates x slots.
+"""Prompt sets: from a UTF-8 file, templates x slots, or a prompt source a plug-in registers.
 
 A :class:`PromptSourceConfig` says where a set comes from (a curation risk's ``prompts:``, the retain set's
-sources). Every source yields :class:`PromptRecord` s, deduplicated (case- and whitespace-insensitive, first
+sources); its ``source`` names a :class:`PromptSource` registered in :mod:`core.plugins` (kind
+``prompt_source``): ``file`` and ``templates`` are built in, a plug-in adds its own (the synthetic world's
+``world``). Every source yields :class:`PromptRecord` s, deduplicated (case- and whitespace-insensitive, first
 kept) and checked against the held-out eval prompts: any overlap raises ``LeakageError`` and
 curation refuses to run. An empty set is a ``DataError``. Curation loads its prompts with :func:`load_prompts`;
 evaluation loads the same ones to check that its prompts are disjoint from them (:func:`normalise` is the
@@ -15,30 +17,33 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional, Protocol
 
+from core import plugins
 from core.errors import ConfigError, DataError, LeakageError
 
 
 @dataclass
 class PromptSourceConfig:
-    """Where a risk's prompts come from.
+    """Where a risk's prompts come from: ``source`` names a registered :class:`PromptSource`.
 
-    * ``world``: the synthetic world's prompt family (``family``), curation split only;
     * ``file``: a UTF-8 text file, one prompt per line (``#`` starts a comment);
     * ``templates``: every combination of ``slots`` filled into each of ``templates``
-      (``"a photo of a {role} at the {setting}"``).
+      (``"a photo of a {role} at the {setting}"``);
+    * a plug-in's source, e.g. the synthetic world's ``world``: the curation split of one prompt ``family``.
 
     ``eval_file`` names held-out prompts for the leakage check of file/template sources. ``where``
     keeps only prompts whose slots take the listed values (``{group: [mirdan]}``: target the group a
     measured bias affects).
     """
 
-    source: Literal["world", "file", "templates"] = field(default="world", metadata={
-        "help": "world: a synthetic-world prompt family (curation split only); file: a UTF-8 text file, one prompt "
-                "per line (# starts a comment); templates: every combination of slots filled into each template."})
+    source: str = field(metadata={
+        "help": "A registered prompt source: file (a UTF-8 text file, one prompt per line, # starts a comment), "
+                "templates (every combination of slots filled into each template) or a plug-in's, e.g. the "
+                "synthetic world's world (the curation split of one prompt family)."})
     family: Optional[str] = field(default=None, metadata={
-        "help": "World prompt family (source world), e.g. exposure, stereotype, neutral."})
+        "help": "Prompt family of a source that has families, e.g. the synthetic world's exposure, stereotype, "
+                "neutral."})
     path: Optional[str] = field(default=None, metadata={"help": "Prompt file (source file)."})
     templates: list[str] = field(default_factory=list, metadata={
         "help": "Prompt templates (source templates), e.g. 'a photo of a {role} at the {setting}'."})
@@ -53,12 +58,7 @@ class PromptSourceConfig:
         "help": "Keep an evenly spread N prompts (after dedupe and where); null: all."})
 
     def validate(self) -> None:
-        if self.source == "world" and not self.family:
-            raise ConfigError("prompts.source=world needs prompts.family (exposure, stereotype, association, misalignment, ...)")
-        if self.source == "file" and not self.path:
-            raise ConfigError("prompts.source=file needs prompts.path")
-        if self.source == "templates" and not self.templates:
-            raise ConfigError("prompts.source=templates needs a non-empty prompts.templates list")
+        prompt_source(self.source).check(self)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"prompts.limit must be >= 1, got {self.limit}")
 
@@ -67,35 +67,53 @@ class PromptSourceConfig:
 class PromptRecord:
     prompt: str
     slots: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    template_id: Any = None  # world template id, or index into the config's templates
+    template_id: Any = None  # the source's template id (index into the config's templates for templates)
     template: str | None = None  # the template text (templates source), for re-rendering
     family: str | None = None
-    source: str = "file"  # world / file / templates
+    source: str = "file"  # the registered prompt source that wrote it
 
     def render(self, changes: dict[str, Any]) -> str:
         """The same prompt with some slots changed (same template): a corrective rewrite."""
-        slots = {**self.slots, **changes}
-        if self.source == "world":
-            from synthetic_world.captions import caption_for
-            from synthetic_world.vocab import PromptSpec
-
-            known = {k: v for k, v in slots.items() if k in PromptSpec.__dataclass_fields__}
-            return caption_for(PromptSpec(**known), self.template_id)
-        if self.source == "templates" and self.template is not None:
-            return self.template.format(**slots)
-        raise ConfigError(f"prompt {self.prompt!r} comes from a file: its slots cannot be rewritten")
+        return prompt_source(self.source).render(self, changes)
 
     def paraphrases(self, count: int) -> list[str]:
-        """Up to ``count`` other captions of the same request: the same slots under other curation templates of
-        the same source (world templates held out for eval are never used; a file prompt has none). Chosen
-        deterministically, so a rerun writes the same set."""
-        if count <= 0 or self.source == "file":
+        """Up to ``count`` other captions of the same request, as the record's source writes them (the same slots
+        under its other curation templates; none for a file prompt). Chosen deterministically, so a rerun writes
+        the same set."""
+        if count <= 0:
             return []
-        if self.source == "world":
-            from synthetic_world.prompts import paraphrase_captions
+        return prompt_source(self.source).paraphrases(self, count)
 
-            return paraphrase_captions(self.slots, self.template_id, count)
-        return []
+
+class PromptSource(Protocol):
+    """A named source of curation prompts, registered as ``core.plugins.register("prompt_source", name, source)``.
+
+    ``rewritable``: :meth:`render` can write a record again with some slots changed (a corrective's
+    ``set_slots``)."""
+
+    rewritable: bool
+
+    def check(self, config: PromptSourceConfig) -> None:
+        """Raise ConfigError for a config this source cannot read (e.g. a missing key)."""
+
+    def records(self, config: PromptSourceConfig, where: str) -> list[PromptRecord]:
+        """The curation prompts in a fixed order, checked against the source's own held-out eval prompts
+        (LeakageError naming ``where``)."""
+
+    def render(self, record: PromptRecord, changes: dict[str, Any]) -> str:
+        """``record`` with the slots in ``changes`` changed; ConfigError if the source cannot re-render it."""
+
+    def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
+        """Up to ``count`` other captions of ``record``'s request ([] if the source has none)."""
+
+    def slot_values(self, slot: str) -> list[Any] | None:
+        """Every value ``slot`` takes in this source's prompts (None: not known), e.g. the groups a stereotype
+        risk balances over when its config lists none."""
+
+
+def prompt_source(name: str) -> PromptSource:
+    """The prompt source registered as ``name`` (ConfigError listing the registered ones if none is)."""
+    return plugins.lookup("prompt_source", name)
 
 
 def normalise(prompt: str) -> str:
@@ -152,24 +170,6 @@ def expand_templates(templates: list[str], slots: dict[str, list[str]]) -> list[
     return records
 
 
-def world_prompts(family: str, split: str) -> list[PromptRecord]:
-    """The synthetic world's prompt records of one family and split."""
-    from synthetic_world import prompts as world
-
-    records = []
-    for rec in world.prompt_records(family=family, split=split):
-        records.append(
-            PromptRecord(
-                prompt=rec["prompt"],
-                slots={k: v for k, v in dict(rec.get("slots") or {}).items() if v is not None},
-                template_id=rec.get("template_id"),
-                family=rec.get("family", family),
-                source="world",
-            )
-        )
-    return records
-
-
 def check_leakage(curation: list[PromptRecord], held_out: list[str], where: str) -> None:
     """Refuse if any curation prompt is also a held-out eval prompt (after normalisation)."""
     held = {normalise(p) for p in held_out}
@@ -183,22 +183,7 @@ def check_leakage(curation: list[PromptRecord], held_out: list[str], where: str)
 
 def load_prompts(source: PromptSourceConfig, where: str) -> list[PromptRecord]:
     """The deduplicated, leakage-checked curation prompts of one risk."""
-    if source.source == "world":
-        from synthetic_world import prompts as world
-
-        records = world_prompts(source.family, "curation")
-        held_out = world_prompts(source.family, "eval")
-        # The world's own check also compares held-out template/slot combinations, not just strings.
-        world.check_no_leakage(
-            [{"prompt": r.prompt, "template_id": r.template_id, "slots": r.slots} for r in records],
-            [{"prompt": r.prompt, "template_id": r.template_id, "slots": r.slots} for r in held_out],
-        )
-        check_leakage(records, [r.prompt for r in held_out], where)
-    elif source.source == "file":
-        records = [PromptRecord(p, source="file") for p in read_prompt_file(source.path)]
-    else:
-        records = expand_templates(source.templates, source.slots)
-    records = dedupe(records)
+    records = dedupe(prompt_source(source.source).records(source, where))
     if source.eval_file:
         check_leakage(records, read_prompt_file(source.eval_file), where)
     for slot, allowed in source.where.items():
@@ -210,3 +195,53 @@ def load_prompts(source: PromptSourceConfig, where: str) -> list[PromptRecord]:
     if not records:
         raise DataError(f"{where}: the prompt set is empty (source={source.source}); give at least one prompt")
     return records
+
+
+class FilePrompts:
+    """``file``: one prompt per line of a UTF-8 file; a prompt has no slots to rewrite."""
+
+    rewritable = False
+
+    def check(self, config: PromptSourceConfig) -> None:
+        if not config.path:
+            raise ConfigError(f"prompts.source={config.source} needs prompts.path")
+
+    def records(self, config: PromptSourceConfig, where: str) -> list[PromptRecord]:
+        return [PromptRecord(p, source=config.source) for p in read_prompt_file(config.path)]
+
+    def render(self, record: PromptRecord, changes: dict[str, Any]) -> str:
+        raise ConfigError(f"prompt {record.prompt!r} comes from a file: its slots cannot be rewritten")
+
+    def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
+        return []
+
+    def slot_values(self, slot: str) -> list[Any] | None:
+        return None
+
+
+class TemplatePrompts:
+    """``templates``: every combination of the config's slots filled into each of its templates."""
+
+    rewritable = True
+
+    def check(self, config: PromptSourceConfig) -> None:
+        if not config.templates:
+            raise ConfigError(f"prompts.source={config.source} needs a non-empty prompts.templates list")
+
+    def records(self, config: PromptSourceConfig, where: str) -> list[PromptRecord]:
+        return expand_templates(config.templates, config.slots)
+
+    def render(self, record: PromptRecord, changes: dict[str, Any]) -> str:
+        if record.template is None:
+            raise ConfigError(f"prompt {record.prompt!r} has no template: its slots cannot be rewritten")
+        return record.template.format(**{**record.slots, **changes})
+
+    def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
+        return []
+
+    def slot_values(self, slot: str) -> list[Any] | None:
+        return None
+
+
+plugins.register("prompt_source", "file", FilePrompts())
+plugins.register("prompt_source", "templates", TemplatePrompts())

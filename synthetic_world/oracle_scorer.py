@@ -1,4 +1,5 @@
-"""The synthetic world's oracle as a scorer: exact attribute reads of generated images.
+"""The synthetic world's oracle as a scorer: exact attribute reads of generated images (registered as the
+scorer ``oracle`` by :mod:`synthetic_world.plugin`).
 
 Labels: ``valid`` (exactly one figure), every scene attribute (setting, group, outfit, color,
 role, exposed, object, symbol) and ``symbol_present``. Scores: 0/1 indicators for the binary risks (``exposed``,
@@ -10,8 +11,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from inference.scorers import check_images
+from synthetic_world.oracle import Oracle
+from synthetic_world.vocab import IMAGE_SIZE
 
 DEFAULT_ORACLE_PATH = "models/synthetic-oracle"
 
@@ -20,8 +24,6 @@ def _to_oracle_size(image: np.ndarray, size: int) -> np.ndarray:
     """The oracle reads the world's native size; other sizes are resized (bilinear) to it."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    from PIL import Image
-
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
@@ -29,15 +31,11 @@ class OracleScorer:
     name = "oracle"
 
     def __init__(self, path: str = DEFAULT_ORACLE_PATH, batch_size: int = 256):
-        from synthetic_world.oracle import Oracle
-
         self.path = path
         self.batch_size = batch_size
         self.oracle = Oracle.load(path)
 
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str] | None = None) -> list[dict]:
-        from synthetic_world.vocab import IMAGE_SIZE
-
         images = [_to_oracle_size(img, IMAGE_SIZE) for img in check_images(images, self.name)]
         results = []
         for start in range(0, len(images), self.batch_size):

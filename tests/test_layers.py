@@ -1,5 +1,5 @@
 """The import contracts of .importlinter hold: core -> inference -> preference_sets -> stages, no stage imports
-another, and only the listed modules import the synthetic world (docs/ARCHITECTURE.md)."""
+another, and no module of the pipeline imports the synthetic world, a plug-in (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -4,26 +4,23 @@ A scorer has a ``name`` and ``score(images, prompts=None) -> list[dict]``: for e
 image a dict ``{"scores": {name: float}, "labels": {name: bool | str}}``. ``prompts`` (one per image)
 is optional; scorers that measure prompt alignment use it, the others ignore it.
 
-Build one with ``build_scorer(name, **cfg)``: ``oracle`` (the synthetic world's exact reader),
-``nudenet`` (NudeNet 3.4 detector, offline) and ``clip`` (open_clip zero-shot concepts).
+Build one with ``build_scorer(name, **cfg)``. Scorers are registered by name in :mod:`core.plugins` (kind
+``scorer``): ``nudenet`` (NudeNet 3.4 detector, offline) and ``clip`` (open_clip zero-shot concepts) here; a
+plug-in registers its own (the synthetic world's exact reader, ``oracle``).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from core import plugins
 from core.errors import ConfigError
 
-# name -> (module, class, pip package that must be installed for it)
-_REGISTRY = {
-    "oracle": ("inference.scorers.oracle", "OracleScorer", None),
-    "nudenet": ("inference.scorers.nudenet", "NudeNetScorer", "nudenet"),
-    "clip": ("inference.scorers.clip", "ClipConceptScorer", "open_clip_torch"),
-}
-SCORER_NAMES = tuple(_REGISTRY)
+# Imported on first use: a scorer's model and package load only when a config asks for it.
+plugins.register("scorer", "nudenet", "inference.scorers.nudenet:NudeNetScorer", requires="nudenet")
+plugins.register("scorer", "clip", "inference.scorers.clip:ClipConceptScorer", requires="open_clip_torch")
 
 
 class Scorer(Protocol):
@@ -34,24 +31,14 @@ class Scorer(Protocol):
 
 
 def check_scorer_name(name: str) -> str:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown scorer {name!r}; valid scorers: {list(SCORER_NAMES)}")
+    """``name`` if a scorer is registered under it; else ConfigError listing the registered scorers."""
+    plugins.registration("scorer", name)
     return name
 
 
 def build_scorer(name: str, **cfg) -> Scorer:
     """Instantiate scorer ``name`` with its config; unknown names and missing packages -> ConfigError."""
-    module_name, class_name, package = _REGISTRY[check_scorer_name(name)]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if package is None:
-            raise
-        raise ConfigError(
-            f"scorer {name!r} needs the package {package!r}, which is not importable ({exc}); "
-            f"install it with `pip install {package}`"
-        ) from exc
-    cls = getattr(module, class_name)
+    cls = plugins.lookup("scorer", name)
     try:
         return cls(**cfg)
     except TypeError as exc:

@@ -135,11 +135,11 @@ def test_on_policy_schedule_targets_the_current_models_majority():
 
 
 def test_caption_variants_are_curation_paraphrases_never_eval_prompts():
-    from inference.prompts import world_prompts
+    from synthetic_world.prompt_source import world_prompt_records
     from synthetic_world.prompts import EVAL_ONLY_TEMPLATES, prompt_records
 
     eval_texts = {r["prompt"] for r in prompt_records(split="eval")}
-    records = world_prompts("exposure", "curation")[:40]
+    records = world_prompt_records("exposure", "curation")[:40]
     for record in records:
         variants = record.paraphrases(3)
         assert len(variants) == 3 and record.prompt not in variants and len(set(variants)) == 3

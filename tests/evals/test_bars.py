@@ -1,6 +1,6 @@
 """Bar checks against hand-made rows: absolute bars, and "keep it" bars that are one-sided."""
 
-from evals.world_metrics import evaluate_bar
+from evals.metric_rows import evaluate_bar
 
 
 def _row(op, value, base, aligned, direction, improvement=False, excludes_zero=True):

@@ -11,8 +11,9 @@ from core.errors import ConfigError
 from evals import metrics as m
 from evals.config import BootstrapConfig, EvalConfig
 from evals.evaluate import baseline_item_indices, spread
+from evals.metric_rows import MetricDef, ModelImages, common_images, metric_row
 from evals.runner import make_items
-from evals.world_metrics import MetricDef, ModelImages, common_images, metric_row, stereotype_summary
+from synthetic_world.eval_metrics import stereotype_summary
 
 BOOT = BootstrapConfig(n_boot=200)
 

@@ -21,6 +21,7 @@ from core.config import config_from_dict
 from core.errors import LeakageError
 from evals import evaluate
 from evals.config import EvalConfig
+from synthetic_world import eval_suite
 from synthetic_world.vocab import GROUPS, OUTFITS, ROLES, SYMBOLS
 
 # Stand-in world prompts: two per family per split, with the slots each caption requests.
@@ -68,16 +69,15 @@ def _pixel_reader(images, prompts):
 
 @pytest.fixture
 def fake_world(monkeypatch):
-    module = types.ModuleType("synthetic_world.prompts")
-    module.prompt_records = lambda family, split: _fake_records(family, split)
-    module.check_no_leakage = _fake_check_no_leakage
-    module.shift_records = lambda family: _fake_records(family, "shift")
-    module.check_shift_disjoint = _fake_check_no_leakage
-    module.FAMILIES = tuple(FAKE_RECORDS)
-    monkeypatch.setitem(sys.modules, "synthetic_world.prompts", module)
-    import synthetic_world
-
-    monkeypatch.setattr(synthetic_world, "prompts", module, raising=False)
+    """The world's eval suite (looked up by eval.mode, as a run does) over the stand-in prompts."""
+    module = types.SimpleNamespace(
+        prompt_records=lambda family, split: _fake_records(family, split),
+        check_no_leakage=_fake_check_no_leakage,
+        shift_records=lambda family: _fake_records(family, "shift"),
+        check_shift_disjoint=_fake_check_no_leakage,
+        FAMILIES=tuple(FAKE_RECORDS),
+    )
+    monkeypatch.setattr(eval_suite, "world_prompts", module)
     real_build = evaluate.build_scorer_fn
 
     def build(name, cfg, device):

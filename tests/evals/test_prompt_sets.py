@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from evals.prompt_sets import _spread_by_slot, world_eval_records
+from synthetic_world.eval_suite import _spread_by_slot, world_eval_records
 
 
 def test_stereotype_eval_prompts_are_stratified_by_role():

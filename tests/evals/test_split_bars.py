@@ -7,8 +7,9 @@ import pytest
 from core.config import config_from_dict
 from core.errors import ConfigError
 from evals.config import BootstrapConfig, EvalConfig
+from evals.metric_rows import ModelImages
 from evals.runner import make_items
-from evals.world_metrics import ModelImages, compute_world_summary
+from synthetic_world.eval_metrics import compute_world_summary
 
 BOOT = BootstrapConfig(n_boot=200)
 
