@@ -10,8 +10,8 @@ import pytest
 
 from core.config import config_from_dict
 from core.errors import ConfigError, DataError, ModelPathError
-from mitigations.rewrite import GroupSchedule, PromptRewriter, RewriteConfig
-from tests.mitigations.tiny_text_models import build_tiny_seq2seq
+from mitigations.rewrite import GroupSchedule, LocalTextToText, PromptRewriter, RewriteConfig, RewriteModelConfig
+from tests.mitigations.tiny_text_models import build_tiny_causal_lm, build_tiny_seq2seq
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = REPO / "configs" / "rewrite" / "world.yaml"
@@ -139,13 +139,18 @@ def test_the_rules_run_on_the_model_output():
     assert kept.prompt == "a medic" and kept.changes[0].action == "model_empty"
 
 
-def test_a_local_seq2seq_model_loads_and_feeds_the_rules(tmp_path):
-    model = build_tiny_seq2seq(tmp_path / "t5")
+@pytest.mark.parametrize("build", [build_tiny_seq2seq, build_tiny_causal_lm], ids=["seq2seq", "causal"])
+def test_a_local_model_writes_only_new_text_and_feeds_the_rules(tmp_path, build):
+    model = build(tmp_path / "model")
+    config = RewriteModelConfig(path=str(model), instruction="a photo of {prompt}", max_new_tokens=3)
+    outputs = LocalTextToText(config).rewrite(["a doctor", "a chef at the beach"])
+    # a word-level tokenizer: at most max_new_tokens words, and never the instruction itself
+    assert all(len(text.split()) <= 3 for text in outputs)
     rewriter = make({"groups": GROUPS, "roles": {"doctor": ["doctor"]}},
-                    model={"path": str(model), "instruction": "rewrite: {prompt}", "max_new_tokens": 4})
-    result = rewriter.rewrite("a photo of a doctor")
-    assert result.changes[0].rule == "model"
-    assert isinstance(result.prompt, str) and result.prompt
+                    model={"path": str(model), "instruction": "a photo of {prompt}", "max_new_tokens": 3})
+    results = rewriter.rewrite_batch(["a doctor", "a chef at the beach"])
+    assert [r.changes[0].rule for r in results] == ["model", "model"]
+    assert all(isinstance(r.prompt, str) and r.prompt for r in results)
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):

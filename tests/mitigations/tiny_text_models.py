@@ -57,3 +57,17 @@ def build_tiny_seq2seq(folder: Path) -> Path:
                       decoder_start_token_id=tokenizer.pad_token_id)
     T5ForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_causal_lm(folder: Path) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer, vocab_size = _tokenizer(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=1, n_head=2, n_positions=64,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
