@@ -4,7 +4,8 @@ Each mitigation has one config dataclass and one top-level section: ``prompt_fil
 (:class:`mitigations.filter.PromptFilterConfig`), ``rewrite:`` (:class:`mitigations.rewrite.RewriteConfig`) and
 ``moderate:`` (:class:`mitigations.moderation.ModerationConfig`). A section may stand in a file of its own
 (``configs/filters/world.yaml``) or beside the stage sections of a run's config. Keys and types are checked
-by :func:`core.config.config_from_dict`: an unknown key fails and lists the valid ones.
+by :func:`core.config.config_from_dict`: an unknown key fails and lists the valid ones. A ``plugins:`` list at the
+top of the file is loaded first (:mod:`core.plugins`), as for the stages.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence, TypeVar
 
 from core.config import KNOWN_SECTIONS, config_from_dict, read_yaml
 from core.errors import ConfigError
+from core.plugins import load_plugins
 
 T = TypeVar("T")
 
@@ -35,4 +37,5 @@ def load_mitigation_config(cls: type[T], path: str | Path | None, section: str, 
                           f"{list(KNOWN_SECTIONS) + list(MITIGATION_SECTIONS)}")
     if section not in data:
         raise ConfigError(f"{path}: no {section}: section (the file's sections: {sorted(data)})")
+    load_plugins(data.get("plugins"), str(path))  # a plug-in's scorers, as the stages' configs load them
     return config_from_dict(cls, data[section] or {}, list(overrides), where=section, validate=validate)

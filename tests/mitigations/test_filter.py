@@ -155,3 +155,10 @@ def test_config_files_need_the_section(tmp_path):
         load_mitigation_config(PromptFilterConfig, path, "prompt_filter")
     flt = PromptFilter.from_file(WORLD_FILTER, ["prompt_filter.blocklist={only: [zorvan]}"])
     assert flt.check("a zorvan doctor").blocked and not flt.check("a doctor next to a skull").blocked
+
+
+def test_a_config_file_loads_its_plugins_first(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text(yaml.safe_dump({"plugins": ["no_such_plugin_module"], "prompt_filter": {"blocklist": {"a": ["b"]}}}))
+    with pytest.raises(ConfigError, match="plug-in 'no_such_plugin_module' cannot be imported"):
+        load_mitigation_config(PromptFilterConfig, path, "prompt_filter")
