@@ -29,8 +29,8 @@ class PointSettings:
     full_compile: bool = field(default=False, metadata={
         "help": "The trainer's compile_unet: full (the whole UNet, one graph per adapter state)."})
     compile_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "The trainer's compile_options (inductor options, e.g. {conv_1x1_as_mm: true}); needs a compile "
-                "mode."})
+        "help": "Inductor options of the trainer's compile (e.g. {conv_1x1_as_mm: true}; training/kernels.py "
+                "KernelOptions, not a train: key); needs a compile mode."})
     trainer: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "More train: keys for this point only (over bench.trainer_extra), e.g. {fused_lora: on}: A/B runs "
                 "in one call."})

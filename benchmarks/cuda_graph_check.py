@@ -28,7 +28,11 @@ from pathlib import Path
 import torch
 
 
-def _run(name: str, args, extra: list[str], stop_at_step: int | None = None) -> dict:
+def _run(name: str, args, extra: list[str], stop_at_step: int | None = None, allow_tf32: bool = True) -> dict:
+    """One trainer run of the demo recipe with ``extra`` overrides; ``stop_at_step``: a crash after that step's
+    checkpoint (StopAtStep); ``allow_tf32`` False: full float32 products (KernelOptions)."""
+    from training.callbacks import StopAtStep
+    from training.kernels import KernelOptions
     from training.train import load_config, train
 
     work = Path(args.work) / name
@@ -39,7 +43,8 @@ def _run(name: str, args, extra: list[str], stop_at_step: int | None = None) -> 
                  f"output_dir={work / 'lora'}", "progress_bar=false", "report_to=none", *extra]
     cfg = load_config("configs/demo.yaml", overrides)
     start = time.perf_counter()
-    summary = train(cfg, stop_at_step=stop_at_step)
+    callbacks = [StopAtStep(stop_at_step)] if stop_at_step is not None else []
+    summary = train(cfg, callbacks, KernelOptions(allow_tf32=allow_tf32))
     wall = time.perf_counter() - start
     if not cache.is_dir() and (work / "cache").is_dir():
         shutil.copytree(work / "cache", cache)
@@ -107,9 +112,9 @@ def main() -> int:
     result["resume"] = _compare(graphed, resumed, steps=list(range(half + 1, n + 1)))
 
     _reset_accelerate()
-    fp32 = ["mixed_precision=fp32", "allow_tf32=false"]
-    fp32_eager = _run("fp32-eager", args, [*common, *fp32, "cuda_graph=off"])
-    fp32_graph = _run("fp32-graph", args, [*common, *fp32, "cuda_graph=on"])
+    fp32 = ["mixed_precision=fp32"]
+    fp32_eager = _run("fp32-eager", args, [*common, *fp32, "cuda_graph=off"], allow_tf32=False)
+    fp32_graph = _run("fp32-graph", args, [*common, *fp32, "cuda_graph=on"], allow_tf32=False)
     result["fp32_no_tf32"] = {"graph_vs_eager": _compare(fp32_eager, fp32_graph)}
 
     _reset_accelerate()

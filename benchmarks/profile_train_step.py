@@ -2,9 +2,9 @@
 
 Runs the project's trainer (``training.train.train``, the same call as ``make train`` and the bench) on the
 bench's random-init architecture and synthetic set, and records a few steady-state optimiser steps with
-torch.profiler. The profiler is stepped from the trainer's own per-step draw (``draw_step`` is called once
-per optimiser step), so nothing in the trainer changes. Prints GPU time per step by kernel category and the
-top kernels, and writes both as JSON:
+torch.profiler. The profiler is stepped at the start of every optimiser step by the trainer's ProfilerSteps
+callback (training/callbacks.py), so its schedule counts optimiser steps. Prints GPU time per step by kernel
+category and the top kernels, and writes both as JSON:
 
     python -m benchmarks.profile_train_step --arch sd15 --micro-batch 32 --compile full --out $OUT/profile.json
 """
@@ -77,11 +77,11 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    import training.train as trainer
     from core.config import apply_overrides
     from benchmarks.bench import prepare_arch
     from benchmarks.config import BenchConfig
-    from benchmarks.train_bench import TrainPoint, run_trainer, trainer_overrides
+    from benchmarks.train_bench import TrainPoint, run_trainer, trainer_kernels, trainer_overrides
+    from training.callbacks import ProfilerSteps
 
     work = Path(args.work)
     on_gpu = torch.cuda.is_available()  # without one: a smoke run of this script on the tiny models
@@ -96,20 +96,10 @@ def main() -> None:
 
     prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else []),
                    schedule=schedule(wait=args.warmup_steps, warmup=1, active=args.steps))
-    draw_step = trainer.draw_step
-
-    def stepping_draw(*a, **k):
-        prof.step()
-        return draw_step(*a, **k)
-
-    trainer.draw_step = stepping_draw
-    try:
-        with prof:
-            summary = run_trainer(section)
-            if on_gpu:
-                torch.cuda.synchronize()
-    finally:
-        trainer.draw_step = draw_step
+    with prof:
+        summary = run_trainer(section, trainer_kernels(point), callbacks=[ProfilerSteps(prof)])
+        if on_gpu:
+            torch.cuda.synchronize()
 
     per_step = {name: ms / args.steps for name, ms in kernel_ms(prof.events(), on_gpu).items()}
     by_category = ms_by_category(per_step)

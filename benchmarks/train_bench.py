@@ -37,7 +37,7 @@ class TrainPoint:
     regional_compile: bool = False  # trainer compile_unet=regions
     channels_last: bool = False  # fast path only
     full_compile: bool = False  # trainer compile_unet=full
-    compile_options: tuple = ()  # trainer compile_options as sorted (key, value) pairs (hashable)
+    compile_options: tuple = ()  # inductor options (the trainer's KernelOptions) as sorted (key, value) pairs
     trainer: tuple = ()  # more train: keys for this point, as sorted (key, value) pairs
 
     @property
@@ -77,7 +77,8 @@ class TrainPoint:
 
 
 # train: keys trainer_overrides sets from a point's own fields; its label and FLOP count describe them, so a point's
-# ``trainer`` overrides may not set them behind its back (benchmarks/config.py PointSettings.validate).
+# ``trainer`` overrides may not set them behind its back (benchmarks/config.py PointSettings.validate). The point's
+# compile_options is listed too: it reaches the trainer as KernelOptions (trainer_kernels), not as a train: key.
 POINT_OWNED_TRAIN_KEYS = frozenset({
     "model", "data", "work_dir", "output_dir", "max_train_steps", "log_every", "micro_batch_size",
     "gradient_checkpointing", "cache_latents", "channels_last", "compile_unet", "compile_regions", "compile_options",
@@ -106,19 +107,26 @@ def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_d
     }
     if point.compile_unet != "none":
         section["compile_unet"] = point.compile_unet
-    if point.compile_options:
-        section["compile_options"] = dict(point.compile_options)
     section.update(extra)
     section.update(dict(point.trainer))
     return section
 
 
-def run_trainer(section: dict) -> dict:
+def trainer_kernels(point: TrainPoint, compile_backend: str = "inductor"):
+    """The trainer's KernelOptions (training/kernels.py) for one sweep point: its inductor options."""
+    from training.kernels import KernelOptions
+
+    return KernelOptions(compile_backend=compile_backend, compile_options=dict(point.compile_options))
+
+
+def run_trainer(section: dict, kernels=None, callbacks=()) -> dict:
+    """The trainer, as ``make train`` runs it, on a ``train:`` section; ``kernels`` (KernelOptions) and
+    ``callbacks`` (training/callbacks.py) as ``training.train.train`` takes them."""
     from core.config import config_from_dict
     from training.config import TrainConfig
     from training.train import train
 
-    return train(config_from_dict(TrainConfig, dict(section), where="train"))
+    return train(config_from_dict(TrainConfig, dict(section), where="train"), callbacks, kernels)
 
 
 def interval_values(work_dir: Path, key: str) -> list[float]:
@@ -147,7 +155,7 @@ def time_point(point: TrainPoint, model_dir: Path, data_dir: Path, work_dir: Pat
               "steps": steps, "log_every": log_every}
     try:
         with peak_memory(device) as mem:
-            summary = run_trainer(section)
+            summary = run_trainer(section, trainer_kernels(point))
     except Exception as exc:  # noqa: BLE001 - an OOM or a failure at one point must not end the sweep
         free_device_memory()
         out_of_memory = "out of memory" in str(exc).lower()

@@ -22,12 +22,53 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.config import to_dict
 from core.errors import ConfigError
-from core.io import atomic_directory, atomic_write_json
+from core.io import atomic_directory, atomic_write_json, stable_key
 from training.lora import lora_parameters, load_lora_parameters
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 logger = logging.getLogger(__name__)
+
+
+# Fields that do not change what is trained; a checkpoint may be resumed under different values.
+# compile_unet / cuda_graph / fused_lora change kernels or how they are launched (rounding at most), not the
+# objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a run resume
+# graphed from an eager checkpoint and back. (compile_regions predates this and stays in.) reference_cache moves the
+# reference pass before the loop; the reference losses are the same numbers (training/reference_cache.py).
+_BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "report_to", "progress_bar",
+                "export_merged_unet", "output_dir", "work_dir", "compile_unet", "cuda_graph", "fused_lora",
+                "reference_cache", "reference_cache_dir", "overwrite"}
+
+
+# Objective fields added after checkpoints were first written: at their default they stay out of the digest,
+# so those checkpoints still resume (a non-default value does change what is trained and is included).
+# (Three objective fields removed later, TrainConfig.REMOVED_KEYS, were listed here too: at their defaults they
+# were left out of the digest, so the digests of configs that never set them are unchanged.)
+_LATER_DEFAULTS = {"init_lora": None, "pairs_per_step": None, "rpo_alpha": 0.0, "rpo_alpha_per_risk": {},
+                   "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}, "variant": None}
+_LATER_RETAIN_DEFAULTS = {"images_per_step": None}
+
+# Kernel choices that were TrainConfig fields and are now training/kernels.py's KernelOptions, at the values every
+# config had that never set them. The digest keeps them as these constants, so the digests of checkpoints written
+# while they were fields are unchanged; whatever a run's KernelOptions say does not enter it (rounding at most, like
+# compile_unet). (compile_backend was bookkeeping and never in the digest.)
+_MOVED_TO_KERNEL_OPTIONS = {"allow_tf32": True, "compile_options": {}}
+
+
+def config_digest(cfg) -> str:
+    """The digest of the training-relevant fields of ``cfg`` (a TrainConfig) that every checkpoint stores:
+    resuming under a config with another digest is refused (:func:`load_checkpoint`)."""
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING}
+    for key, default in _LATER_DEFAULTS.items():
+        if fields.get(key) == default:
+            del fields[key]
+    retain = fields.get("retain", {})
+    for key, default in _LATER_RETAIN_DEFAULTS.items():
+        if retain.get(key, default) == default:
+            retain.pop(key, None)
+    fields.update(_MOVED_TO_KERNEL_OPTIONS)
+    return stable_key(fields)
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:

@@ -82,10 +82,16 @@ class RetainSettings:
 class TrainConfig:
     # Old key names, still read (with a FutureWarning).
     RENAMED_KEYS: ClassVar[dict[str, Renamed]] = {"tensorboard": Renamed("report_to", _report_to_from_tensorboard)}
-    # Removed keys (core/config.py): measured, not adopted.
-    REMOVED_KEYS: ClassVar[dict[str, str]] = dict.fromkeys(
-        ["risk_repeats", "label_smoothing", "label_smoothing_per_risk", "timestep_range_per_risk"],
-        "measured and not adopted; see docs/experiments.md")
+    # Removed keys (core/config.py): options measured and not adopted, and kernel choices of the benchmarks and
+    # tests, which the trainer now takes as training/kernels.py's KernelOptions.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        **dict.fromkeys(["risk_repeats", "label_smoothing", "label_smoothing_per_risk", "timestep_range_per_risk"],
+                        "measured and not adopted; see docs/experiments.md"),
+        **dict.fromkeys(["allow_tf32", "compile_backend", "compile_options"],
+                        "a kernel choice of the benchmarks and tests, not of a recipe: they pass it to the trainer as "
+                        "training.kernels.KernelOptions (bench points keep compile_options, configs/bench.yaml); "
+                        "see docs/training.md"),
+    }
 
     # --- inputs / outputs -------------------------------------------------------------------------
     model: str = field(default="models/synthetic-sd", metadata={
@@ -178,13 +184,6 @@ class TrainConfig:
                 "elsewhere; none: eager. Compiling costs a minute or more up front (docs/performance.md)."})
     compile_regions: bool = field(default=False, metadata={
         "help": "Older spelling of compile_unet: regions, kept so that existing configs load."})
-    compile_backend: str = field(default="inductor", metadata={
-        "help": "torch.compile backend. aot_eager traces and runs autograd like inductor without generating code "
-                "(CPU tests; telling a dynamo problem from an inductor one)."})
-    compile_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "Inductor options for compile_unet (keys of torch._inductor.list_options(), e.g. "
-                "{conv_1x1_as_mm: true}); they change kernel choice and scheduling, never the maths. Empty: "
-                "inductor's defaults."})
     fused_lora: Union[Literal["auto", "on", "off"], bool] = field(default="auto", metadata={
         "help": "Fused LoRA linear layers (training/fused_lora.py): each peft LoRA layer as one autograd node "
                 "that runs only the products the maths needs; the layers, parameters and saved LoRA stay peft's. "
@@ -208,7 +207,6 @@ class TrainConfig:
     reference_cache_dir: Optional[str] = field(default=None, metadata={
         "help": "Folder of the reference-loss files; default <work_dir>/cache. Point the runs of a sweep at one "
                 "folder."})
-    allow_tf32: bool = field(default=True, metadata={"help": "TF32 matrix products and convolutions on CUDA."})
 
     # --- bookkeeping -----------------------------------------------------------------------------
     log_every: int = field(default=10, metadata={
@@ -356,21 +354,6 @@ class TrainConfig:
         if self.compile_regions and self.compile_unet in ("full", "auto"):
             raise ValueError(f"compile_regions: true (= compile_unet: regions) contradicts compile_unet: "
                              f"{self.compile_unet}; set only compile_unet")
-        if self.unet_compile_mode("cuda") != "none":
-            import torch._dynamo
-
-            try:
-                torch._dynamo.lookup_backend(self.compile_backend)
-            except Exception as exc:  # dynamo's InvalidBackend, or a backend that fails to import
-                raise ValueError(f"compile_backend {self.compile_backend!r}: {exc}") from exc
-        if self.compile_options:
-            if self.unet_compile_mode("cuda") == "none" or self.compile_backend != "inductor":
-                raise ValueError("compile_options are inductor options: they need compile_unet regions, full "
-                                 f"or auto and compile_backend inductor (got {self.compile_unet!r}, "
-                                 f"{self.compile_backend!r})")
-            from inference.speedups import check_inductor_options
-
-            check_inductor_options(self.compile_options, "compile_options")
 
 
 def _auto_on_off(setting: str | bool) -> str:

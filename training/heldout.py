@@ -17,7 +17,7 @@ from training.cache import CachedPairSource, build_cache_tensors
 from training.data import load_pairs
 from training.lora import LORA_WEIGHT_NAME
 from training.models import NoiseSchedule, load_components
-from training.step import StepDraws, pair_errors
+from training.step import StepDraws, StepModel, pair_errors
 
 
 @torch.no_grad()
@@ -32,6 +32,7 @@ def heldout_implicit_accuracy(
     unet = components.unet.to(device)
     unet.load_lora_adapter(str(lora_dir), prefix="unet", adapter_name="default", weight_name=LORA_WEIGHT_NAME,
                            use_safetensors=True)
+    model = StepModel(unet, unet, schedule, contextlib.nullcontext)
     latent_shape = (unet.config.in_channels, components.latent_size, components.latent_size)
     wins = torch.zeros(len(pairs))
     generator = torch.Generator().manual_seed(seed)
@@ -44,9 +45,7 @@ def heldout_implicit_accuracy(
                 torch.randint(0, schedule.num_train_timesteps, (n,), generator=generator).to(device),
                 torch.zeros(n, dtype=torch.bool, device=device),
             )
-            model_w, model_l, ref_w, ref_l, _ = pair_errors(
-                unet, unet, source.batch(step_draws), step_draws, schedule, True, contextlib.nullcontext
-            )
+            model_w, model_l, ref_w, ref_l, _ = pair_errors(model, source.batch(step_draws), step_draws, True)
             margin = -((model_w - model_l) - (ref_w - ref_l))  # sign of h (β > 0 does not change it)
             wins[indices] += ((margin > 0).float() + 0.5 * (margin == 0).float()).cpu()
     per_pair = wins / draws

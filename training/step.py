@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, ContextManager, Mapping
 
 import torch
 
@@ -102,22 +103,34 @@ def to_device_async(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def _draw(generator_seed: int, index_seed: int, step: int, count: int, num_items: int,
-          latent_shape: tuple[int, int, int], num_train_timesteps: int, prompt_dropout: float | None,
-          device) -> StepDraws:
-    """``count`` items of step ``step`` (a window of the per-epoch permutation seeded by ``index_seed``),
-    with noise, timesteps and (if ``prompt_dropout`` is given) dropout flags from one generator.
+@dataclass(frozen=True)
+class DrawShape:
+    """What one step draws: ``count`` items (a window of the per-epoch permutation of ``num_items``), one noise
+    tensor of ``latent_shape`` (C, h, w) and one timestep in [0, ``num_train_timesteps``) per item, and prompt
+    dropout flags at rate ``prompt_dropout`` (None: no flags are drawn; all False)."""
+
+    count: int
+    num_items: int
+    latent_shape: tuple[int, int, int]
+    num_train_timesteps: int
+    prompt_dropout: float | None
+
+
+def _draw(generator_seed: int, index_seed: int, step: int, shape: DrawShape, device) -> StepDraws:
+    """``shape.count`` items of step ``step`` (a window of the per-epoch permutation seeded by ``index_seed``),
+    with noise, timesteps and (if ``shape.prompt_dropout`` is given) dropout flags from one generator.
 
     A CPU generator keeps the draws identical across devices and process counts; E × C×h×w floats
     per optimiser step is cheap next to 6 UNet passes per pair."""
+    count = shape.count
     generator = torch.Generator().manual_seed(generator_seed)
-    noise = torch.randn((count, *latent_shape), generator=generator)
-    timesteps = torch.randint(0, num_train_timesteps, (count,), generator=generator)
-    if prompt_dropout is None:
+    noise = torch.randn((count, *shape.latent_shape), generator=generator)
+    timesteps = torch.randint(0, shape.num_train_timesteps, (count,), generator=generator)
+    if shape.prompt_dropout is None:
         drop = torch.zeros(count, dtype=torch.bool)
     else:
-        drop = torch.rand(count, generator=generator) < prompt_dropout
-    indices = step_pair_indices(step, count, num_items, index_seed)
+        drop = torch.rand(count, generator=generator) < shape.prompt_dropout
+    indices = step_pair_indices(step, count, shape.num_items, index_seed)
     return StepDraws(
         to_device_async(indices, device), indices, to_device_async(noise, device),
         to_device_async(timesteps, device), to_device_async(drop, device),
@@ -129,16 +142,16 @@ def draw_step(
     num_train_timesteps: int, prompt_dropout: float, device,
 ) -> StepDraws:
     """The pairs, noise, timesteps and prompt dropout of optimiser step ``step``."""
-    return _draw(seed * 7_919 + step * 104_729 + 17, seed, step, pairs_per_step, num_pairs, latent_shape,
-                 num_train_timesteps, prompt_dropout, device)
+    shape = DrawShape(pairs_per_step, num_pairs, latent_shape, num_train_timesteps, prompt_dropout)
+    return _draw(seed * 7_919 + step * 104_729 + 17, seed, step, shape, device)
 
 
 def draw_retain_step(step: int, seed: int, images_per_step: int, num_images: int, latent_shape: tuple[int, int, int],
                      num_train_timesteps: int, device) -> StepDraws:
     """The retain images, noise and timesteps of optimiser step ``step``: their own stream (independent
     of the pairs'), same rules as :func:`draw_step`, no prompt dropout."""
-    return _draw(seed * 6_151 + step * 92_821 + 29, seed + 1, step, images_per_step, num_images, latent_shape,
-                 num_train_timesteps, None, device)
+    shape = DrawShape(images_per_step, num_images, latent_shape, num_train_timesteps, None)
+    return _draw(seed * 6_151 + step * 92_821 + 29, seed + 1, step, shape, device)
 
 
 def _conditioning(batch, repeats: int) -> dict[str, torch.Tensor]:
@@ -168,6 +181,35 @@ def _retain_inputs(batch, draws: StepDraws, schedule: NoiseSchedule):
     return noisy, draws.timesteps, cond, schedule.target(batch.latents, draws.noise, draws.timesteps)
 
 
+@dataclass(frozen=True)
+class StepModel:
+    """The UNet as one DPO step runs it. ``unet`` is what the optimiser trains (possibly DDP-wrapped): the policy
+    forward. ``unwrapped`` is the same module without the wrapper, used to switch the adapters off for the
+    reference forward (no grad). ``autocast``: a zero-argument factory of the forward's autocast context
+    (``accelerator.autocast``); ``channels_last``: NHWC inputs (``train.channels_last``)."""
+
+    unet: torch.nn.Module
+    unwrapped: torch.nn.Module
+    schedule: NoiseSchedule
+    autocast: Callable[[], ContextManager]
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class DpoObjective:
+    """The step's loss settings: β in the paper's −β/2 form and the loss type (training/loss.py), and the retain
+    anchor's weight (in units of β/2) and target (training/config.py: RetainSettings)."""
+
+    beta: float
+    loss_type: str
+    retain_weight: float = 0.0
+    retain_target: str = "reference"
+
+    @classmethod
+    def from_config(cls, cfg) -> "DpoObjective":
+        return cls(cfg.beta, cfg.loss_type, cfg.retain.weight, cfg.retain.target)
+
+
 def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Tensor:
     if channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
@@ -177,49 +219,47 @@ def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Ten
     return module(noisy, timesteps, **kwargs).sample
 
 
-def _reference_prediction(unwrapped_unet, noisy, timesteps, cond, autocast, channels_last: bool) -> torch.Tensor:
+def _reference_prediction(model: StepModel, noisy, timesteps, cond) -> torch.Tensor:
     """The reference (LoRA off, no grad) prediction for the rows of ``noisy``."""
-    with torch.no_grad(), adapters_disabled(unwrapped_unet), autocast():
-        return _unet_call(unwrapped_unet, noisy, timesteps, cond, channels_last)
+    with torch.no_grad(), adapters_disabled(model.unwrapped), model.autocast():
+        return _unet_call(model.unwrapped, noisy, timesteps, cond, model.channels_last)
 
 
-def reference_pair_errors(unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, autocast,
-                          channels_last: bool = False) -> torch.Tensor:
+def reference_pair_errors(model: StepModel, batch: PairBatch, draws: StepDraws) -> torch.Tensor:
     """(B, 2) float32 reference errors (winner, loser) of one micro-batch: the reference half of
     :func:`pair_errors`, with the same inputs and the same call (so the same compiled graph), for
     training/reference_cache.py's pass."""
-    noisy, timesteps, cond, target = _pair_inputs(batch, draws, schedule)
-    ref_pred = _reference_prediction(unwrapped_unet, noisy, timesteps, cond, autocast, channels_last)
+    noisy, timesteps, cond, target = _pair_inputs(batch, draws, model.schedule)
+    ref_pred = _reference_prediction(model, noisy, timesteps, cond)
     return torch.stack(per_sample_mse(ref_pred, target).chunk(2), dim=1)
 
 
 def pair_errors(
-    unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, with_reference: bool,
-    autocast, channels_last: bool = False, retain=None, retain_target: str = "reference",
+    model: StepModel, batch: PairBatch, draws: StepDraws, with_reference: bool, retain=None,
+    retain_target: str = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(B,) denoising MSEs: policy winner, policy loser, reference winner, reference loser; and the
     retain anchoring distance (0-dim) when ``retain`` = (retain batch, its draws) is given.
 
-    Winner and loser are noised with the same noise and timestep. ``unet`` is what the optimiser trains
-    (possibly DDP-wrapped); ``unwrapped_unet`` is the same module without the wrapper, used to switch the
-    adapter off for the reference pass (no grad). Retain images ride in the same forward as the pairs
+    Winner and loser are noised with the same noise and timestep. The policy runs ``model.unet``; the reference
+    runs ``model.unwrapped`` with the adapters off (no grad). Retain images ride in the same forward as the pairs
     (one policy call per micro-step: DDP expects one forward per backward, and one larger batch is faster).
     With ``draws.reference_errors`` set (training/reference_cache.py) the pairs' reference errors are read from it
     and no reference forward runs, unless the retain rows need one.
     """
-    noisy, timesteps, cond, target = _pair_inputs(batch, draws, schedule)
+    noisy, timesteps, cond, target = _pair_inputs(batch, draws, model.schedule)
     num_pair_rows = noisy.shape[0]
     if retain is not None:
-        r_noisy, r_timesteps, r_cond, r_target = _retain_inputs(*retain, schedule)
+        r_noisy, r_timesteps, r_cond, r_target = _retain_inputs(*retain, model.schedule)
         noisy, timesteps = torch.cat([noisy, r_noisy]), torch.cat([timesteps, r_timesteps])
         cond = {key: torch.cat([value, r_cond[key]]) for key, value in cond.items()}
 
     cached = draws.reference_errors  # (B, 2) from the reference-loss pass, or None
     ref_pred = None
     if (with_reference and cached is None) or retain is not None:
-        ref_pred = _reference_prediction(unwrapped_unet, noisy, timesteps, cond, autocast, channels_last)
-    with autocast():
-        model_pred = _unet_call(unet, noisy, timesteps, cond, channels_last)
+        ref_pred = _reference_prediction(model, noisy, timesteps, cond)
+    with model.autocast():
+        model_pred = _unet_call(model.unet, noisy, timesteps, cond, model.channels_last)
 
     model_err_w, model_err_l = per_sample_mse(model_pred[:num_pair_rows], target).chunk(2)
     ref_err_w = ref_err_l = None
@@ -241,24 +281,22 @@ def pair_errors(
 
 
 def dpo_loss_on_batch(
-    unet, unwrapped_unet, batch: PairBatch, draws: StepDraws, schedule: NoiseSchedule, beta: float,
-    loss_type: str, autocast, channels_last: bool = False, retain=None, retain_weight: float = 0.0,
-    retain_target: str = "reference", rpo_alpha: torch.Tensor | float = 0.0,
-    rpo_rejected_share: torch.Tensor | float = 0.0,
+    model: StepModel, batch: PairBatch, draws: StepDraws, objective: DpoObjective, retain=None,
+    pair_options: Mapping[str, torch.Tensor | float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The step's loss and metrics on one micro-batch (see :func:`pair_errors`). ``rpo_alpha``: α of the RPO
-    term for each pair of the micro-batch ((B,) tensor) or for all (float), and ``rpo_rejected_share`` its weight on the rejected image (training/loss.py).
+    """The step's loss and metrics on one micro-batch (see :func:`pair_errors`). ``pair_options``: the per-pair
+    options of training/loss.py's ``diffusion_dpo_loss`` by name, ``rpo_alpha`` (α of the RPO term) and
+    ``rpo_rejected_share`` (its weight on the rejected image), each a (B,) tensor for the micro-batch's pairs or a
+    float for all; absent: 0.
 
     With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py).
     """
-    *errors, retain_distance = pair_errors(
-        unet, unwrapped_unet, batch, draws, schedule, loss_type != "sft", autocast, channels_last, retain, retain_target
-    )
-    loss, metrics = diffusion_dpo_loss(*errors, beta, loss_type, rpo_alpha, rpo_rejected_share)
+    *errors, retain_distance = pair_errors(model, batch, draws, objective.loss_type != "sft", retain,
+                                           objective.retain_target)
+    loss, metrics = diffusion_dpo_loss(*errors, objective.beta, objective.loss_type, **(pair_options or {}))
     if retain_distance is not None:
-        loss = loss + retain_weight * 0.5 * beta * retain_distance
+        loss = loss + objective.retain_weight * 0.5 * objective.beta * retain_distance
         metrics["retain/distance"] = retain_distance.detach()
         metrics.setdefault("loss/dpo", metrics["loss"])  # the preference loss alone (set by the loss with RPO)
         metrics["loss"] = loss.detach()
     return loss, metrics
-

@@ -76,7 +76,7 @@ def test_bench_point_with_two_compile_modes_is_a_config_error(tmp_path, capsys):
 def test_bench_point_compile_options_reach_the_trainer_and_the_label(tmp_path, capsys):
     from benchmarks.bench import train_points
     from benchmarks.config import ArchSettings, PointSettings
-    from benchmarks.train_bench import trainer_overrides
+    from benchmarks.train_bench import trainer_kernels, trainer_overrides
     from core.config import config_from_dict
     from training.config import TrainConfig
 
@@ -86,7 +86,10 @@ def test_bench_point_compile_options_reach_the_trainer_and_the_label(tmp_path, c
     assert point.label == "fast-mb32-fullcompile-conv_1x1_as_mm-coordinate_descent_tuning"
     section = trainer_overrides(point, tmp_path, tmp_path, tmp_path, steps=1, log_every=1, extra={})
     trainer_cfg = config_from_dict(TrainConfig, section, where="train")
-    assert trainer_cfg.compile_options == {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True}
+    # The options reach the trainer as its KernelOptions (training/kernels.py), checked against that config.
+    kernels = trainer_kernels(point)
+    assert kernels.compile_options == {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True}
+    kernels.validate(trainer_cfg)
     eager_with_options = "sd15.train_points=[{micro_batch: 2, compile_options: {conv_1x1_as_mm: true}}]"
     assert main(["--smoke", f"work_dir={tmp_path}", eager_with_options]) == 2
     assert "compile_options need regional_compile or full_compile" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from tests.training.test_sdxl_and_ddp import (
 from tests.training.test_train import EQUIVALENCE, _assert_same_run
 from training.compile import compile_lora_free_regions, compile_whole_unet, lora_free_regions, lora_layers
 from training.config import LoraSettings
+from training.kernels import KernelOptions
 from training.lora import adapters_disabled, add_lora
 from training.loss import diffusion_dpo_loss, per_sample_mse
 from training.train import train
@@ -230,12 +231,15 @@ def test_full_compile_matches_eager_inductor(tiny_sd15_path):
 
 
 def _full(*extra: str) -> tuple[str, ...]:
-    return ("compile_unet=full", "compile_backend=aot_eager", *extra)
+    return ("compile_unet=full", *extra)
+
+
+AOT_EAGER = KernelOptions(compile_backend="aot_eager")
 
 
 def test_train_full_compile_matches_eager(tiny_sd15_path, tiny_set, tmp_path):
     train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "eager", *EQUIVALENCE))
-    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "full", *EQUIVALENCE, *_full()))
+    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "full", *EQUIVALENCE, *_full()), kernels=AOT_EAGER)
     _assert_same_run(tmp_path / "eager", tmp_path / "full")
 
 
@@ -248,7 +252,7 @@ def test_train_full_compile_matches_eager(tiny_sd15_path, tiny_set, tmp_path):
 def test_train_full_compile_variants_match_eager(model, setting, tiny_set, tmp_path, request):
     model = request.getfixturevalue(model)
     train(tiny_config(model, tiny_set, tmp_path / "eager", *EQUIVALENCE, setting))
-    train(tiny_config(model, tiny_set, tmp_path / "full", *EQUIVALENCE, *_full(setting)))
+    train(tiny_config(model, tiny_set, tmp_path / "full", *EQUIVALENCE, *_full(setting)), kernels=AOT_EAGER)
     _assert_same_run(tmp_path / "eager", tmp_path / "full")
 
 
@@ -258,7 +262,7 @@ def test_two_process_ddp_full_compile_matches_single_process_eager(tiny_sd15_pat
     the unwrapped module, which must still be the compiled one with its adapter-state guard."""
     train_one_process_micro_4(tiny_sd15_path, tiny_set, tmp_path / "single")
     train_two_processes(tiny_sd15_path, tiny_set, tmp_path / "ddp", port=29519,
-                        compile_unet="full", compile_backend="aot_eager")
+                        kernels={"compile_backend": "aot_eager"}, compile_unet="full")
     assert_same_as_single_process(tmp_path / "single", tmp_path / "ddp")
 
 
@@ -271,7 +275,8 @@ def test_compile_config_keys(tiny_sd15_path, tiny_set, tmp_path):
     with pytest.raises(ConfigError, match="contradicts compile_unet: full"):
         tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_regions=true", "compile_unet=full")
     with pytest.raises(ConfigError, match="compile_backend 'nope'"):
-        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "compile_backend=nope")
+        KernelOptions(compile_backend="nope").validate(tiny_config(tiny_sd15_path, tiny_set, tmp_path,
+                                                                   "compile_unet=full"))
     with pytest.raises(ConfigError, match="compile_unet"):
         tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=off")  # YAML's off is false
     auto = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=auto")
@@ -281,16 +286,27 @@ def test_compile_config_keys(tiny_sd15_path, tiny_set, tmp_path):
 
 
 def test_compile_options_are_checked_against_inductor(tiny_sd15_path, tiny_set, tmp_path):
-    ok = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full",
-                     "compile_options={conv_1x1_as_mm: true, coordinate_descent_tuning: false}")
-    assert ok.compile_options == {"conv_1x1_as_mm": True, "coordinate_descent_tuning": False}
+    full = tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full")
+    KernelOptions(compile_options={"conv_1x1_as_mm": True, "coordinate_descent_tuning": False}).validate(full)
     with pytest.raises(ConfigError, match=r"compile_options \['conv_one_by_one'\]: not inductor options"):
-        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "compile_options={conv_one_by_one: true}")
+        KernelOptions(compile_options={"conv_one_by_one": True}).validate(full)
     with pytest.raises(ConfigError, match="need compile_unet regions, full or auto"):
-        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_options={conv_1x1_as_mm: true}")
+        KernelOptions(compile_options={"conv_1x1_as_mm": True}).validate(tiny_config(tiny_sd15_path, tiny_set,
+                                                                                     tmp_path))
     with pytest.raises(ConfigError, match="compile_backend inductor"):
-        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", "compile_backend=aot_eager",
-                    "compile_options={conv_1x1_as_mm: true}")
+        KernelOptions(compile_backend="aot_eager", compile_options={"conv_1x1_as_mm": True}).validate(full)
+    # The trainer checks them before anything loads.
+    with pytest.raises(ConfigError, match="compile_backend inductor"):
+        train(full, kernels=KernelOptions(compile_backend="aot_eager", compile_options={"conv_1x1_as_mm": True}))
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("key, value", [("compile_backend", "aot_eager"), ("allow_tf32", "false"),
+                                        ("compile_options", "{conv_1x1_as_mm: true}")])
+def test_kernel_choices_are_not_config_keys(tiny_sd15_path, tiny_set, tmp_path, key, value):
+    """A YAML train: section that still sets a kernel choice fails naming where it went."""
+    with pytest.raises(ConfigError, match=rf"train\.{key} was removed: .*KernelOptions"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path, "compile_unet=full", f"{key}={value}")
 
 
 @pytest.mark.parametrize("mode", ["regions", "full"])

@@ -15,9 +15,11 @@ from core.errors import ConfigError
 from tests.training.conftest import tiny_config
 from tests.training.test_retain import _retain_args, tiny_retain  # noqa: F401  (fixture)
 from tests.training.test_train import EQUIVALENCE, _assert_same_run, _lora, _losses
+from training.callbacks import StaticInputStep, StopAtStep
+from training.checkpoints import config_digest
 from training.config import TrainConfig
 from training.graph import graph_blockers, resolve_cuda_graph, restore_optimizer_flags
-from training.train import config_digest, load_config, train
+from training.train import load_config, train
 
 
 def test_setting_spellings_and_bad_values():
@@ -98,7 +100,7 @@ def test_static_step_matches_eager_step(tiny_sd15_path, tiny_set, tiny_retain, t
     eager, static = tmp_path / "eager", tmp_path / "static"
     retain = _retain_args(tiny_retain, weight=0.5)
     assert train(tiny_config(tiny_sd15_path, tiny_set, eager, *STATIC_CASE, *retain))["cuda_graph"] is False
-    train(tiny_config(tiny_sd15_path, tiny_set, static, *STATIC_CASE, *retain), static_step=True)
+    train(tiny_config(tiny_sd15_path, tiny_set, static, *STATIC_CASE, *retain), [StaticInputStep()])
     _assert_same_run(eager, static)
     # Every metric, not only loss and grad_norm; the LR column is the scheduler's float in both. The rewards are
     # β·(difference of two float32 MSEs of order 1): their resolution is β times the MSEs' (≈ 1e-7), so that is the
@@ -116,12 +118,12 @@ def test_static_step_resume_matches_uninterrupted(tiny_sd15_path, tiny_set, tmp_
     """The graph path resumes exactly, from its own checkpoint and from an eager run's."""
     common = ("max_train_steps=4", "checkpoint_every=2", "lr_scheduler=linear", "lr_warmup_steps=1")
     full = tmp_path / "full"
-    train(tiny_config(tiny_sd15_path, tiny_set, full, *common), static_step=True)
+    train(tiny_config(tiny_sd15_path, tiny_set, full, *common), [StaticInputStep()])
     for first_static in (True, False):
         parted = tmp_path / f"parted-{first_static}"
-        assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), stop_at_step=2,
-                     static_step=first_static) == {"stopped_at": 2}
-        train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, "resume=latest"), static_step=True)
+        first_part = [StopAtStep(2), *([StaticInputStep()] if first_static else [])]
+        assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), first_part) == {"stopped_at": 2}
+        train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, "resume=latest"), [StaticInputStep()])
         full_losses, parted_losses = _losses(full), _losses(parted)
         for step in (3, 4):
             assert parted_losses[step] == pytest.approx(full_losses[step], abs=1e-6)

@@ -9,7 +9,7 @@ import torch
 
 from core.errors import ConfigError
 from tests.training.conftest import tiny_config
-from tests.training.test_compile import _check_same, _dpo_step, _inputs, _lora_unet, pick_backend
+from tests.training.test_compile import AOT_EAGER, _check_same, _dpo_step, _inputs, _lora_unet, pick_backend
 from tests.training.test_train import EQUIVALENCE, _assert_same_run
 from training.compile import compile_whole_unet
 from training.fused_lora import FusedLoraLinear, fused_lora_blockers, install_fused_lora
@@ -208,9 +208,10 @@ def test_whole_unet_inductor_with_fused_layers_matches_peft(tiny_sd15_path):
 def test_trainer_with_fused_layers_trains_the_same_run(tiny_sd15_path, tiny_set, tmp_path):
     """compile_unet full with fused_lora at its default (auto, the trainer's fast configuration) against peft's
     layers; a LoRA scale of 2 so that a misplaced s would show."""
-    common = (*EQUIVALENCE, "compile_unet=full", "compile_backend=aot_eager", "lora.alpha=8")
-    peft_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *common, "fused_lora=off"))
-    fused_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *common))
+    common = (*EQUIVALENCE, "compile_unet=full", "lora.alpha=8")
+    peft_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "peft", *common, "fused_lora=off"),
+                         kernels=AOT_EAGER)
+    fused_summary = train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "fused", *common), kernels=AOT_EAGER)
     assert peft_summary["fused_lora_layers"] == 0 and fused_summary["fused_lora_layers"] > 0
     _assert_same_run(tmp_path / "peft", tmp_path / "fused")
     saved_keys = [read_lora_file(tmp_path / run / "lora")[0].keys() for run in ("peft", "fused")]

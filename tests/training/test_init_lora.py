@@ -81,19 +81,18 @@ def test_digest_ignores_later_options_at_their_defaults():
     the objective and therefore the digest."""
     import dataclasses
 
+    from training.checkpoints import _LATER_DEFAULTS, config_digest
     from training.config import TrainConfig
-    from training.train import _LATER_DEFAULTS, config_digest
 
     cfg = TrainConfig(data="set")
     assert all(getattr(cfg, k) == v for k, v in _LATER_DEFAULTS.items())
     from core.config import to_dict
     from core.io import stable_key
-    from training.train import _BOOKKEEPING
-
-    from training.train import _LATER_RETAIN_DEFAULTS
+    from training.checkpoints import _BOOKKEEPING, _LATER_RETAIN_DEFAULTS, _MOVED_TO_KERNEL_OPTIONS
 
     before = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING and k not in _LATER_DEFAULTS}
     before["retain"] = {k: v for k, v in before["retain"].items() if k not in _LATER_RETAIN_DEFAULTS}
+    before.update(_MOVED_TO_KERNEL_OPTIONS)  # fields of the config when these checkpoints were written
     assert config_digest(cfg) == stable_key(before)
     assert config_digest(dataclasses.replace(cfg, rpo_alpha=0.1)) != config_digest(cfg)
     assert config_digest(dataclasses.replace(cfg, init_lora="x")) != config_digest(cfg)

@@ -15,6 +15,7 @@ from core.errors import ConfigError
 from tests.training.conftest import tiny_config
 from tests.training.test_sdxl_and_ddp import assert_same_as_single_process, train_two_processes
 from tests.training.test_train import EQUIVALENCE, _assert_same_run, _losses
+from training.callbacks import StaticInputStep, StopAtStep
 from training.reference_cache import (
     extend_reference_errors, gather_step_errors, read_reference_errors, write_reference_errors,
 )
@@ -119,7 +120,7 @@ def test_cached_reference_trains_the_same_run_without_a_reference_forward(tiny_s
         return real_pass(*args, **kwargs)
 
     monkeypatch.setattr(training.step, "_reference_prediction", counting_prediction)
-    monkeypatch.setattr("training.train.reference_pair_errors", counting_pass)
+    monkeypatch.setattr("training.trainer.reference_pair_errors", counting_pass)
     summary = train(tiny_config(tiny_sd15_path, tiny_set, cached, *common, *CACHE))
     # 4 steps x 1 micro-batch in the pass, and no reference forward anywhere else.
     assert calls == {"reference": 4, "pass": 4}
@@ -136,7 +137,7 @@ def test_static_step_reads_the_cached_errors_like_the_eager_step(tiny_sd15_path,
     eager form must train the inline run, with accumulation slicing the (E, 2) rows per micro-step."""
     common = ("gradient_accumulation_steps=2", "prompt_dropout=0.3", "max_train_steps=4", *EQUIVALENCE)
     train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "inline", *common))
-    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "static", *common, *CACHE), static_step=True)
+    train(tiny_config(tiny_sd15_path, tiny_set, tmp_path / "static", *common, *CACHE), [StaticInputStep()])
     _assert_same_run(tmp_path / "inline", tmp_path / "static")
 
 
@@ -169,7 +170,7 @@ def test_broken_cache_file_is_recomputed_and_resume_matches(tiny_sd15_path, tiny
     common = ("max_train_steps=4", "checkpoint_every=2", "lr_scheduler=linear", "lr_warmup_steps=1", *EQUIVALENCE)
     full, parted = tmp_path / "full", tmp_path / "parted"
     train(tiny_config(tiny_sd15_path, tiny_set, full, *common))
-    assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, *CACHE), stop_at_step=2) == {"stopped_at": 2}
+    assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, *CACHE), [StopAtStep(2)]) == {"stopped_at": 2}
     (file,) = (parted / "work" / "cache").glob("reference-*.safetensors")
     file.write_bytes(file.read_bytes()[:50])  # a crash or a disk problem: the file no longer loads
     with warnings.catch_warnings(record=True) as caught:

@@ -14,6 +14,7 @@ from core.errors import DataError
 from core.images import encode_png
 from tests.training.conftest import tiny_config
 from tests.training.test_train import EQUIVALENCE, _assert_same_run, _losses
+from training.callbacks import StopAtStep
 from training.train import train
 
 RETAIN_CAPTIONS = ["a cup on a table", "a quiet street", "a lamp in a room"]
@@ -48,7 +49,7 @@ def test_anchor_distance_is_zero_at_init_then_positive_with_gradient(tiny_sd15_p
     from training.data import load_pairs, load_retain
     from training.lora import add_lora
     from training.models import NoiseSchedule, load_components
-    from training.step import draw_retain_step, draw_step, pair_errors
+    from training.step import StepModel, draw_retain_step, draw_step, pair_errors
 
     components = load_components(str(tiny_sd15_path))
     pairs = load_pairs(tiny_set, components.resolution)
@@ -65,8 +66,8 @@ def test_anchor_distance_is_zero_at_init_then_positive_with_gradient(tiny_sd15_p
     retain_draws = draw_retain_step(0, 0, 3, len(retain_source), shape, schedule.num_train_timesteps, "cpu")
     retain_batch = (retain_source.batch(retain_draws), retain_draws)
 
-    *_, distance = pair_errors(unet, unet, source.batch(draws), draws, schedule, True, contextlib.nullcontext,
-                               retain=retain_batch, retain_target=target)
+    model = StepModel(unet, unet, schedule, contextlib.nullcontext)
+    *_, distance = pair_errors(model, source.batch(draws), draws, True, retain=retain_batch, retain_target=target)
     assert distance.item() == 0.0  # LoRA B = 0: policy = reference exactly
     if target == "data":  # prior preservation: already a pull towards the images at θ = ref
         distance.backward()
@@ -75,8 +76,7 @@ def test_anchor_distance_is_zero_at_init_then_positive_with_gradient(tiny_sd15_p
     with torch.no_grad():
         for p in params:
             p.add_(0.05 * torch.randn_like(p))
-    *_, distance = pair_errors(unet, unet, source.batch(draws), draws, schedule, True, contextlib.nullcontext,
-                               retain=retain_batch, retain_target=target)
+    *_, distance = pair_errors(model, source.batch(draws), draws, True, retain=retain_batch, retain_target=target)
     assert distance.item() > 0.0
     distance.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
@@ -88,7 +88,7 @@ def test_training_with_retain_resumes_exactly(tiny_sd15_path, tiny_set, tiny_ret
     summary = train(tiny_config(tiny_sd15_path, tiny_set, full, *common))
     assert summary["retain"]["images"] == 6
     assert "retain/distance" in summary["final_metrics"]
-    train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), stop_at_step=2)
+    train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), [StopAtStep(2)])
     train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, "resume=latest"))
     for step in (3, 4):
         assert _losses(parted)[step] == pytest.approx(_losses(full)[step], abs=1e-6)

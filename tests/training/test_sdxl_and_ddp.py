@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -47,9 +48,10 @@ def test_sdxl_lora_trains_and_loads_in_stock_pipeline(tiny_sdxl_path, tiny_set, 
 EQUIVALENCE_SETTINGS = {"adam_epsilon": 1.0, "learning_rate": 0.05, "beta": 100.0}  # see test_train._assert_same_run
 
 
-def train_two_processes(model: Path, data: Path, run: Path, port: int, **extra) -> None:
+def train_two_processes(model: Path, data: Path, run: Path, port: int, kernels: dict | None = None, **extra) -> None:
     """accelerate launch with configs/accelerate/ddp.yaml on CPU (gloo): 2 processes x micro-batch 2,
-    3 steps, ``EQUIVALENCE_SETTINGS`` plus ``extra`` train: keys; output under ``run``."""
+    3 steps, ``EQUIVALENCE_SETTINGS`` plus ``extra`` train: keys; output under ``run``. ``kernels``: the trainer's
+    KernelOptions as keyword arguments (tests/training/launch_with_kernels.py), for example a compile backend."""
     config = run / "ddp.yaml"
     train_section = {
         "model": str(model), "data": str(data), "output_dir": str(run / "lora"),
@@ -63,9 +65,11 @@ def train_two_processes(model: Path, data: Path, run: Path, port: int, **extra) 
     config.write_text(yaml.safe_dump({"train": train_section}))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     accelerate = Path(sys.executable).with_name("accelerate")
+    entry = (["-m", "training.train", "--config", str(config)] if kernels is None else
+             ["-m", "tests.training.launch_with_kernels", str(config), json.dumps(kernels)])
     result = subprocess.run(
         [str(accelerate), "launch", "--config_file", str(REPO / "configs/accelerate/ddp.yaml"), "--num_processes", "2",
-         "--main_process_port", str(port), "-m", "training.train", "--config", str(config)],
+         "--main_process_port", str(port), *entry],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

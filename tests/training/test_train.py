@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.training.conftest import tiny_config
+from training.callbacks import StopAtStep
 from training.lora import LORA_WEIGHT_NAME
 from training.metrics import read_metrics
 from training.train import train
@@ -87,7 +88,7 @@ def test_lora_trains_and_base_stays_frozen(tiny_sd15_path, tiny_set):
     from training.data import load_pairs
     from training.lora import add_lora
     from training.models import NoiseSchedule, load_components
-    from training.step import dpo_loss_on_batch, draw_step
+    from training.step import DpoObjective, StepModel, dpo_loss_on_batch, draw_step
     import contextlib
 
     components = load_components(tiny_sd15_path)
@@ -102,8 +103,8 @@ def test_lora_trains_and_base_stays_frozen(tiny_sd15_path, tiny_set):
     source = UncachedPairSource(components, pairs, "cpu")
     for step in range(2):
         draws = draw_step(step, 0, 2, len(pairs), (4, 16, 16), schedule.num_train_timesteps, 0.0, "cpu")
-        loss, _ = dpo_loss_on_batch(unet, unet, source.batch(draws), draws, schedule,
-                                    5000.0, "sigmoid", contextlib.nullcontext)
+        loss, _ = dpo_loss_on_batch(StepModel(unet, unet, schedule, contextlib.nullcontext), source.batch(draws),
+                                    draws, DpoObjective(5000.0, "sigmoid"))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -147,7 +148,7 @@ def test_resume_matches_uninterrupted_run(tiny_sd15_path, tiny_set, tmp_path):
     full = tmp_path / "full"
     train(tiny_config(tiny_sd15_path, tiny_set, full, *common))
     parted = tmp_path / "parted"
-    assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), stop_at_step=2) == {"stopped_at": 2}
+    assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), [StopAtStep(2)]) == {"stopped_at": 2}
     assert not (parted / "lora").exists()  # a crashed run leaves no output folder
     summary = train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, "resume=latest"))
     assert summary["resumed_from"].endswith("checkpoint-0000002")

@@ -15,6 +15,7 @@ from core.cli import config_key_docs
 from core.errors import ConfigError
 from tests.training.conftest import tiny_config
 from training import train as train_module
+from training.callbacks import start_tracker
 from training.config import TrainConfig
 from training.metrics import read_metrics
 
@@ -72,12 +73,12 @@ def test_report_to_keeps_the_users_wandb_mode(monkeypatch, tmp_path):
 
     cfg = tiny_config(Path("m"), Path("d"), tmp_path / "run", "report_to=wandb")
     monkeypatch.setenv("WANDB_MODE", "online")
-    train_module._start_tracker(cfg, FakeAccelerator(), tmp_path / "logs")
+    start_tracker(cfg, FakeAccelerator(), tmp_path / "logs")
     assert started["mode"] == "online"
     assert started["init_kwargs"]["wandb"]["dir"] == str(tmp_path / "logs")
     assert started["config"]["lora.rank"] == 4 and started["config"]["max_train_steps"] == 3
     monkeypatch.delenv("WANDB_MODE")
-    train_module._start_tracker(cfg, FakeAccelerator(), tmp_path / "logs")
+    start_tracker(cfg, FakeAccelerator(), tmp_path / "logs")
     assert started["mode"] == "offline"
 
 

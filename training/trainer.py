@@ -1,0 +1,600 @@
+"""The LoRA Diffusion-DPO trainer as one object: ``Trainer(cfg, callbacks, kernels).train()``.
+
+A run goes through the phases of :attr:`Trainer.PHASES`, each one method, timed (``training_summary.json``
+``phase_seconds``; callbacks get ``on_phase_end``):
+
+    setup           inputs checked before any weights load (output folder, model, set, per-risk options, init LoRA,
+                    retain set, tracker, batch split, cuda_graph=on), the Accelerator, the frozen components
+    caches          the latent/text caches of the pairs and the retain set (training/cache.py), or live encoding
+    model           the UNet on the device, LoRA (training/lora.py, fused_lora.py), gradient checkpointing,
+                    torch.compile (training/compile.py), AdamW and the LR schedule, accelerate's prepare, resume
+    reference_pass  the reference losses of every step, once (``train.reference_cache``; training/reference_cache.py)
+    steps           the optimiser steps (:meth:`Trainer.step`), eager or CUDA-graph captured (training/graph.py)
+    save            the output folder, atomically (LoRA, card, resolved config, metrics, summary)
+
+The maths of one step lives in training/step.py and training/loss.py; this module only holds the state and runs the
+phases in order. Callbacks (training/callbacks.py) log, profile and steer the loop; ``KernelOptions``
+(training/kernels.py) choose kernels. Neither changes what is trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from core.config import write_resolved_config
+from core.errors import ConfigError, PipelineError
+from core.io import atomic_directory, atomic_write_json, atomic_write_text
+from core.models import check_model_dir, resolve_model_path
+from core.output_dir import check_output_dir, write_marker
+from training.cache import (
+    CachedPairSource, CachedRetainSource, UncachedPairSource, components_fingerprint, load_or_build_cache,
+    load_or_build_retain_cache,
+)
+from training.callbacks import (
+    MetricFile, ProgressBar, StepControl, StepForm, Tracker, TrainerCallback, check_tracker,
+)
+from training.card import render_model_card
+from training.checkpoints import (
+    config_digest, list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
+)
+from training.compile import compile_unet
+from training.config import TrainConfig
+from training.data import PreferencePairs, RetainImages, load_pairs, load_retain, model_resolution
+from training.fused_lora import install_fused_lora
+from training.graph import (
+    CapturedStep, graph_blockers, optimizer_flags, resolve_cuda_graph, restore_optimizer_flags, source_blockers,
+)
+from training.kernels import KernelOptions
+from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
+from training.metrics import MetricAccumulator, all_finite
+from training.models import NoiseSchedule, load_components
+from training.reference_cache import (
+    ReferencePass, extend_reference_errors, gather_step_errors, read_reference_errors, reference_cache_key,
+    reference_cache_path, write_reference_errors,
+)
+from training.step import (
+    DpoObjective, StepDraws, StepModel, dpo_loss_on_batch, draw_retain_step, draw_step, reference_pair_errors,
+)
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """Our setting -> accelerate's ("no", "fp16", "bf16")."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if setting == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU (use bf16 or fp32 on CPU)")
+    return "no" if setting == "fp32" else setting
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+@dataclass
+class RunInputs:
+    """What the config's files hold, read and checked before any weights load."""
+
+    family: str  # "sd" or "sdxl"
+    pairs: PreferencePairs
+    per_pair: dict[str, torch.Tensor]  # (N,) values of the per-pair options set anywhere (rpo_alpha, ...)
+    init_lora: tuple | None  # (tensors, metadata) of train.init_lora, applied after add_lora
+    retain: RetainImages | None
+
+
+def check_inputs(cfg: TrainConfig) -> RunInputs:
+    """Everything that can fail on bad input, before any weights are loaded or a GPU is touched."""
+    check_output_dir(cfg.output_dir, cfg.overwrite, "train.output_dir", keep=[
+        ("train.work_dir", cfg.work_dir), ("train.data", cfg.data), ("train.retain.data", cfg.retain.data),
+        ("train.reference_cache_dir", cfg.reference_cache_dir)])
+    family = check_model_dir(cfg.model, cfg.variant)
+    resolution = model_resolution(resolve_model_path(cfg.model))
+    pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
+    per_pair = per_pair_options(cfg, pairs)
+    # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
+    init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
+    retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
+    return RunInputs(family, pairs, per_pair, init_lora, retain)
+
+
+def _check_risks_present(option: str, named: list[str], pairs, data: str) -> None:
+    present = sorted(set(pairs.risks()))
+    unknown = sorted(set(named) - set(present))
+    if unknown:
+        raise ConfigError(f"train.{option} names risk(s) {unknown} that {data} does not hold; its risks: {present}")
+
+
+def per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
+    """(N,) per-pair values of the options that may differ per risk, only those set anywhere:
+    ``rpo_alpha`` (α) and ``rpo_rejected_share`` (s), each its global value overridden per risk."""
+    options = {}
+    for name, value, per_risk, used in [
+        ("rpo_alpha", cfg.rpo_alpha, cfg.rpo_alpha_per_risk, cfg.uses_rpo()),
+        ("rpo_rejected_share", cfg.rpo_rejected_share, cfg.rpo_rejected_share_per_risk, cfg.uses_rpo_rejected_share()),
+    ]:
+        if not used:
+            continue
+        _check_risks_present(f"{name}_per_risk", list(per_risk), pairs, cfg.data)
+        options[name] = torch.tensor([per_risk.get(risk, value) for risk in pairs.risks()], dtype=torch.float32)
+    return options
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimiser step's E pairs and R retain images split over the micro-steps and processes: micro-step a
+    of process r takes slice a·P + r of each (training/step.py: StepDraws.micro_slice)."""
+
+    pair_micro_batch: int  # pairs per process per micro-step
+    retain_micro_batch: int  # retain images per process per micro-step
+    accumulation: int  # micro-steps per optimiser step
+    processes: int
+    process_index: int
+
+    @property
+    def pairs_per_step(self) -> int:
+        """E, over all processes and micro-steps."""
+        return self.pair_micro_batch * self.accumulation * self.processes
+
+    @property
+    def retain_per_step(self) -> int:
+        return self.retain_micro_batch * self.accumulation * self.processes
+
+    def pair_slice(self, draws: StepDraws, micro_step: int) -> StepDraws:
+        return draws.micro_slice(micro_step, self.process_index, self.processes, self.pair_micro_batch)
+
+    def retain_slice(self, draws: StepDraws, micro_step: int) -> StepDraws:
+        return draws.micro_slice(micro_step, self.process_index, self.processes, self.retain_micro_batch)
+
+
+@dataclass
+class IntervalClock:
+    """Wall time of the log intervals (the loop's only host syncs are at their ends): pairs/s per interval, and the
+    run's steady pairs/s without the first interval (start-up, cache warm-up, compilation, capture)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    timed: list[tuple[int, float]] = field(default_factory=list)  # (steps, seconds) of each closed interval
+
+    def close(self) -> tuple[int, float]:
+        """(steps, seconds) of the interval ending now."""
+        elapsed = time.perf_counter() - self.start
+        self.timed.append((self.steps, elapsed))
+        return self.steps, elapsed
+
+    def restart(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def steady_pairs_per_s(self, pairs_per_step: int) -> float:
+        steady = self.timed[1:] or self.timed
+        return sum(s for s, _ in steady) * pairs_per_step / max(sum(t for _, t in steady), 1e-9)
+
+
+class Trainer:
+    """One training run of ``cfg``: its model, optimiser, data, accelerator and step state (module docstring).
+
+    ``train()`` runs every phase and returns the summary (``training_summary.json``), or ``{"stopped_at": s}`` when
+    a callback stopped the run (training/callbacks.py: StopAtStep). ``callbacks`` come after the default ones
+    (metrics.jsonl, the report_to tracker, the progress bar); ``kernels``: training/kernels.py."""
+
+    PHASES = ("setup", "caches", "model", "reference_pass", "steps", "save")
+
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = (),
+                 kernels: KernelOptions | None = None) -> None:
+        self.cfg = cfg
+        self.kernels = kernels or KernelOptions()
+        self.kernels.validate(cfg)
+        self.extra_callbacks = list(callbacks)
+        self.work_dir = Path(cfg.work_dir)
+        self.checkpoint_root = self.work_dir / "checkpoints"
+        self.phase_seconds: dict[str, float] = {}
+        self.start_step = 0
+        self.resume_from: Path | None = None
+        self.reference_errors: torch.Tensor | None = None  # (S, E, 2) on the device, with train.reference_cache
+        self.reference_pass: ReferencePass | None = None
+        self.accumulator = MetricAccumulator()
+        self.last_values: dict[str, float] = {}
+
+    # --- the run, top to bottom ------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        with self.phase("setup"):
+            self.setup()
+        with self.phase("caches"):
+            self.build_caches()
+        with self.phase("model"):
+            self.build_model()
+        with self.phase("reference_pass"):
+            self.compute_reference_errors()
+        self.build_step()
+        with self.phase("steps"):
+            stopped = self.run_steps()
+        if stopped is not None:
+            return stopped
+        summary = self.summary()
+        with self.phase("save"):
+            self.save(summary)
+        self.accelerator.end_training()
+        return summary
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Times phase ``name`` (seconds of wall time, in ``phase_seconds``) and tells the callbacks."""
+        start = time.perf_counter()
+        yield
+        self.phase_seconds[name] = time.perf_counter() - start
+        self._fire("on_phase_end", name, self.phase_seconds[name])
+
+    def _fire(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    # --- phases ----------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Checks that need no weights (so bad input fails in seconds), the Accelerator and the frozen components."""
+        from accelerate import Accelerator  # heavy (imports its integrations); loaded when a run starts
+        from accelerate.utils import AutocastKwargs
+
+        cfg = self.cfg
+        self.inputs = check_inputs(cfg)
+        check_tracker(cfg.report_to)
+        self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision)
+        self.graph_setting = cfg.cuda_graph_setting()
+        # A cast cached by autocast while capturing would be a graph-pool tensor reused outside the graph; without
+        # the cache the same casts run every forward, with the same values (training/graph.py).
+        handlers = [AutocastKwargs(cache_enabled=False)] if self.graph_setting != "off" else []
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision=self.mixed_precision, kwargs_handlers=handlers,
+            log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(self.work_dir / "logs"))
+        self.device, self.is_main = accelerator.device, accelerator.is_main_process
+        self.graph_blockers = graph_blockers(cfg, self.device.type, accelerator.num_processes, self.mixed_precision,
+                                             self.inputs.family)
+        if self.graph_setting == "on":
+            resolve_cuda_graph(self.graph_setting, self.graph_blockers)  # fails here, before any weights load
+        # Derived here, so a batch that does not split over the processes fails before any loading.
+        pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(accelerator.num_processes)
+        self.layout = BatchLayout(pair_micro_batch, retain_micro_batch, cfg.gradient_accumulation_steps,
+                                  accelerator.num_processes, accelerator.process_index)
+        self.show_progress = cfg.progress_bar and self.is_main
+        self.callbacks = self._default_callbacks() + self.extra_callbacks
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.kernels.allow_tf32
+            torch.backends.cudnn.allow_tf32 = self.kernels.allow_tf32
+        if self.is_main:
+            write_resolved_config(cfg, self.work_dir)
+
+        self.components = load_components(cfg.model, cfg.variant)
+        self.prediction_type = cfg.prediction_type or self.components.scheduler_prediction_type
+        self.schedule = NoiseSchedule(self.components.alphas_cumprod, self.prediction_type, self.device)
+
+    def _default_callbacks(self) -> list[TrainerCallback]:
+        files = [MetricFile(self.work_dir / "logs")] if self.is_main else []
+        return files + [Tracker(), ProgressBar(self.show_progress)]
+
+    def build_caches(self) -> None:
+        """The pair source (cached latents and text embeddings, or live encoding) and the retain source; whether
+        the step can be captured, now that it is known where the cache landed."""
+        cfg, accelerator, components, device = self.cfg, self.accelerator, self.components, self.device
+        for module in [components.vae, *components.text_encoders]:
+            module.to(device)
+        cache_dir = self.work_dir / "cache"
+        self.latent_cache_file: Path | None = None
+        if cfg.cache_latents:
+            with accelerator.main_process_first():
+                tensors, self.latent_cache_file = load_or_build_cache(components, self.inputs.pairs, cache_dir, device,
+                                                                      self.is_main, self.show_progress)
+            self.source = CachedPairSource(components, tensors, device)
+        else:
+            self.source = UncachedPairSource(components, self.inputs.pairs, device)
+        self.retain_source = None
+        if self.inputs.retain is not None:  # always cached: encoded once, whatever cache_latents says
+            with accelerator.main_process_first():
+                retain_tensors = load_or_build_retain_cache(components, self.inputs.retain, cache_dir, device,
+                                                            self.is_main, self.show_progress)
+            self.retain_source = CachedRetainSource(components, retain_tensors, device)
+        if cfg.cache_latents:
+            self.graph_blockers += source_blockers(self.source)
+        self.use_graph = resolve_cuda_graph(self.graph_setting, self.graph_blockers)
+        if device.type == "cuda" and self.graph_setting != "off":
+            state = ("on (captured after a few eager warm-up steps)" if self.use_graph
+                     else "off: " + "; ".join(self.graph_blockers))
+            accelerator.print(f"cuda_graph: {state}")
+        if cfg.cache_latents:
+            # Training never touches the VAE or text encoders again: free their memory.
+            components.vae = None
+            components.text_encoders = []
+
+    def build_model(self) -> None:
+        """The trained UNet (frozen base weights in the run's precision, fp32 LoRA), its optimiser and LR schedule,
+        wrapped by accelerate; then the checkpoint to resume from, if any."""
+        cfg, accelerator, device = self.cfg, self.accelerator, self.device
+        unet = self.components.unet.to(device)
+        if _weight_dtype(self.mixed_precision) != torch.float32:
+            unet.to(dtype=_weight_dtype(self.mixed_precision))  # frozen base weights; LoRA stays fp32 (add_lora)
+        if cfg.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
+        self.params = add_lora(unet, cfg.lora)
+        if self.inputs.init_lora is not None:
+            init_lora_from(unet, self.inputs.init_lora, cfg.lora, cfg.init_lora)
+        self.fused_lora_layers = install_fused_lora(unet) if cfg.use_fused_lora(device.type) else 0
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP
+        # forward (policy) and the unwrapped module (reference) then both reach the compiled code.
+        compile_unet(unet, cfg.unet_compile_mode(device.type), self.kernels.compile_backend,
+                     dict(self.kernels.compile_options))
+        unet.train()
+        self.optimizer, self.lr_scheduler = self._build_optimizer()
+        self.unet, self.optimizer = accelerator.prepare(unet, self.optimizer)
+        flags = optimizer_flags(self.optimizer)
+        self.per_pair = {name: values.to(device) for name, values in self.inputs.per_pair.items()}
+        self.model = StepModel(self.unet, accelerator.unwrap_model(self.unet), self.schedule, accelerator.autocast,
+                               cfg.channels_last)
+        self.objective = DpoObjective.from_config(cfg)
+        self.latent_shape = (int(self.model.unwrapped.config.in_channels), self.components.latent_size,
+                             self.components.latent_size)
+        self.digest = config_digest(cfg)
+
+        self.resume_from = resolve_resume(cfg.resume, self.checkpoint_root)
+        if self.resume_from is not None:
+            self.start_step = load_checkpoint(self.resume_from, self.model.unwrapped, self.optimizer,
+                                              self.lr_scheduler, accelerator.scaler, self.digest)
+            restore_optimizer_flags(self.optimizer, flags)  # the checkpoint's may be another run's (graphed or eager)
+            accelerator.print(f"resumed from {self.resume_from} at step {self.start_step}")
+
+    def _build_optimizer(self):
+        """AdamW (fused on CUDA unless ``fused_optimizer`` says otherwise) and the LR scheduler; ``capturable``
+        for a CUDA-graph step (training/graph.py), which torch refuses to capture otherwise."""
+        from diffusers.optimization import get_scheduler  # diffusers is heavy; loaded when a run starts
+
+        cfg = self.cfg
+        fused = cfg.fused_optimizer if cfg.fused_optimizer is not None else self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.adam_weight_decay,
+            eps=cfg.adam_epsilon,
+            fused=fused,
+            capturable=self.use_graph,
+        )
+        # Stepped by us once per optimiser step (not prepared by accelerate, which would step it once per
+        # process): the LR curve is then the same for any number of processes.
+        lr_scheduler = get_scheduler(
+            cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps
+        )
+        return optimizer, lr_scheduler
+
+    def compute_reference_errors(self) -> None:
+        """With ``train.reference_cache``: the (S, E, 2) reference errors of every optimiser step on the device,
+        read from or added to this run's reference-loss file (training/reference_cache.py); each process computes
+        its own micro-slices of each step. The key reuses the latent cache file's name, which holds the latent
+        cache's key (encoders, set, resolution, pairs), rather than hashing again."""
+        cfg, accelerator, device, layout = self.cfg, self.accelerator, self.device, self.layout
+        if not cfg.uses_reference_cache():
+            return
+        key = reference_cache_key(components_fingerprint(cfg.model, ("unet", "scheduler")),
+                                  self.latent_cache_file.stem, cfg.seed, layout.pairs_per_step, cfg.prompt_dropout,
+                                  self.prediction_type, self.mixed_precision)
+        path = reference_cache_path(cfg.reference_cache_dir or self.work_dir / "cache", key)
+        existing = read_reference_errors(path, layout.pairs_per_step)
+        # Every process has read the file before the main one rewrites it, and all keep the rows all of them have (a
+        # node that cannot see the main one's folder computes from 0, and so must everyone: each step's gather is
+        # collective).
+        rows_everywhere = accelerator.gather(torch.tensor([existing.shape[0]], device=device)).min()
+        existing = existing[: int(rows_everywhere)]
+
+        def compute_step(step: int) -> torch.Tensor:
+            draws = self.draw_pairs(step, device)
+            parts = [layout.pair_slice(draws, a) for a in range(layout.accumulation)]
+            local = torch.stack([reference_pair_errors(self.model, self.source.batch(part), part)
+                                 for part in parts])  # (A, B, 2)
+            return gather_step_errors(local, accelerator.gather, layout.processes)
+
+        save_rows = (lambda rows: write_reference_errors(path, rows)) if self.is_main else None
+        errors, reused, seconds, rate = extend_reference_errors(existing, cfg.max_train_steps, compute_step, device,
+                                                                save_rows, self.show_progress)
+        accelerator.wait_for_everyone()
+        self.reference_errors = errors.to(device)
+        self.reference_pass = ReferencePass(str(path), reused, cfg.max_train_steps - reused, seconds, rate)
+
+    def build_step(self) -> None:
+        """The step's form (eager, captured, or the static-input form; callbacks may ask for the last) and, on the
+        graph path, the CapturedStep that runs it. The graph path draws on the host and copies into its static
+        inputs itself."""
+        form = StepForm(capture=self.use_graph, static_inputs=self.use_graph)
+        self._fire("on_step_form", form)
+        self.captured_step = None
+        if form.graph_path:
+            self.captured_step = CapturedStep(self._static_step_body, self.optimizer, self.device,
+                                              capture=form.capture)
+        self.draw_device = torch.device("cpu") if self.captured_step is not None else self.device
+
+    def run_steps(self) -> dict | None:
+        """Optimiser steps ``start_step`` .. ``max_train_steps`` - 1 with their logs and checkpoints; returns
+        ``{"stopped_at": done}`` when a callback stopped the run, else None."""
+        self._fire("on_steps_begin")
+        self.clock = IntervalClock()
+        stopped = None
+        done = self.start_step
+        for step in range(self.start_step, self.cfg.max_train_steps):
+            self._fire("on_step_begin", step)
+            self.step(step)
+            done = step + 1
+            self.clock.steps += 1
+            control = self._scheduled_control(done)
+            self._fire("on_step_end", done, control)
+            if control.log or control.checkpoint:
+                self._log(done)
+            if control.checkpoint:
+                self.save_checkpoint(done)
+            if control.stop:
+                stopped = {"stopped_at": done}
+                break
+        self._fire("on_steps_end", done)
+        return stopped
+
+    def save(self, summary: dict) -> None:
+        """The output folder, all or nothing (main process)."""
+        if self.is_main:
+            self._write_output(summary)
+        self.accelerator.wait_for_everyone()
+
+    # --- one optimiser step ----------------------------------------------------------------------------------------
+
+    def draw_pairs(self, step: int, device) -> StepDraws:
+        """The E pairs, noise, timesteps and prompt-dropout flags of optimiser step ``step`` (training/step.py)."""
+        cfg = self.cfg
+        return draw_step(step, cfg.seed, self.layout.pairs_per_step, len(self.inputs.pairs), self.latent_shape,
+                         self.schedule.num_train_timesteps, cfg.prompt_dropout, device)
+
+    def step(self, step: int) -> None:
+        """Optimiser step ``step`` (0-based): its draws, the micro-steps' forward and backward, clipping, AdamW and
+        the LR scheduler; its metrics go into the accumulator as device tensors (no host sync)."""
+        draws = self.draw_pairs(step, self.draw_device)
+        if self.reference_errors is not None:
+            draws.reference_errors = self.reference_errors[step]  # (E, 2) on the device
+        retain_draws = None
+        if self.retain_source is not None:
+            retain_draws = draw_retain_step(step, self.cfg.seed, self.layout.retain_per_step, len(self.retain_source),
+                                            self.latent_shape, self.schedule.num_train_timesteps, self.draw_device)
+        if self.captured_step is not None:
+            names, values = self.captured_step(draws, retain_draws)  # (M,) on the device; grad_norm included
+            self.lr_scheduler.step()
+            self.accumulator.add_vector(names, values)
+        else:
+            grad_norm = self._accumulate_and_step(
+                draws, retain_draws, lambda metrics, weight: self.accumulator.add(metrics, weight=weight))
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accumulator.add({"grad_norm": grad_norm})
+        self.accumulator.end_step()
+
+    def _accumulate_and_step(self, draws: StepDraws, retain_draws: StepDraws | None,
+                             on_metrics: Callable[[dict[str, torch.Tensor], float], None]) -> torch.Tensor:
+        """Accumulate gradients over the micro-steps of one optimiser step, clip, ``optimizer.step()``.
+        ``on_metrics(metrics, weight)`` receives each micro-step's metric tensors and 1/accumulation. Returns the
+        pre-clipping gradient norm (a 0-dim device tensor: no host sync). The eager step and the CUDA-graph step
+        both run this; neither the LR scheduler nor zero_grad is in here."""
+        cfg, accelerator, layout = self.cfg, self.accelerator, self.layout
+        accum = layout.accumulation
+        for micro_step in range(accum):
+            part = layout.pair_slice(draws, micro_step)
+            retain = None
+            if self.retain_source is not None:
+                retain_part = layout.retain_slice(retain_draws, micro_step)
+                retain = (self.retain_source.batch(retain_part), retain_part)
+            # Gradients are all-reduced only on the last micro-step of an optimiser step.
+            sync = contextlib.nullcontext() if micro_step == accum - 1 else accelerator.no_sync(self.unet)
+            with sync:
+                loss, metrics = dpo_loss_on_batch(
+                    self.model, self.source.batch(part), part, self.objective, retain,
+                    {name: values[part.indices] for name, values in self.per_pair.items()},
+                )
+                accelerator.backward(loss / accum)  # mean over the optimiser step's pairs
+            on_metrics(metrics, 1.0 / accum)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = accelerator.clip_grad_norm_(self.params, max_norm)
+        self.optimizer.step()
+        return grad_norm
+
+    def _static_step_body(self, draws: StepDraws, retain_draws: StepDraws | None) -> tuple[tuple[str, ...],
+                                                                                            torch.Tensor]:
+        """The step that training/graph.py captures: :meth:`_accumulate_and_step` on the static draws, its metrics
+        (weighted by 1/accumulation and summed over micro-steps, as MetricAccumulator.add does) and the
+        pre-clipping gradient norm stacked into one (M,) float32 tensor, the graph's static output."""
+        collected: list[tuple[dict[str, torch.Tensor], float]] = []
+        grad_norm = self._accumulate_and_step(draws, retain_draws,
+                                              lambda metrics, weight: collected.append((metrics, weight)))
+        names = tuple(collected[0][0])
+        total = None
+        for metrics, weight in collected:
+            part = torch.stack([metrics[name].detach().float() for name in names]) * weight  # (M - 1,)
+            total = part if total is None else total + part
+        return names + ("grad_norm",), torch.cat([total, grad_norm.detach().float().view(1)])  # (M,)
+
+    # --- logs, checkpoints, output ---------------------------------------------------------------------------------
+
+    def _scheduled_control(self, done: int) -> StepControl:
+        """The config's schedule after ``done`` steps: a checkpoint every ``checkpoint_every`` steps (not at the
+        last, whose output folder holds the LoRA), a log record every ``log_every`` steps, at checkpoints and at
+        the last step."""
+        cfg = self.cfg
+        last = done == cfg.max_train_steps
+        checkpoint = cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and not last
+        return StepControl(log=done % cfg.log_every == 0 or checkpoint or last, checkpoint=checkpoint)
+
+    def _log(self, done: int) -> None:
+        """Reduce the metrics since the last record (the loop's only host sync), stop on a non-finite loss, hand
+        the record to the callbacks."""
+        values = self.accumulator.reduce(self.accelerator)
+        steps, elapsed = self.clock.close()
+        values["lr"] = self.lr_scheduler.get_last_lr()[0]
+        values["pairs_per_s"] = steps * self.layout.pairs_per_step / max(elapsed, 1e-9)
+        if not all_finite({"loss": values.get("loss", 0.0)}):
+            good = list_checkpoints(self.checkpoint_root)
+            raise TrainingDiverged(
+                f"loss became {values['loss']} between steps {done - steps} and {done}; stopped. "
+                f"Last good checkpoint: {good[-1] if good else 'none'} (lower learning_rate or beta, or use bf16)"
+            )
+        self.last_values = values
+        self._fire("on_log", done, values)
+        self.clock.restart()
+
+    def save_checkpoint(self, done: int) -> None:
+        if self.is_main:
+            save_checkpoint(self.checkpoint_root, done, self.model.unwrapped, self.optimizer, self.lr_scheduler,
+                            self.accelerator.scaler, self.digest)
+            prune_checkpoints(self.checkpoint_root, self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def summary(self) -> dict:
+        """``training_summary.json``: what ran, how fast, the final metrics."""
+        cfg, inputs, layout = self.cfg, self.inputs, self.layout
+        return {
+            "steps": cfg.max_train_steps,
+            "pairs_per_step": layout.pairs_per_step,
+            "processes": layout.processes,
+            "micro_batch_per_process": {"pairs": layout.pair_micro_batch, "retain_images": layout.retain_micro_batch},
+            "mixed_precision": self.mixed_precision,
+            "cuda_graph": self.use_graph,
+            "fused_lora_layers": self.fused_lora_layers,
+            "reference_cache": self.reference_pass.as_dict() if self.reference_pass is not None else None,
+            "prediction_type": self.prediction_type,
+            "pairs_per_s": self.clock.steady_pairs_per_s(layout.pairs_per_step),
+            "data": inputs.pairs.counts(),
+            "pair_visits_per_epoch": len(inputs.pairs),
+            "retain": ({"images": len(inputs.retain), "set_hash": inputs.retain.set_hash, "weight": cfg.retain.weight}
+                       if inputs.retain is not None else None),
+            "set_hash": inputs.pairs.set_hash,
+            "final_metrics": self.last_values,
+            "resumed_from": str(self.resume_from) if self.resume_from else None,
+            "phase_seconds": dict(self.phase_seconds),  # the phases before save
+        }
+
+    def _write_output(self, summary: dict) -> None:
+        """All or nothing: the output folder appears complete or not at all."""
+        cfg, family, pairs = self.cfg, self.inputs.family, self.inputs.pairs
+        with atomic_directory(cfg.output_dir, overwrite=True) as tmp:
+            save_lora(tmp, self.model.unwrapped, family)
+            write_marker(tmp, "lora")
+            write_resolved_config(cfg, tmp)
+            atomic_write_json(tmp / "training_summary.json", summary)
+            metrics_file = self.work_dir / "logs" / "metrics.jsonl"
+            if metrics_file.is_file():
+                shutil.copyfile(metrics_file, tmp / "metrics.jsonl")
+            atomic_write_text(tmp / "README.md", render_model_card(cfg, family, pairs.counts(), pairs.set_hash,
+                                                                   summary))
+            if cfg.export_merged_unet:
+                export_merged_unet(cfg.model, tmp, tmp / "unet_merged", variant=cfg.variant)
