@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+from core.web import is_loopback
 
 # Reason tags offered per risk (keys 1..9 on the page). "*" applies to every risk not listed.
 DEFAULT_REASON_TAGS: dict[str, list[str]] = {
@@ -126,12 +127,3 @@ class AnnotateConfig:
     def tie_votes_needed(self) -> int:
         """Tie votes a tie label needs: ``tie_min_votes``, but never more than there are annotators."""
         return min(self.tie_min_votes, self.overlap)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -33,6 +33,7 @@ from annotation.config import CHOICES, AnnotateConfig
 from annotation.prefset_io import ImageSource
 from annotation.store import BadRequest, NotFound, Replay, Session, Store, StoreError
 from core.errors import DataError
+from core.web import HttpError, parse_json_object, read_body, security_headers
 
 log = logging.getLogger("annotation.server")
 
@@ -41,15 +42,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-}
+SECURITY_HEADERS = security_headers(CSP)
 # The only files the server ever sends from disk: a fixed table, never a path from the request.
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -58,8 +51,6 @@ STATIC_FILES = {
 }
 PAGES = {"/": "app.html", "/login": "login.html"}
 IMAGE_PATH = re.compile(r"^/img/([A-Za-z0-9_-]{16,64})$")
-# ASCII digits only: str.isdigit() also accepts characters such as "²" that int() then refuses.
-CONTENT_LENGTH = re.compile(r"^[0-9]{1,15}$")
 DECISION_FIELDS = {"assignment_id", "choice", "tags", "note", "idempotency_key"}
 
 
@@ -67,13 +58,6 @@ def _load_static() -> dict[str, bytes]:
     folder = resources.files("annotation") / "static"
     names = {name for name, _ in STATIC_FILES.values()} | set(PAGES.values())
     return {name: (folder / name).read_bytes() for name in names}
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, extra: Optional[dict] = None):
-        super().__init__(message)
-        self.status = status
-        self.extra = extra or {}
 
 
 class AnnotationApp:
@@ -185,45 +169,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         """The request body, within the size limit (refused unread: the connection is then closed)."""
-        length_text = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding"):
-            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted; send Content-Length")
-        if length_text is None:
-            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length header is required")
-        if not CONTENT_LENGTH.match(length_text.strip()):
-            raise HttpError(HTTPStatus.BAD_REQUEST,
-                            f"Content-Length must be a number of bytes in ASCII digits, got {length_text!r}")
-        length = int(length_text)
-        if length > self.app.cfg.max_body_bytes:
-            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            f"body of {length} bytes is over the limit of {self.app.cfg.max_body_bytes}")
-        try:
-            body = self.rfile.read(length)
-        except TimeoutError as exc:
-            raise HttpError(HTTPStatus.REQUEST_TIMEOUT,
-                            f"the body stopped arriving: Content-Length announced {length} bytes and nothing more "
-                            f"came for {self.app.cfg.read_timeout_seconds:g} s") from exc
-        if len(body) < length:  # the client closed its side early
-            raise HttpError(HTTPStatus.BAD_REQUEST,
-                            f"the body ended after {len(body)} of the {length} bytes Content-Length announced")
+        body = read_body(self, self.app.cfg.max_body_bytes, self.app.cfg.read_timeout_seconds)
         self._body_read = True
         return body
 
     def _parse_json(self, body: bytes) -> dict:
-        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {exc}") from exc
-        except RecursionError as exc:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body is nested too deeply") from exc
-        except ValueError as exc:  # an integer beyond Python's digit limit for int()
-            raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body holds a number too long to read") from exc
-        if not isinstance(data, dict):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body must be an object")
-        return data
+        return parse_json_object(body, self.headers.get("Content-Type", ""))
 
     def _check_csrf(self, session: Session) -> None:
         sent = self.headers.get("X-CSRF-Token", "")
