@@ -5,8 +5,10 @@
 #   sdxl     SDXL training sweep + generation (one H100)
 #   scaling  accelerate launch on 1, 2, 4 GPUs (nvidia-h200-x4)
 #   demo     wall time of make demo's stages on the GPU
+#   time_to_lora  launch -> LoRA saved, stock example vs ours, SD1.5 1,536 pairs x 1: cold then warm compile caches
+#                 (needs benchmarks/stock/train_diffusion_dpo.py, fetched by benchmarks/fetch_stock_example.sh)
 set -uo pipefail
-slice=${1:?slice: sd15 | sdxl | scaling | demo}; shift
+slice=${1:?slice: sd15 | sdxl | scaling | demo | time_to_lora}; shift
 source benchmarks/gpu_env.sh
 OUT=${OUT:-/tmp/bench-out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv
@@ -40,6 +42,16 @@ case "$slice" in
       [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-$(basename "$f")"
     done
     exit 0 ;;
+  time_to_lora)
+    # stock cold, ours cold, stock warm, ours warm (~350-450 s on an H100), then the JSON and each run's log in $OUT.
+    timeout "$budget" python3 -m benchmarks.time_to_lora work_dir=/tmp/ttl-work "results_dir=$OUT" tag=time-to-lora \
+      timeout_s=240 "$@" 2>&1 | grep -v -E "it/s\]|s/it\]|Warning|warn\(" | tee "$OUT/log-time_to_lora.txt"
+    rc=${PIPESTATUS[0]}
+    cp /tmp/ttl-work/logs/*.log "$OUT/" 2>/dev/null
+    for f in /tmp/ttl-work/outputs/ours-*/training_summary.json; do
+      [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-training_summary.json"
+    done
+    exit "$rc" ;;
   *) echo "unknown slice $slice"; exit 2 ;;
 esac
 timeout "$budget" python3 -m benchmarks.bench --config configs/bench.yaml "${common[@]}" "${args[@]}" "$@" 2>&1 \

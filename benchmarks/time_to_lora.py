@@ -240,6 +240,7 @@ def run_ours(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: Pa
         shutil.copytree(cold_work / "cache", work / "cache")
     section = ours_train_section(cfg, job, our_set, out, work)
     section["model"] = str(model_dir)
+    section.setdefault("compile_cache_dir", str(cache_root / "torch_compile"))  # cold means cold for ours too
     config_path = base / "configs" / f"ours-{job.name}-{caches}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump({"train": section}))
@@ -269,12 +270,14 @@ def _tail(path: Path, chars: int = 1500) -> str:
 def fixed_and_rates(run: RunTiming, pairs: int, pair_visits: int) -> dict[str, float]:
     """Linear cost model of one run: wall = fixed + once_per_pair x pairs + per_visit x pair_visits.
 
-    per_visit comes from the steps after the first (the steady loop, saving included), once_per_pair from the
-    trainer's caching and reference-pass phases when it reports them (ours), and fixed is the rest."""
+    per_visit comes from the steps after the first (the steady loop, saving included) plus, for ours, its reference
+    pass without the pass's compile (one row per pair visit), once_per_pair from ours' latent caching
+    (``timeline_s``: latent_cache_s), and fixed is the rest (start-up, compiling)."""
     if run.first_step_s is None or run.steps < 2:
         raise ConfigError(f"{run.side} {run.job} {run.caches}: no first-step time or too few steps to extrapolate")
-    per_visit = (run.wall_s - run.first_step_s) / max(pair_visits - run.pairs_per_step, 1)
-    once = sum(run.phases_s.get(key, 0.0) for key in ("latent_cache_s", "reference_pass_s")) / pairs
+    reference = max(run.phases_s.get("reference_pass_s", 0.0) - run.phases_s.get("reference_compile_s", 0.0), 0.0)
+    per_visit = (run.wall_s - run.first_step_s) / max(pair_visits - run.pairs_per_step, 1) + reference / pair_visits
+    once = run.phases_s.get("latent_cache_s", 0.0) / pairs
     fixed = run.wall_s - once * pairs - per_visit * pair_visits
     return {"fixed_s": fixed, "once_per_pair_s": once, "per_pair_visit_s": per_visit}
 

@@ -7,6 +7,8 @@ weights, the set's content hash and the resolution, and is written once (atomica
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from core.io import atomic_write_bytes, sha256_file, stable_key
-from training.data import PreferencePairs, RetainImages, pair_pixels
+from training.data import PreferencePairs, RetainImages, image_to_uint8, pair_pixels
 from training.models import DiffusionComponents, TextConditioning, encode_images, encode_prompts, sdxl_time_ids
 
 CACHE_FORMAT = "dpo-pair-cache-v1"
@@ -138,15 +140,13 @@ def encoder_fingerprint(model_path: str | Path) -> str:
     return components_fingerprint(model_path, ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
 
 
-def cache_key(components: DiffusionComponents, pairs: PreferencePairs) -> str:
-    return stable_key(
-        CACHE_FORMAT,
-        encoder_fingerprint(components.model_path),
-        pairs.set_hash,
-        components.resolution,
-        pairs.rows.tolist(),  # which pairs (max_pairs) and in which order
-        pairs.winner_is_0.tolist(),
-    )
+def cache_key(components: DiffusionComponents, pairs: PreferencePairs, precision: str = "fp32") -> str:
+    """The latent cache's key; ``precision`` (the VAE's while encoding) enters it only when it is not fp32, so the
+    keys of fp32 caches written before it existed are unchanged."""
+    parts = [CACHE_FORMAT, encoder_fingerprint(components.model_path), pairs.set_hash, components.resolution,
+             pairs.rows.tolist(),  # which pairs (max_pairs) and in which order
+             pairs.winner_is_0.tolist()]
+    return stable_key(*parts, *([f"vae-{precision}"] if precision != "fp32" else []))
 
 
 PIXELS_PER_ENCODE_CALL = 4 * 512 * 512
@@ -192,18 +192,79 @@ def encode_image_batches(components: DiffusionComponents, count: int, pixels_for
     return torch.cat(chunks)
 
 
+class _PairImages(torch.utils.data.Dataset):
+    """Pair i's (winner, loser) as uint8 (2, 3, H, W), decoded in a DataLoader worker."""
+
+    def __init__(self, pairs: PreferencePairs, resolution: int) -> None:
+        self.pairs, self.resolution = pairs, resolution
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        w, l_ = self.pairs.image_bytes(index)
+        row = int(self.pairs.rows[index])
+        where = f"{self.pairs.folder}: row {row}"
+        return torch.stack([image_to_uint8(w, self.resolution, f"{where} preferred image"),
+                            image_to_uint8(l_, self.resolution, f"{where} rejected image")])
+
+
+# Pixels per VAE call of the batched encoder: 64 images at 512 px (the encoder's activations in bf16 at this size
+# take ~20 GiB without gradients; at 1024 px, 16 images).
+PIXELS_PER_BATCHED_CALL = 64 * 512 * 512
+
+
+def _decode_workers() -> int:
+    """DataLoader workers for JPEG/PNG decoding: all cores but the one that feeds the GPU, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@torch.no_grad()
+def encode_pair_latents_batched(components: DiffusionComponents, pairs: PreferencePairs, device, precision: str,
+                                workers: int | None = None, show_progress: bool = True) -> torch.Tensor:
+    """(N, 2, C, h, w) float32 latents of every pair (winner, loser), at GPU speed: DataLoader workers decode the
+    images (uint8, pinned) while the GPU encodes the previous batch; the VAE runs as a ``precision`` copy in
+    channels_last on large batches. Pixels are the fp32 path's exactly ((x / 127.5 - 1) in fp32, then cast); in fp32
+    the latents equal encode_image_batches' to float32 rounding, in bf16 to bf16 rounding (tests/training)."""
+    device = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    encoder = copy.deepcopy(components.vae).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    pairs_per_call = max(1, PIXELS_PER_BATCHED_CALL // (2 * components.resolution ** 2))
+    workers = _decode_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        _PairImages(pairs, components.resolution), batch_size=pairs_per_call, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # the same few conv shapes over and over
+    chunks = []
+    try:
+        for images in tqdm(loader, desc="caching latents", disable=not show_progress):  # (k, 2, 3, H, W) uint8
+            pixels = images.to(device, non_blocking=True).flatten(0, 1).float().div(127.5).sub(1.0)
+            pixels = pixels.to(dtype).contiguous(memory_format=torch.channels_last)
+            chunks.append(encode_images(encoder, pixels).unflatten(0, (-1, 2)))  # float32 on the device
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    return torch.cat(chunks).cpu()  # the one host sync of the pass
+
+
 def build_cache_tensors(
-    components: DiffusionComponents, pairs: PreferencePairs, device, batch_size: int = 32, show_progress: bool = True
+    components: DiffusionComponents, pairs: PreferencePairs, device, batch_size: int = 32, show_progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
-    """Encode every pair once. Captions are deduplicated: (U, L, D) embeddings + an (N,) index."""
+    """Encode every pair once. Captions are deduplicated: (U, L, D) embeddings + an (N,) index. On CUDA, or in bf16,
+    the images go through :func:`encode_pair_latents_batched`; an fp32 run on a CPU keeps the one-process path."""
     text = encode_captions(components, pairs.captions(), device, batch_size, show_progress)
 
     def pixels_for(indices: list[int]) -> torch.Tensor:
         winners, losers = pair_pixels(pairs, indices, components.resolution)
         return torch.stack([winners, losers], dim=1).flatten(0, 1)  # (2k, 3, H, W): w_1, l_1, w_2, l_2, ...
 
-    latents = encode_image_batches(components, len(pairs), pixels_for, 2, device, "caching latents", show_progress)
-    latents = latents.unflatten(0, (len(pairs), 2))  # (N, 2, C, h, w)
+    if torch.device(device).type == "cuda" or precision != "fp32":
+        latents = encode_pair_latents_batched(components, pairs, device, precision, show_progress=show_progress)
+    else:
+        latents = encode_image_batches(components, len(pairs), pixels_for, 2, device, "caching latents",
+                                       show_progress)
+        latents = latents.unflatten(0, (len(pairs), 2))  # (N, 2, C, h, w)
     tensors = {"latents_w": latents[:, 0], "latents_l": latents[:, 1], **text}
     return {k: v.contiguous() for k, v in tensors.items()}
 
@@ -214,11 +275,13 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
 
 def load_or_build_cache(
     components: DiffusionComponents, pairs: PreferencePairs, cache_dir: str | Path, device, is_main: bool,
-    show_progress: bool = True,
+    show_progress: bool = True, precision: str = "fp32",
 ) -> tuple[dict[str, torch.Tensor], Path]:
-    """Main process: build the cache file if missing. Others call this after it exists (main first)."""
-    path = cache_path(cache_dir, cache_key(components, pairs))
-    build = lambda: build_cache_tensors(components, pairs, device, show_progress=show_progress)  # noqa: E731
+    """Main process: build the cache file if missing. Others call this after it exists (main first). ``precision``:
+    the VAE's while encoding (``TrainConfig.latent_cache_precision``)."""
+    path = cache_path(cache_dir, cache_key(components, pairs, precision))
+    build = lambda: build_cache_tensors(components, pairs, device, show_progress=show_progress,  # noqa: E731
+                                        precision=precision)
     return _load_or_build(path, build, pairs.set_hash, is_main), path
 
 

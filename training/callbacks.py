@@ -126,8 +126,11 @@ class ProgressBar(TrainerCallback):
         self.bar.update(1)
 
     def on_log(self, trainer, done: int, values: dict[str, float]) -> None:
-        self.bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values.get('implicit_accuracy', 0):.2f}",
-                             pairs_s=f"{values['pairs_per_s']:.1f}")
+        # The first interval holds the first step's compiling and warm-up: its rate is labelled as such, and the
+        # steady rate appears from the second interval on.
+        first = len(trainer.clock.timed) == 1
+        rate = {"pairs_s_first_interval" if first else "pairs_s": f"{values['pairs_per_s']:.1f}"}
+        self.bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values.get('implicit_accuracy', 0):.2f}", **rate)
 
     def on_steps_end(self, trainer, done: int) -> None:
         self.bar.close()

@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 # objective; leaving them out also keeps the digest of checkpoints written before they existed, and lets a run resume
 # graphed from an eager checkpoint and back. (compile_regions predates this and stays in.) reference_cache moves the
 # reference pass before the loop; the reference losses are the same numbers (training/reference_cache.py).
+# compile_cache_dir holds compiled kernels only; latent_cache_dtype changes the cached latents by bf16 rounding.
 _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "report_to", "progress_bar",
                 "export_merged_unet", "output_dir", "work_dir", "compile_unet", "cuda_graph", "fused_lora",
-                "reference_cache", "reference_cache_dir", "overwrite"}
+                "reference_cache", "reference_cache_dir", "overwrite", "compile_cache_dir", "latent_cache_dtype"}
 
 
 # Objective fields added after checkpoints were first written: at their default they stay out of the digest,

@@ -173,6 +173,10 @@ class TrainConfig:
         "help": "auto: bf16 on CUDA, else fp32. fp16 uses dynamic loss scaling (CUDA only)."})
     cache_latents: bool = field(default=True, metadata={
         "help": "Encode VAE latents and text embeddings once, before training (false: every step)."})
+    latent_cache_dtype: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
+        "help": "Precision of the VAE while it fills the latent cache. auto: bf16 on CUDA (batched, channels_last, "
+                "images decoded by DataLoader workers; latents within bf16 rounding of fp32), fp32 elsewhere; the "
+                "cache key says which, so the two never mix."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute UNet activations in the backward pass: less memory, more compute."})
     channels_last: bool = field(default=False, metadata={"help": "NHWC memory layout for the UNet."})
@@ -180,8 +184,16 @@ class TrainConfig:
     compile_unet: Literal["none", "regions", "full", "auto"] = field(default="none", metadata={
         "help": "torch.compile of the UNet (training/compile.py); every mode keeps the reference pass (adapters "
                 "off) exact. regions: the ResNet blocks and feed-forwards that hold no LoRA layer; full: the whole "
-                "UNet forward, one graph per adapter state (the fastest mode on GPUs); auto: full on CUDA, none "
-                "elsewhere; none: eager. Compiling costs a minute or more up front (docs/performance.md)."})
+                "UNet forward, one graph per adapter state (the fastest mode on GPUs); auto: full on CUDA when the "
+                "job is long enough to repay the compile (pair visits x the seconds per pair compiling saves against "
+                "the expected compile seconds, far fewer when compile_cache_dir holds this graph; the decision and "
+                "its numbers are logged), none elsewhere; none: eager. A cold compile costs a minute or more up front "
+                "(docs/performance.md)."})
+    compile_cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "Folder of the persistent compile caches (inductor's and Triton's, unless TORCHINDUCTOR_CACHE_DIR / "
+                "TRITON_CACHE_DIR are set, torch's cache artifacts and the measured compile seconds per graph key; "
+                "training/compile_cache.py); null: $XDG_CACHE_HOME/safe-diffusion-dpo/torch_compile. A later run "
+                "of the same graph (torch, GPU, UNet architecture, micro-batch, dtype, LoRA) compiles from it."})
     compile_regions: bool = field(default=False, metadata={
         "help": "Older spelling of compile_unet: regions, kept so that existing configs load."})
     fused_lora: Union[Literal["auto", "on", "off"], bool] = field(default="auto", metadata={
@@ -300,10 +312,17 @@ class TrainConfig:
 
     def unet_compile_mode(self, device_type: str = "cpu") -> str:
         """``compile_unet`` with the older ``compile_regions: true`` and "auto" (for ``device_type``) folded
-        in: "none", "regions" or "full"."""
+        in: "none", "regions" or "full". For "auto" on CUDA this is the mode it compiles in when the job repays
+        compiling; the trainer decides that per run (training/compile_cache.py) and may train eagerly instead."""
         if self.compile_unet == "auto":
             return "full" if device_type == "cuda" else "none"
         return "regions" if self.compile_regions and self.compile_unet == "none" else self.compile_unet
+
+    def latent_cache_precision(self, device_type: str = "cpu") -> str:
+        """``latent_cache_dtype`` with "auto" resolved for ``device_type``: "bf16" on CUDA, else "fp32"."""
+        if self.latent_cache_dtype == "auto":
+            return "bf16" if device_type == "cuda" else "fp32"
+        return self.latent_cache_dtype
 
     def fused_lora_setting(self) -> str:
         """``fused_lora`` as "auto", "on" or "off" (YAML's true/false folded in)."""

@@ -129,6 +129,11 @@ def load_pairs(folder: str | Path, resolution: int, max_pairs: int | None = None
 
 def image_to_tensor(data: bytes, resolution: int, what: str) -> torch.Tensor:
     """Encoded image -> float32 (3, H, W) in [-1, 1]; DataError if corrupt or not resolution² pixels."""
+    return image_to_uint8(data, resolution, what).float().div(127.5).sub(1.0)
+
+
+def image_to_uint8(data: bytes, resolution: int, what: str) -> torch.Tensor:
+    """Encoded image -> uint8 (3, H, W); DataError if corrupt or not resolution² pixels."""
     image = decode_image(data, what)
     if image.size != (resolution, resolution):
         raise DataError(
@@ -136,7 +141,7 @@ def image_to_tensor(data: bytes, resolution: int, what: str) -> torch.Tensor:
             "(vae_scale_factor x unet sample_size); regenerate the set with this model"
         )
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-    return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return array.permute(2, 0, 1)
 
 
 def pair_pixels(pairs: PreferencePairs, indices: list[int], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,8 +67,8 @@ def graph_blockers(cfg, device_type: str, num_processes: int, mixed_precision: s
         reasons.append("fp16 loss scaling reads its inf check on the host every step (use bf16 or fp32)")
     compile_mode = cfg.unet_compile_mode(device_type)
     if compile_mode != "none":
-        reasons.append(f"compile_unet resolves to {compile_mode!r}: torch.compile and this capture are not "
-                       "combined (set compile_unet: none)")
+        reasons.append(f"the UNet is compiled (compile_unet resolves to {compile_mode!r}), which takes the place "
+                       "of whole-step capture: the two are not combined")
     if not cfg.cache_latents:
         reasons.append("cache_latents is false: the VAE and text encoders run on host-built batches every step")
     if family == "sdxl":

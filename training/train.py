@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         summary = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
-            print(f"wrote {cfg.output_dir} ({summary['pairs_per_s']:.2f} pairs/s)")
+            print(f"wrote {cfg.output_dir} ({summary['pairs_per_s']:.2f} pairs/s steady, "
+                  f"{summary['pairs_per_s_wall']:.2f} pairs/s over the whole run)")
 
     return run_main(work)
 

@@ -20,9 +20,10 @@ phases in order. Callbacks (training/callbacks.py) log, profile and steer the lo
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -45,6 +46,10 @@ from training.checkpoints import (
     config_digest, list_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
 from training.compile import compile_unet
+from training.compile_cache import (
+    CompileCache, CompileDecision, GraphSpec, JobShape, decide_reference_compile, decide_step_compile,
+    default_compile_cache_dir, unet_architecture_hash,
+)
 from training.config import TrainConfig
 from training.data import PreferencePairs, RetainImages, load_pairs, load_retain, model_resolution
 from training.fused_lora import install_fused_lora
@@ -62,6 +67,20 @@ from training.reference_cache import (
 from training.step import (
     DpoObjective, StepDraws, StepModel, dpo_loss_on_batch, draw_retain_step, draw_step, reference_pair_errors,
 )
+
+
+def _process_start_time() -> float:
+    """Wall-clock time (``time.time()``) at which this process started: the timeline's zero, so its times include
+    the interpreter's start and the imports, as a user's wait does."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil missing or the process table unreadable: count from this module's import
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
 
 
 class TrainingDiverged(PipelineError):
@@ -203,6 +222,13 @@ class Trainer:
         self.reference_pass: ReferencePass | None = None
         self.accumulator = MetricAccumulator()
         self.last_values: dict[str, float] = {}
+        self.process_start = _process_start_time()
+        # Seconds since process start at which each phase ended ("<phase>_done", "first_step_done"), and the
+        # durations the time-to-LoRA cost model reads (training_summary.json "timeline_s").
+        self.timeline: dict[str, float] = {}
+        self.compile_mode = "none"  # what the UNet is compiled in: "none", "regions" or "full"
+        self.compile_cache: CompileCache | None = None
+        self.compile_decisions: list[CompileDecision] = []
 
     # --- the run, top to bottom ------------------------------------------------------------------------------------
 
@@ -232,7 +258,12 @@ class Trainer:
         start = time.perf_counter()
         yield
         self.phase_seconds[name] = time.perf_counter() - start
+        self.timeline[f"{name}_done"] = self.since_start()
         self._fire("on_phase_end", name, self.phase_seconds[name])
+
+    def since_start(self) -> float:
+        """Seconds of wall time since this process started."""
+        return time.time() - self.process_start
 
     def _fire(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -257,14 +288,17 @@ class Trainer:
             mixed_precision=self.mixed_precision, kwargs_handlers=handlers,
             log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(self.work_dir / "logs"))
         self.device, self.is_main = accelerator.device, accelerator.is_main_process
-        self.graph_blockers = graph_blockers(cfg, self.device.type, accelerator.num_processes, self.mixed_precision,
-                                             self.inputs.family)
-        if self.graph_setting == "on":
-            resolve_cuda_graph(self.graph_setting, self.graph_blockers)  # fails here, before any weights load
         # Derived here, so a batch that does not split over the processes fails before any loading.
         pair_micro_batch, retain_micro_batch = cfg.micro_batch_sizes(accelerator.num_processes)
         self.layout = BatchLayout(pair_micro_batch, retain_micro_batch, cfg.gradient_accumulation_steps,
                                   accelerator.num_processes, accelerator.process_index)
+        self.compile_mode = self._decide_compile_mode()
+        # The config as this run resolved it: compile_unet is the mode the UNet is compiled in ("auto" decided).
+        self.run_cfg = replace(cfg, compile_unet=self.compile_mode, compile_regions=False)
+        self.graph_blockers = graph_blockers(self.run_cfg, self.device.type, accelerator.num_processes,
+                                             self.mixed_precision, self.inputs.family)
+        if self.graph_setting == "on":
+            resolve_cuda_graph(self.graph_setting, self.graph_blockers)  # fails here, before any weights load
         self.show_progress = cfg.progress_bar and self.is_main
         self.callbacks = self._default_callbacks() + self.extra_callbacks
         if self.device.type == "cuda":
@@ -276,6 +310,49 @@ class Trainer:
         self.components = load_components(cfg.model, cfg.variant)
         self.prediction_type = cfg.prediction_type or self.components.scheduler_prediction_type
         self.schedule = NoiseSchedule(self.components.alphas_cumprod, self.prediction_type, self.device)
+
+    def _decide_compile_mode(self) -> str:
+        """The mode the UNet is compiled in: ``compile_unet`` as set, or for "auto" on CUDA what the auto rule
+        decides for this job (training/compile_cache.py; logged with its numbers). Where anything may compile, the
+        persistent compile caches are pointed at ``compile_cache_dir`` first."""
+        cfg, device = self.cfg, self.device
+        candidate = cfg.unet_compile_mode(device.type)
+        if candidate == "none":
+            return "none"
+        model_path = resolve_model_path(cfg.model)
+        unet_config = json.loads((model_path / "unet" / "config.json").read_text())
+        resolution = model_resolution(model_path)
+        vae_config = json.loads((model_path / "vae" / "config.json").read_text())
+        latent = resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
+        lora = cfg.lora
+        spec = GraphSpec(
+            torch_version=torch.__version__,
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            unet_architecture=unet_architecture_hash(model_path),
+            pair_micro_batch=self.layout.pair_micro_batch,
+            retain_micro_batch=self.layout.retain_micro_batch if cfg.retain.weight > 0 else 0,
+            latent_shape=(int(unet_config.get("in_channels", 4)), latent, latent),
+            mixed_precision=self.mixed_precision,
+            lora=(lora.rank, lora.alpha, tuple(lora.target_modules), lora.dropout, lora.use_dora),
+            fused_lora=cfg.fused_lora_setting(),
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            channels_last=cfg.channels_last,
+            reference_in_step=not cfg.uses_reference_cache(),
+            backend=self.kernels.compile_backend,
+            options=tuple(sorted((k, str(v)) for k, v in self.kernels.compile_options.items())),
+        )
+        self.compile_cache = CompileCache(cfg.compile_cache_dir or default_compile_cache_dir(), spec)
+        environment = self.compile_cache.activate()
+        self.accelerator.print(f"compile cache: {self.compile_cache.folder} ("
+                               + ", ".join(f"{k}={v}" for k, v in environment.items()) + ")")
+        self.job = JobShape(self.inputs.family, latent * latent, cfg.max_train_steps * self.layout.pairs_per_step,
+                            not cfg.uses_reference_cache())
+        if cfg.compile_unet != "auto":
+            return candidate
+        decision = decide_step_compile(self.compile_cache, self.job, candidate)
+        self.compile_decisions.append(decision)
+        self.accelerator.print(f"compile_unet auto: {decision.describe()}")
+        return candidate if decision.compile else "none"
 
     def _default_callbacks(self) -> list[TrainerCallback]:
         files = [MetricFile(self.work_dir / "logs")] if self.is_main else []
@@ -291,8 +368,9 @@ class Trainer:
         self.latent_cache_file: Path | None = None
         if cfg.cache_latents:
             with accelerator.main_process_first():
-                tensors, self.latent_cache_file = load_or_build_cache(components, self.inputs.pairs, cache_dir, device,
-                                                                      self.is_main, self.show_progress)
+                tensors, self.latent_cache_file = load_or_build_cache(
+                    components, self.inputs.pairs, cache_dir, device, self.is_main, self.show_progress,
+                    cfg.latent_cache_precision(device.type))
             self.source = CachedPairSource(components, tensors, device)
         else:
             self.source = UncachedPairSource(components, self.inputs.pairs, device)
@@ -307,7 +385,7 @@ class Trainer:
         self.use_graph = resolve_cuda_graph(self.graph_setting, self.graph_blockers)
         if device.type == "cuda" and self.graph_setting != "off":
             state = ("on (captured after a few eager warm-up steps)" if self.use_graph
-                     else "off: " + "; ".join(self.graph_blockers))
+                     else "not used: " + "; ".join(self.graph_blockers))
             accelerator.print(f"cuda_graph: {state}")
         if cfg.cache_latents:
             # Training never touches the VAE or text encoders again: free their memory.
@@ -327,13 +405,12 @@ class Trainer:
         self.params = add_lora(unet, cfg.lora)
         if self.inputs.init_lora is not None:
             init_lora_from(unet, self.inputs.init_lora, cfg.lora, cfg.init_lora)
-        self.fused_lora_layers = install_fused_lora(unet) if cfg.use_fused_lora(device.type) else 0
+        self.fused_lora_layers = install_fused_lora(unet) if self.run_cfg.use_fused_lora(device.type) else 0
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         # After LoRA and checkpointing are in place, before accelerate wraps the module (DDP): the DDP
         # forward (policy) and the unwrapped module (reference) then both reach the compiled code.
-        compile_unet(unet, cfg.unet_compile_mode(device.type), self.kernels.compile_backend,
-                     dict(self.kernels.compile_options))
+        compile_unet(unet, self.compile_mode, self.kernels.compile_backend, dict(self.kernels.compile_options))
         unet.train()
         self.optimizer, self.lr_scheduler = self._build_optimizer()
         self.unet, self.optimizer = accelerator.prepare(unet, self.optimizer)
@@ -403,11 +480,45 @@ class Trainer:
             return gather_step_errors(local, accelerator.gather, layout.processes)
 
         save_rows = (lambda rows: write_reference_errors(path, rows)) if self.is_main else None
-        errors, reused, seconds, rate = extend_reference_errors(existing, cfg.max_train_steps, compute_step, device,
-                                                                save_rows, self.show_progress)
+        compiled = self._reference_pass_compiles(cfg.max_train_steps - int(existing.shape[0]))
+        # torch.compiler.set_stance (torch >= 2.6) runs every compiled function eagerly without compiling.
+        eager = (torch.compiler.set_stance("force_eager") if not compiled and hasattr(torch.compiler, "set_stance")
+                 else contextlib.nullcontext())
+        with eager:
+            errors, reused, seconds, rate = extend_reference_errors(existing, cfg.max_train_steps, compute_step,
+                                                                    device, save_rows, self.show_progress)
         accelerator.wait_for_everyone()
         self.reference_errors = errors.to(device)
         self.reference_pass = ReferencePass(str(path), reused, cfg.max_train_steps - reused, seconds, rate)
+        self._note_reference_pass(compiled)
+
+    def _reference_pass_compiles(self, rows_to_compute: int) -> bool:
+        """Whether the reference pass runs the compiled UNet (compiling its adapter-off graph first) or eager: the
+        auto rule on the rows it computes, whenever the UNet is compiled (the numbers are the same up to kernel
+        rounding either way)."""
+        if self.compile_mode == "none" or rows_to_compute <= 0:
+            return False
+        decision = decide_reference_compile(self.compile_cache, self.job, self.compile_mode, rows_to_compute,
+                                            self.layout.pairs_per_step)
+        self.compile_decisions.append(decision)
+        self.accelerator.print(f"compile_unet {self.cfg.compile_unet}: {decision.describe()}")
+        return decision.compile
+
+    def _note_reference_pass(self, compiled: bool) -> None:
+        """The pass's measured rate (and compile seconds) into the compile record, for later auto decisions."""
+        ref = self.reference_pass
+        if self.compile_cache is None or ref.steps_computed < 2 or not ref.pairs_per_s:
+            return
+        pairs_per_step = self.layout.pairs_per_step
+        step_s = pairs_per_step / ref.pairs_per_s
+        first_step_s = ref.seconds - (ref.steps_computed - 1) * step_s
+        if compiled:
+            mode = f"reference:{self.compile_mode}"
+            warm = self.compile_cache.is_warm(mode)
+            self.timeline["reference_compile_s"] = max(first_step_s - step_s, 0.0)
+            self.compile_cache.note_compile(mode, self.timeline["reference_compile_s"], 1 / ref.pairs_per_s, warm)
+        else:
+            self.compile_cache.note_rate("reference:none", 1 / ref.pairs_per_s)
 
     def build_step(self) -> None:
         """The step's form (eager, captured, or the static-input form; callbacks may ask for the last) and, on the
@@ -433,6 +544,8 @@ class Trainer:
             self.step(step)
             done = step + 1
             self.clock.steps += 1
+            if done == self.start_step + 1:
+                self._first_step_done()
             control = self._scheduled_control(done)
             self._fire("on_step_end", done, control)
             if control.log or control.checkpoint:
@@ -443,7 +556,31 @@ class Trainer:
                 stopped = {"stopped_at": done}
                 break
         self._fire("on_steps_end", done)
+        self._note_steps()
         return stopped
+
+    def _first_step_done(self) -> None:
+        """Timestamp the first optimiser step (one host sync: the time is the GPU's, not the launch queue's)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timeline["first_step_done"] = self.since_start()
+        self.first_step_s = time.perf_counter() - self.clock.start
+
+    def _note_steps(self) -> None:
+        """The loop's steady rate and the first step's compile seconds into the compile record (main process),
+        and the compiled graphs into torch's cache artifacts."""
+        if self.compile_cache is None or len(self.clock.timed) < 2 or not self.is_main:
+            return
+        pairs_per_step = self.layout.pairs_per_step
+        s_per_pair = 1 / max(self.clock.steady_pairs_per_s(pairs_per_step), 1e-9)
+        if self.compile_mode == "none":
+            self.compile_cache.note_rate("none", s_per_pair)
+        else:
+            warm = self.compile_cache.is_warm(self.compile_mode)
+            self.timeline["step_compile_s"] = max(self.first_step_s - s_per_pair * pairs_per_step, 0.0)
+            self.compile_cache.note_compile(self.compile_mode, self.timeline["step_compile_s"], s_per_pair, warm)
+            self.compile_cache.save_artifacts(self.compile_mode)
+        self.compile_cache.write_record()
 
     def save(self, summary: dict) -> None:
         """The output folder, all or nothing (main process)."""
@@ -573,6 +710,17 @@ class Trainer:
             "reference_cache": self.reference_pass.as_dict() if self.reference_pass is not None else None,
             "prediction_type": self.prediction_type,
             "pairs_per_s": self.clock.steady_pairs_per_s(layout.pairs_per_step),
+            # Pair visits trained by this process over its whole wall time so far: start-up, caching, compiling and
+            # the reference pass included.
+            "pairs_per_s_wall": ((cfg.max_train_steps - self.start_step) * layout.pairs_per_step
+                                 / max(self.timeline.get("steps_done", self.since_start()), 1e-9)),
+            "compile": {
+                "setting": cfg.compile_unet, "mode": self.compile_mode,
+                "decisions": [d.as_dict() for d in self.compile_decisions],
+                "cache": (None if self.compile_cache is None else
+                          {"folder": str(self.compile_cache.folder), **self.compile_cache.environment}),
+            },
+            "timeline_s": self._timeline_s(),
             "data": inputs.pairs.counts(),
             "pair_visits_per_epoch": len(inputs.pairs),
             "retain": ({"images": len(inputs.retain), "set_hash": inputs.retain.set_hash, "weight": cfg.retain.weight}
@@ -582,6 +730,15 @@ class Trainer:
             "resumed_from": str(self.resume_from) if self.resume_from else None,
             "phase_seconds": dict(self.phase_seconds),  # the phases before save
         }
+
+    def _timeline_s(self) -> dict[str, float]:
+        """Seconds since process start at which each phase ended and the first step was done, with the phase
+        durations a cost model scales: latent_cache_s (once per pair), reference_pass_s (per pair visit), and the
+        compile seconds estimated from the first steps (step_compile_s, reference_compile_s)."""
+        timeline = {name: round(value, 3) for name, value in self.timeline.items()}
+        timeline["latent_cache_s"] = round(self.phase_seconds.get("caches", 0.0), 3)
+        timeline["reference_pass_s"] = round(self.phase_seconds.get("reference_pass", 0.0), 3)
+        return timeline
 
     def _write_output(self, summary: dict) -> None:
         """All or nothing: the output folder appears complete or not at all."""
