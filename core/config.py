@@ -351,8 +351,10 @@ def read_yaml(path: str | Path) -> dict:
 
 # Every stage section that may appear at the top of a config file. Keeping the list here means a
 # misspelt section ("trian:") fails loudly instead of being ignored. ``plugins`` lists plug-in modules to load
-# (core.plugins), for a checkout whose installed entry points do not declare them.
-KNOWN_SECTIONS = ("run", "plugins", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora")
+# (core.plugins), for a checkout whose installed entry points do not declare them. ``prompt_filter``, ``rewrite``
+# and ``moderate`` are the mitigations' sections (mitigations.config), which may stand beside the stage sections.
+KNOWN_SECTIONS = ("run", "plugins", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora",
+                  "serve", "prompt_filter", "rewrite", "moderate")
 
 
 def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = (),

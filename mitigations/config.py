@@ -34,7 +34,7 @@ def load_mitigation_config(cls: type[T], path: str | Path | None, section: str, 
     unknown = sorted(set(data) - set(KNOWN_SECTIONS) - set(MITIGATION_SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown top-level section(s) {unknown}. Valid sections: "
-                          f"{list(KNOWN_SECTIONS) + list(MITIGATION_SECTIONS)}")
+                          f"{list(dict.fromkeys([*KNOWN_SECTIONS, *MITIGATION_SECTIONS]))}")
     if section not in data:
         raise ConfigError(f"{path}: no {section}: section (the file's sections: {sorted(data)})")
     load_plugins(data.get("plugins"), str(path))  # a plug-in's scorers, as the stages' configs load them
