@@ -33,8 +33,7 @@ class DetectorConfig:
     prompt's request (misalignment) or the group balance (stereotype).
     """
 
-    scorer: str = field(default="oracle", metadata={
-        "help": "Scorer (a name under curate.scorers) that reads the risk."})
+    scorer: str = field(metadata={"help": "Scorer (a name under curate.scorers) that reads the risk."})
     key: Optional[str] = field(default=None, metadata={
         "help": "Score that flags the risk (exposure, association), e.g. exposed or symbol."})
     threshold: float = field(default=0.5, metadata={"help": "A score at or above this flags the image."})
@@ -102,7 +101,8 @@ class CorrectiveVariant:
 
 @dataclass
 class BalanceConfig:
-    """Stereotype pairs: steer the distribution of ``attribute`` toward ``target`` (uniform if empty).
+    """Stereotype pairs: steer the distribution of the detector's ``attribute`` toward ``target`` (uniform if
+    empty).
 
     ``values`` lists the attribute's values (defaults to the world's groups); ``stratify_by`` names
     the prompt slot within which the distribution is measured (e.g. role: each role has its own bias;
@@ -112,14 +112,15 @@ class BalanceConfig:
     # Removed keys (core/config.py): measured, not adopted.
     REMOVED_KEYS: ClassVar[dict[str, str]] = {"every_deficit_group": "measured and not adopted; see docs/experiments.md"}
 
-    attribute: str = field(default="group", metadata={"help": "Label whose distribution is steered."})
+    attribute: Optional[str] = field(default=None, metadata={
+        "help": "Label whose distribution is steered: the risk's detector.attribute (null: that one)."})
     values: list[str] = field(default_factory=list, metadata={
         "help": "The attribute's values; empty: the world's groups."})
     target: dict[str, float] = field(default_factory=dict, metadata={
         "help": "Target share per value (non-negative, normalised); empty: uniform."})
-    stratify_by: Optional[str] = field(default="role", metadata={
-        "help": "Prompt slot within which the distribution is measured (role: each role its own bias; prompt: "
-                "each prompt alone; null: the whole risk at once)."})
+    stratify_by: Optional[str] = field(default=None, metadata={
+        "help": "Prompt slot within which the distribution is measured (e.g. role: each role its own bias; "
+                "prompt: each prompt alone; null: the whole risk at once)."})
 
     def validate(self) -> None:
         if self.target:
@@ -133,6 +134,7 @@ class BalanceConfig:
 @dataclass
 class RiskConfig:
     prompts: PromptSourceConfig = field(metadata={"help": "Where the risk's prompts come from."})
+    detector: DetectorConfig = field(metadata={"help": "How a scorer's output says an image carries the risk."})
     kind: Optional[str] = field(default=None, metadata={
         "help": f"Risk kind, one of {', '.join(RISK_KINDS)}; null: the risk's name."})
     strategy: Literal["best_of_n", "minimal_pair"] = field(default="minimal_pair", metadata={
@@ -146,8 +148,6 @@ class RiskConfig:
         "help": "best_of_n: N; minimal_pair: seeds tried per prompt per round."})
     max_rounds: int = field(default=4, metadata={
         "help": "Rounds of more seeds per prompt until target_pairs is reached."})
-    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={
-        "help": "How a scorer's output says an image carries the risk."})
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig, metadata={
         "help": "What prompt-aligned means for a preferred image."})
     corrective: list[CorrectiveVariant] = field(default_factory=list, metadata={
@@ -213,7 +213,7 @@ PROCESS_SPLITS = ("auto", "tasks", "batches")
 
 @dataclass
 class CurateConfig:
-    model: str = field(default="models/synthetic-sd", metadata={
+    model: str = field(metadata={
         "help": "Base model: a diffusers folder, or a hub id (org/name) already in the local Hugging Face cache."})
     variant: Optional[str] = field(default=None, metadata={
         "help": "Weight files to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); null: the plain files."})
@@ -234,17 +234,17 @@ class CurateConfig:
     seed: int = field(default=0, metadata={"help": "Base seed of every generated image."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
         "help": "How images are generated (the same keys as eval.generation)."})
-    scorers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"oracle": {}}, metadata={
+    scorers: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "Scorers by name (oracle, nudenet, clip), each with its settings (inference/scorers/), e.g. "
-                "{nudenet: {threshold: 0.45}}."})
+                "{nudenet: {threshold: 0.45}}; every scorer a risk names is declared here."})
     risks: dict[str, RiskConfig] = field(default_factory=dict, metadata={
         "help": "The risks to curate pairs for, by name (a new risk is declared in the config file)."})
     retain: RetainConfig = field(default_factory=RetainConfig, metadata={
         "help": "The retain set: base-model images of risk-free prompts the trainer anchors the LoRA to."})
     precision_recall_scorer: Optional[str] = field(default=None, metadata={
         "help": "Measure this scorer's precision and recall against reference_scorer; null: no measurement."})
-    reference_scorer: str = field(default="oracle", metadata={
-        "help": "The ground truth of precision_recall_scorer."})
+    reference_scorer: Optional[str] = field(default=None, metadata={
+        "help": "The ground truth of precision_recall_scorer (a name under curate.scorers)."})
     cross_risk_check: bool = field(default=True, metadata={
         "help": "A preferred image must also pass every other exposure/association risk's detector: a pair never "
                 "prefers an image that carries another risk."})
@@ -288,6 +288,10 @@ class CurateConfig:
                 raise ConfigError(f"curate.risks.{name}.detector.key is required for {kind} (e.g. exposed)")
             if kind in ("stereotype", "misalignment") and not risk.detector.attribute:
                 raise ConfigError(f"curate.risks.{name}.detector.attribute is required for {kind} (e.g. group)")
+            if risk.balance.attribute not in (None, risk.detector.attribute):
+                raise ConfigError(f"curate.risks.{name}.balance.attribute is {risk.balance.attribute!r}, but the "
+                                  f"pairs steer the label the detector reads ({risk.detector.attribute!r}); set that "
+                                  "or leave it out")
             if any(v.set_slots for v in risk.corrective) and not prompt_source(risk.prompts.source).rewritable:
                 raise ConfigError(f"curate.risks.{name}: set_slots needs prompts whose slots can be re-rendered "
                                   f"(templates, or a plug-in source such as world), not {risk.prompts.source}")
@@ -300,6 +304,8 @@ class CurateConfig:
             if risk.request_pairs and f"{name}{REQUEST_SUFFIX}" in self.risks:
                 raise ConfigError(f"curate.risks: {name}{REQUEST_SUFFIX} is the name of {name}'s request task; "
                                   "rename that risk")
+        if self.precision_recall_scorer is not None and self.reference_scorer is None:
+            raise ConfigError("curate.precision_recall_scorer needs curate.reference_scorer (its ground truth)")
         for name in (self.precision_recall_scorer, self.reference_scorer):
             if name is not None and self.precision_recall_scorer is not None and name not in self.scorers:
                 raise ConfigError(f"curate: scorer {name!r} for precision/recall is not configured under curate.scorers")

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal, Optional
 
 from core.config import Renamed
 from core.errors import ConfigError
-from evals.suite import eval_suite_of
+from evals.suite import I2P_MODE, eval_suite_of
 from inference.config import GenerationConfig
 from inference.scorers import check_scorer_name
 
@@ -21,9 +21,8 @@ RISKS = ("exposure", "stereotype", "association", "misalignment")
 # Only content a prompt can ask for can be suppressed: named groups and requested outfits are always honoured.
 SUPPRESSIBLE_RISKS = ("exposure", "association")
 
-# Safety negative prompts for the synthetic world: the world's words for its planted risks (the
-# tokenizer only knows the world's vocabulary). Real-model configs list their own.
-DEFAULT_WORLD_NEGATIVE_PROMPTS = ["bare torso", "shirtless", "cage", "skull", "storm cloud", "robe"]
+# Safety negative prompts of the negative_prompt baseline for a real model: the harms the I2P categories name.
+DEFAULT_NEGATIVE_PROMPTS = ["nudity", "nude", "naked", "sexual", "violence", "gore", "blood", "weapon", "hate symbol"]
 
 # Q16-style zero-shot "inappropriate" concept for the CLIP scorer on real models.
 DEFAULT_INAPPROPRIATE_POSITIVE = [
@@ -48,10 +47,10 @@ def check_request_policy(policy: dict[str, str], where: str) -> None:
 class FilterBaselineConfig:
     """Output filter + regenerate: reject a flagged image, regenerate with a new seed up to k times."""
 
-    scorer: str = field(default="oracle", metadata={
+    scorer: str = field(default="nudenet", metadata={
         "help": "Registered scorer that reads each image for the filter: nudenet, clip or a plug-in's (the synthetic "
                 "world's oracle)."})
-    flag_labels: list[str] = field(default_factory=lambda: ["exposed", "symbol"], metadata={
+    flag_labels: list[str] = field(default_factory=lambda: ["exposed"], metadata={
         "help": "Scorer labels that flag an image when true or a string other than none (oracle: exposed, symbol; "
                 "nudenet: exposed; clip: inappropriate)."})
     max_retries: int = field(default=3, metadata={"help": "k: regenerations of a flagged image, each with a new seed."})
@@ -115,9 +114,8 @@ class BootstrapConfig:
 
 @dataclass
 class ReportConfig:
-    blur_px: int = field(default=0, metadata={
-        "help": "Blur radius in pixels of scorer-flagged images in report.html (click to reveal); 0: off (the "
-                "synthetic world's images need none)."})
+    blur_px: int = field(default=16, metadata={
+        "help": "Blur radius in pixels of scorer-flagged images in report.html (click to reveal); 0: off."})
     grid_columns: int = field(default=6, metadata={"help": "Images per row of the report's image grids."})
 
     def validate(self) -> None:
@@ -134,11 +132,11 @@ class EvalConfig:
         **{f.name: Renamed(f"generation.{f.name}") for f in fields(GenerationConfig)},
     }
 
-    mode: str = field(default="synthetic", metadata={
+    mode: str = field(metadata={
         "help": "A registered eval suite (evals/suite.py), e.g. the synthetic world's synthetic: its held-out "
                 "prompts, read by the exact oracle; or i2p: a real model on "
                 "an I2P-format CSV and benign captions (eval.i2p)."})
-    model: str = field(default="models/synthetic-sd", metadata={
+    model: str = field(metadata={
         "help": "Base model: a diffusers folder, or a hub id (org/name) already in the local Hugging Face cache."})
     variant: Optional[str] = field(default=None, metadata={
         "help": "Weight files to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); null: the plain files."})
@@ -151,9 +149,9 @@ class EvalConfig:
                 "runs/<config>/preference_set."})
     models: list[str] = field(default_factory=lambda: list(MODEL_NAMES), metadata={
         "help": f"Models to evaluate, base always included: {', '.join(MODEL_NAMES)}."})
-    negative_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_WORLD_NEGATIVE_PROMPTS), metadata={
-        "help": "Safety negative prompts of the negative_prompt baseline, joined with commas (default: the "
-                "synthetic world's words for its risks)."})
+    negative_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_NEGATIVE_PROMPTS), metadata={
+        "help": "Safety negative prompts of the negative_prompt baseline, joined with commas (default: words for "
+                "the harms of the I2P categories; a model whose tokenizer knows other words lists its own)."})
     filter: FilterBaselineConfig = field(default_factory=FilterBaselineConfig, metadata={
         "help": "The output-filter-and-regenerate baseline (filter_regenerate)."})
     families: list[str] = field(default_factory=lambda: list(WORLD_FAMILIES), metadata={
@@ -186,9 +184,10 @@ class EvalConfig:
         "help": "auto (cuda when a GPU is visible, else cpu), cpu, cuda, ..."})
     oracle_path: str = field(default="models/synthetic-oracle", metadata={
         "help": "The synthetic world's oracle (synthetic mode, and the oracle filter scorer)."})
-    clip_path: str = field(default="models/synthetic-clip", metadata={
+    clip_path: str | None = field(default=None, metadata={
         "help": "open_clip model for the CLIP score: a folder (<name>.json + <name>.safetensors) or a "
-                ".safetensors checkpoint with clip_model_name."})
+                ".safetensors checkpoint with clip_model_name; required unless nothing is CLIP-scored (an i2p "
+                "eval of a CSV alone, read by nudenet)."})
     clip_model_name: str | None = field(default=None, metadata={
         "help": "open_clip architecture of a bare .safetensors clip_path (e.g. ViT-L-14)."})
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig, metadata={
@@ -225,3 +224,14 @@ class EvalConfig:
                                   f"({self.seeds_per_prompt}), or null for all seeds; got {n!r}")
         if self.mode == "i2p" and not (self.i2p.csv or self.i2p.captions):
             raise ConfigError("eval.mode=i2p needs eval.i2p.csv and/or eval.i2p.captions (local files)")
+        if self.clip_path is None and self.uses_clip():
+            raise ConfigError("eval.clip_path is required: the open_clip model of the CLIP score (a folder with "
+                              "<name>.json + <name>.safetensors, or a .safetensors file with eval.clip_model_name)")
+
+    def uses_clip(self) -> bool:
+        """Whether anything of this eval is read with CLIP: the CLIP score of an eval suite's images and of the
+        i2p captions, or CLIP as the i2p scorer or the filter baseline's scorer."""
+        i2p = self.i2p
+        return (self.mode != I2P_MODE or bool(i2p.captions or i2p.paraphrase_captions)
+                or (bool(i2p.csv) and i2p.scorer == "clip")
+                or ("filter_regenerate" in self.models and self.filter.scorer == "clip"))

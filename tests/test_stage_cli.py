@@ -76,14 +76,15 @@ def test_curate_and_eval_share_one_generation_section():
 def test_eval_generation_keys_moved_into_the_generation_section():
     from evals.config import EvalConfig
 
+    required = {"mode": "synthetic", "model": "m", "clip_path": "c"}
     with pytest.warns(FutureWarning, match=r"eval\.steps is deprecated, use eval\.generation\.steps"):
-        cfg = config_from_dict(EvalConfig, {"steps": 7, "generation": {"sampler": "euler"}}, where="eval")
+        cfg = config_from_dict(EvalConfig, {**required, "steps": 7, "generation": {"sampler": "euler"}}, where="eval")
     assert (cfg.generation.steps, cfg.generation.sampler) == (7, "euler")
     with pytest.warns(FutureWarning, match=r"fast_paths is deprecated, use generation\.fast_paths"):
-        cfg = config_from_dict(EvalConfig, {}, ["fast_paths=false", "speedups.compile_vae=false"])
+        cfg = config_from_dict(EvalConfig, required, ["fast_paths=false", "speedups.compile_vae=false"])
     assert cfg.generation.fast_paths is False and cfg.generation.speedups.compile_vae is False
     with pytest.raises(ConfigError, match=r"eval\.guidance is the old name of eval\.generation\.guidance"):
-        config_from_dict(EvalConfig, {"guidance": 2.0, "generation": {"guidance": 3.0}}, where="eval")
+        config_from_dict(EvalConfig, {**required, "guidance": 2.0, "generation": {"guidance": 3.0}}, where="eval")
     assert "steps" not in {doc.key for doc in config_key_docs(EvalConfig)}
 
 
@@ -104,21 +105,30 @@ def test_eval_model_and_lora_have_the_names_curate_and_train_use():
     from evals.config import EvalConfig
 
     with pytest.warns(FutureWarning, match=r"eval\.model_path is deprecated, use eval\.model"):
-        cfg = config_from_dict(EvalConfig, {"model_path": "some/model"}, where="eval")
+        cfg = config_from_dict(EvalConfig, {"mode": "synthetic", "model_path": "some/model", "clip_path": "c"},
+                               where="eval")
     assert cfg.model == "some/model"
     with pytest.warns(FutureWarning, match=r"lora_dir is deprecated, use lora"):
-        cfg = config_from_dict(EvalConfig, {}, ["lora_dir=runs/x/lora"])
+        cfg = config_from_dict(EvalConfig, {"mode": "synthetic", "model": "m", "clip_path": "c"},
+                               ["lora_dir=runs/x/lora"])
     assert cfg.lora == "runs/x/lora"
     assert "model_path" not in {doc.key for doc in config_key_docs(EvalConfig)}
+
+
+@pytest.mark.parametrize("module", ["data_curation.curate", "training.train", "evals.evaluate"])
+def test_a_config_without_a_model_names_the_missing_key(module):
+    cli = stage_cli(module)
+    with pytest.raises(ConfigError, match=rf"{cli.section}: required key\(s\) missing: \[.*'model'"):
+        config_from_dict(cli.cls, {}, where=cli.section)
 
 
 def test_train_tensorboard_became_report_to():
     from training.config import TrainConfig
 
     with pytest.warns(FutureWarning, match=r"tensorboard is deprecated, use report_to"):
-        assert config_from_dict(TrainConfig, {}, ["tensorboard=false"]).report_to == "none"
+        assert config_from_dict(TrainConfig, {"model": "m"}, ["tensorboard=false"]).report_to == "none"
     with pytest.warns(FutureWarning):
-        assert config_from_dict(TrainConfig, {"tensorboard": True}).report_to == "tensorboard"
+        assert config_from_dict(TrainConfig, {"model": "m", "tensorboard": True}).report_to == "tensorboard"
 
 
 STAGE_OF_SECTION = {stage_cli(m).section: m for m in STAGES}

@@ -94,7 +94,7 @@ class TrainConfig:
     }
 
     # --- inputs / outputs -------------------------------------------------------------------------
-    model: str = field(default="models/synthetic-sd", metadata={
+    model: str = field(metadata={
         "help": "Base model: a diffusers folder (SD1.x/2.x or SDXL), or a hub id (org/name) already in the local "
                 "Hugging Face cache."})
     variant: Optional[str] = field(default=None, metadata={

@@ -31,6 +31,8 @@ def test_batch_size_config_accepts_auto_or_a_positive_number():
 def test_eval_batch_size_accepts_auto():
     from evals.config import EvalConfig
 
-    assert config_from_dict(EvalConfig, {"generation": {"batch_size": "auto"}}).generation.batch_size == "auto"
+    required = {"mode": "synthetic", "model": "m", "clip_path": "c"}
+    cfg = config_from_dict(EvalConfig, {**required, "generation": {"batch_size": "auto"}})
+    assert cfg.generation.batch_size == "auto"
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
-        config_from_dict(EvalConfig, {"generation": {"batch_size": -1}})
+        config_from_dict(EvalConfig, {**required, "generation": {"batch_size": -1}})

@@ -152,10 +152,11 @@ def test_retain_folder_follows_the_preference_set(tmp_path):
     from data_curation.config import CurateConfig, RetainConfig
     from data_curation.curate import retain_folder
 
-    assert retain_folder(CurateConfig(), "configs/demo.yaml") == Path("runs/demo/retain_set")
-    moved = CurateConfig(output_dir=str(tmp_path / "sweep" / "preference_set"))
+    assert retain_folder(CurateConfig(model="m"), "configs/demo.yaml") == Path("runs/demo/retain_set")
+    moved = CurateConfig(model="m", output_dir=str(tmp_path / "sweep" / "preference_set"))
     assert retain_folder(moved, "configs/demo.yaml") == tmp_path / "sweep" / "retain_set"
-    explicit = CurateConfig(output_dir=str(tmp_path / "a"), retain=RetainConfig(output_dir=str(tmp_path / "r")))
+    explicit = CurateConfig(model="m", output_dir=str(tmp_path / "a"),
+                            retain=RetainConfig(output_dir=str(tmp_path / "r")))
     assert retain_folder(explicit, "configs/demo.yaml") == tmp_path / "r"
 
 

@@ -80,13 +80,16 @@ def test_honour_prefers_the_requested_content_and_suppress_drops_it():
 
 
 def _curate_config(policy: str, **risk_extra) -> CurateConfig:
-    exposure = {"prompts": {"source": "world", "family": "exposure"}, "detector": {"key": "exposed"},
+    exposure = {"prompts": {"source": "world", "family": "exposure"},
+                "detector": {"scorer": "oracle", "key": "exposed"},
                 "corrective": [{"set_slots": {"exposed": False}}], "requested": policy,
                 "request_prompts": {"source": "world", "family": "exposure_request"}, "request_pairs": 5}
     exposure.update(risk_extra)
-    association = {"prompts": {"source": "world", "family": "association"}, "detector": {"key": "symbol_present"},
+    association = {"prompts": {"source": "world", "family": "association"},
+                   "detector": {"scorer": "oracle", "key": "symbol_present"},
                    "corrective": [{"negative_prompt": "cage"}]}
-    return config_from_dict(CurateConfig, {"risks": {"exposure": exposure, "association": association}})
+    return config_from_dict(CurateConfig, {"model": "m", "scorers": {"oracle": {}},
+                                           "risks": {"exposure": exposure, "association": association}})
 
 
 def test_request_task_is_derived_from_its_risk_and_skips_its_own_detector():
@@ -104,8 +107,8 @@ def test_request_task_is_derived_from_its_risk_and_skips_its_own_detector():
 
 def test_request_policy_config_errors():
     with pytest.raises(ConfigError, match="needs request_prompts"):
-        config_from_dict(CurateConfig, {"risks": {"exposure": {
-            "prompts": {"source": "world", "family": "exposure"}, "detector": {"key": "exposed"},
+        config_from_dict(CurateConfig, {"model": "m", "scorers": {"oracle": {}}, "risks": {"exposure": {
+            "prompts": {"source": "world", "family": "exposure"}, "detector": {"scorer": "oracle", "key": "exposed"},
             "corrective": [{"negative_prompt": "x"}], "request_pairs": 3}}})
     with pytest.raises(ConfigError, match="strategy: minimal_pair"):
         _curate_config("honour", strategy="best_of_n", corrective=[])

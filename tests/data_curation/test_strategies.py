@@ -104,7 +104,7 @@ def test_stereotype_pairs_push_toward_uniform_not_a_new_majority():
     judge = make_judge("stereotype", risk(
         prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair", target_pairs=40,
         images_per_prompt=12, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
-        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"},
+        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"}, balance={"stratify_by": "role"},
     ))
     pairs, info = curate_risk(FakeWorkspace(), judge, prompts, BASE, base_seed=0, default_groups=GROUPS)
     assert len(pairs) == 40
@@ -155,7 +155,7 @@ def _stereotype_judge(strategy: str, target_pairs: int = 40):
     return make_judge("stereotype", risk(
         prompts={"source": "templates", "templates": ["x"]}, strategy=strategy, target_pairs=target_pairs,
         images_per_prompt=12, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
-        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"},
+        corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"}, balance={"stratify_by": "role"},
     ))
 
 
@@ -237,7 +237,8 @@ def _lazy_cases():
                     corrective=[{"negative_prompt": "bare torso"}, {"negative_prompt": "bare torso", "guidance": 8.0}])
     stereotype = dict(prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair",
                       images_per_prompt=3, max_rounds=3, detector={"scorer": "oracle", "attribute": "group"},
-                      corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"})
+                      corrective=[{"rewrite": "a {group} {role}"}], alignment={"scorer": "oracle"},
+                      balance={"stratify_by": "role"})
     places = expand_templates(["a person at the {place} {n}"], {"place": ["beach", "party", "park"], "n": list("abcdefgh")})
     roles = expand_templates(["a {role} {n}"], {"role": ["doctor", "chef"], "n": list("abcdef")})
     return {

@@ -91,4 +91,5 @@ def test_stereotype_section_counts_each_models_images():
 @pytest.mark.parametrize("value", [0, 5, True, "2"])
 def test_baseline_seeds_are_validated(value):
     with pytest.raises((ConfigError, ValueError, TypeError)):
-        config_from_dict(EvalConfig, {"seeds_per_prompt": 4, "baseline_seeds_per_prompt": value})
+        config_from_dict(EvalConfig, {"mode": "synthetic", "model": "m", "clip_path": "c", "seeds_per_prompt": 4,
+                                      "baseline_seeds_per_prompt": value})

@@ -90,11 +90,17 @@ def fake_world(monkeypatch):
     return module
 
 
+# The baselines in the world's words, as configs/demo.yaml sets them.
+WORLD_BASELINES = {"negative_prompts": ["bare torso", "shirtless", "cage", "skull", "storm cloud", "robe"],
+                   "filter": {"scorer": "oracle", "flag_labels": ["exposed", "symbol"]}}
+
+
 def _cfg(model, out, clip, **extra):
     data = {"model": str(model), "output_dir": str(out), "generation": {"steps": 2, "batch_size": 16},
             "seeds_per_prompt": 2, "prompts_per_family": 2, "clip_path": str(clip), "device": "cpu",
             "preference_set": str(out.parent / "no_preference_set"), "bootstrap": {"n_boot": 200},
-            "filter": {"max_retries": 2}, "report": {"grid_columns": 2}}
+            "mode": "synthetic", **WORLD_BASELINES, "filter": dict(WORLD_BASELINES["filter"], max_retries=2),
+            "report": {"blur_px": 0, "grid_columns": 2}}
     data.update(extra)
     return config_from_dict(EvalConfig, data)
 
@@ -177,7 +183,8 @@ def test_eval_refuses_prompts_that_curation_uses(fake_world, tiny_sd15_path, tin
     config.write_text(yaml.safe_dump({
         "curate": {"risks": {"exposure": {"strategy": "best_of_n", "detector": {"key": "exposed"},
                                           "prompts": {"source": "file", "path": str(prompt_file)}}}},
-        "eval": {"model": str(tiny_sd15_path), "output_dir": str(tmp_path / "eval"), "models": ["base"],
+        "eval": {"mode": "synthetic", "model": str(tiny_sd15_path), "output_dir": str(tmp_path / "eval"),
+                 "models": ["base"],
                  "clip_path": str(tiny_clip_dir)},
     }))
     cfg = evaluate.load_stage_config(EvalConfig, config, "eval")
@@ -197,10 +204,11 @@ def test_world_eval_on_the_synthetic_model(synthetic_sd_path, synthetic_oracle_p
                                            tmp_path):
     """The real world: eval split, trained oracle and synthetic CLIP (base vs negative prompts)."""
     cfg = config_from_dict(EvalConfig, {
-        "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
+        "mode": "synthetic", "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
         "clip_path": str(synthetic_clip_path), "output_dir": str(tmp_path / "eval"),
         "preference_set": str(tmp_path / "none"), "models": ["base", "negative_prompt", "filter_regenerate"],
-        "prompts_per_family": 4, "seeds_per_prompt": 2, "steps": 10, "bootstrap": {"n_boot": 200},
+        **WORLD_BASELINES, "prompts_per_family": 4, "seeds_per_prompt": 2, "generation": {"steps": 10},
+        "bootstrap": {"n_boot": 200},
     })
     summary = evaluate.run_eval(cfg, "unit")["summary"]
     rows = {r["id"]: r for r in summary["metrics"]}
@@ -237,11 +245,12 @@ def test_two_process_eval_matches_one_process(synthetic_sd_path, synthetic_oracl
     main one scores (collectively for the filter baseline, alone for the metrics) and writes the report. The
     numbers must be those of one process (CLIP scores up to float rounding of the other thread count)."""
     config = {
-        "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
+        "mode": "synthetic", "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
         "clip_path": str(synthetic_clip_path), "preference_set": str(tmp_path / "none"),
-        "models": ["base", "negative_prompt", "filter_regenerate"], "families": ["exposure", "neutral"],
-        "prompts_per_family": 3, "seeds_per_prompt": 2, "steps": 10, "guidance": 1.5, "sampler": "dpmsolver",
-        "batch_size": 4, "bootstrap": {"n_boot": 200},
+        "models": ["base", "negative_prompt", "filter_regenerate"], **WORLD_BASELINES,
+        "families": ["exposure", "neutral"], "prompts_per_family": 3, "seeds_per_prompt": 2,
+        "generation": {"steps": 10, "guidance": 1.5, "sampler": "dpmsolver", "batch_size": 4},
+        "bootstrap": {"n_boot": 200},
     }
     one = _run_eval_process(config, tmp_path / "one", 1, 0)
     two = _run_eval_process(config, tmp_path / "two", 2, 29531)

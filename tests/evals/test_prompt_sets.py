@@ -45,10 +45,11 @@ def test_family_prompts_must_name_evaluated_families_and_positive_counts():
     from core.errors import ConfigError
     from evals.config import EvalConfig
 
+    required = {"mode": "synthetic", "model": "m", "clip_path": "c"}
     with pytest.raises(ConfigError, match="stereotypes"):
-        config_from_dict(EvalConfig, {"family_prompts": {"stereotypes": 80}})
+        config_from_dict(EvalConfig, {**required, "family_prompts": {"stereotypes": 80}})
     with pytest.raises((ConfigError, ValueError), match="family_prompts"):
-        config_from_dict(EvalConfig, {"family_prompts": {"stereotype": 0}})
+        config_from_dict(EvalConfig, {**required, "family_prompts": {"stereotype": 0}})
 
 
 def _curation_tasks(config_path):
@@ -84,14 +85,14 @@ def test_curation_prompts_from_config_include_request_tasks_and_match_curation(t
 
     corrective = [{"rewrite": "{prompt}, clothed"}]
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"curate": {"risks": {
+    config.write_text(yaml.safe_dump({"curate": {"model": "m", "scorers": {"oracle": {}}, "risks": {
         "exposure": {"prompts": {"source": "templates", "templates": ["a {role} at the beach"],
                                  "slots": {"role": ["chef", "pilot"]}},
-                     "detector": {"key": "exposed"}, "corrective": corrective, "request_pairs": 3,
+                     "detector": {"scorer": "oracle", "key": "exposed"}, "corrective": corrective, "request_pairs": 3,
                      "request_prompts": {"source": "templates", "templates": ["a {role} with a bare torso"],
                                          "slots": {"role": ["chef"]}}},
-        "association": {"prompts": {"source": "world", "family": "association"}, "detector": {"key": "symbol_present"},
-                        "corrective": corrective},
+        "association": {"prompts": {"source": "world", "family": "association"},
+                        "detector": {"scorer": "oracle", "key": "symbol_present"}, "corrective": corrective},
     }}}, sort_keys=False))
     sources = curation_prompt_sources(config)
     assert [name for name, _ in sources] == ["curate.risks.exposure", "curate.risks.exposure_request",

@@ -91,15 +91,18 @@ def test_request_policy_decides_the_bar():
     assert suppress["exposure_request"]["aligned"] == pytest.approx(honour["exposure_request"]["aligned"])
 
 
+REQUIRED = {"mode": "synthetic", "model": "m", "clip_path": "c"}  # what an eval config must name
+
+
 def test_request_policy_is_validated():
     with pytest.raises(ConfigError, match="suppress applies to risks"):
-        config_from_dict(EvalConfig, {"requested": {"stereotype": "suppress"}})
+        config_from_dict(EvalConfig, {**REQUIRED, "requested": {"stereotype": "suppress"}})
     with pytest.raises(ConfigError, match="not a policy"):
-        config_from_dict(EvalConfig, {"requested": {"exposure": "hide"}})
+        config_from_dict(EvalConfig, {**REQUIRED, "requested": {"exposure": "hide"}})
     with pytest.raises(ConfigError, match="unknown risk"):
-        config_from_dict(EvalConfig, {"requested": {"exposur": "honour"}})
+        config_from_dict(EvalConfig, {**REQUIRED, "requested": {"exposur": "honour"}})
     with pytest.raises(ConfigError, match="eval.splits"):
-        config_from_dict(EvalConfig, {"splits": ["paraphrase"]})
+        config_from_dict(EvalConfig, {**REQUIRED, "splits": ["paraphrase"]})
 
 
 def test_report_writes_bars_markdown_and_grid_pngs(tmp_path):

@@ -110,12 +110,13 @@ def test_global_batch_sizes_derive_micro_batches_or_fail_clearly():
     from core.errors import ConfigError
     from training.config import RetainSettings, TrainConfig
 
-    assert TrainConfig(micro_batch_size=5).micro_batch_sizes(2) == (5, 8)  # unset: the per-process sizes
-    assert TrainConfig(pairs_per_step=16, retain=RetainSettings(images_per_step=4)).micro_batch_sizes(2) == (8, 2)
+    assert TrainConfig(model="m", micro_batch_size=5).micro_batch_sizes(2) == (5, 8)  # unset: the per-process sizes
+    with_retain = TrainConfig(model="m", pairs_per_step=16, retain=RetainSettings(images_per_step=4))
+    assert with_retain.micro_batch_sizes(2) == (8, 2)
     with pytest.raises(ConfigError, match="pairs_per_step=6 does not split over 1 process"):
-        TrainConfig(pairs_per_step=6, gradient_accumulation_steps=4).micro_batch_sizes(1)
+        TrainConfig(model="m", pairs_per_step=6, gradient_accumulation_steps=4).micro_batch_sizes(1)
     with pytest.raises(ConfigError, match="retain.images_per_step=3 does not split over 2 process"):
-        TrainConfig(retain=RetainSettings(images_per_step=3)).micro_batch_sizes(2)
+        TrainConfig(model="m", retain=RetainSettings(images_per_step=3)).micro_batch_sizes(2)
 
 
 def test_global_batch_that_does_not_split_fails_before_training(tiny_sd15_path, tiny_set, tmp_path, capsys):

@@ -24,24 +24,24 @@ from training.train import load_config, train
 
 def test_setting_spellings_and_bad_values():
     # YAML reads on/off as booleans; both spellings mean the same.
-    assert load_config(None, ["cuda_graph=on"]).cuda_graph_setting() == "on"
-    assert load_config(None, ["cuda_graph=off"]).cuda_graph_setting() == "off"
-    assert load_config(None, ["cuda_graph='on'"]).cuda_graph_setting() == "on"
-    assert load_config(None, []).cuda_graph_setting() == "auto"
+    assert load_config(None, ["model=m", "cuda_graph=on"]).cuda_graph_setting() == "on"
+    assert load_config(None, ["model=m", "cuda_graph=off"]).cuda_graph_setting() == "off"
+    assert load_config(None, ["model=m", "cuda_graph='on'"]).cuda_graph_setting() == "on"
+    assert load_config(None, ["model=m"]).cuda_graph_setting() == "auto"
     with pytest.raises(ConfigError, match="cuda_graph"):
-        load_config(None, ["cuda_graph=sometimes"])
+        load_config(None, ["model=m", "cuda_graph=sometimes"])
 
 
 def test_digest_does_not_depend_on_cuda_graph():
     """Checkpoints written before the option existed, and by eager or graphed runs, resume under any value."""
-    cfg = TrainConfig(data="set")
+    cfg = TrainConfig(model="m", data="set")
     for value in ("on", "off", True, False):
         assert config_digest(dataclasses.replace(cfg, cuda_graph=value)) == config_digest(cfg)
 
 
 def _blockers(*overrides: str, device: str = "cuda", processes: int = 1, precision: str = "bf16",
               family: str = "sd") -> list[str]:
-    return graph_blockers(load_config(None, list(overrides)), device, processes, precision, family)
+    return graph_blockers(load_config(None, ["model=m", *overrides]), device, processes, precision, family)
 
 
 def test_blockers_name_each_reason():

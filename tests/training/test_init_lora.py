@@ -84,7 +84,7 @@ def test_digest_ignores_later_options_at_their_defaults():
     from training.checkpoints import _LATER_DEFAULTS, config_digest
     from training.config import TrainConfig
 
-    cfg = TrainConfig(data="set")
+    cfg = TrainConfig(model="m", data="set")
     assert all(getattr(cfg, k) == v for k, v in _LATER_DEFAULTS.items())
     from core.config import to_dict
     from core.io import stable_key

@@ -38,7 +38,7 @@ def test_load_components_fp16_variant_from_the_hub_cache(fp16_model, tiny_sd15_p
 def test_train_config_takes_a_variant(tmp_path):
     from training.train import load_config
 
-    assert load_config(None, []).variant is None
-    assert load_config(None, ["variant=fp16", f"data={tmp_path}"]).variant == "fp16"
+    assert load_config(None, ["model=m"]).variant is None
+    assert load_config(None, ["model=m", "variant=fp16", f"data={tmp_path}"]).variant == "fp16"
     with pytest.raises(ConfigError, match="variant"):
-        load_config(None, ["variant=[fp16]"])
+        load_config(None, ["model=m", "variant=[fp16]"])

@@ -37,13 +37,13 @@ def test_per_risk_options_map_each_pair():
     from training.trainer import per_pair_options
 
     pairs = SimpleNamespace(risks=lambda: ["exposure", "stereotype", "exposure"])
-    cfg = TrainConfig(data="set", rpo_alpha_per_risk={"stereotype": 0.3})
+    cfg = TrainConfig(model="m", data="set", rpo_alpha_per_risk={"stereotype": 0.3})
     assert set(per_pair_options(cfg, pairs)) == {"rpo_alpha"}
     assert per_pair_options(cfg, pairs)["rpo_alpha"].tolist() == pytest.approx([0.0, 0.3, 0.0])
-    cfg = TrainConfig(data="set", rpo_alpha_per_risk={"stereotype": 0.3}, rpo_rejected_share_per_risk={"stereotype": 1 / 3})
+    cfg = TrainConfig(model="m", data="set", rpo_alpha_per_risk={"stereotype": 0.3}, rpo_rejected_share_per_risk={"stereotype": 1 / 3})
     assert set(per_pair_options(cfg, pairs)) == {"rpo_alpha", "rpo_rejected_share"}
     assert per_pair_options(cfg, pairs)["rpo_rejected_share"].tolist() == pytest.approx([0.0, 1 / 3, 0.0])
-    assert per_pair_options(TrainConfig(data="set"), pairs) == {}  # plain DPO: the loss is unchanged
+    assert per_pair_options(TrainConfig(model="m", data="set"), pairs) == {}  # plain DPO: the loss is unchanged
 
 
 def test_rpo_reaches_the_training_loss(tiny_sd15_path, tiny_set, tmp_path):
