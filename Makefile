@@ -36,10 +36,10 @@ else
 LAUNCH := $(PY) -m
 endif
 
-.PHONY: setup setup-browser test test-slow test-all base world-report curate train eval demo annotate bench clean help
+.PHONY: setup setup-browser test test-slow test-all base world-report curate train eval demo annotate serve bench clean help
 
 help:
-	@echo "make setup | test | test-slow | demo | curate | train | eval | annotate | base | world-report | bench"
+	@echo "make setup | test | test-slow | demo | curate | train | eval | annotate | serve | base | world-report | bench"
 
 # Idempotent: reinstalls only when pyproject.toml changes.
 setup: $(STAMP)
@@ -88,6 +88,11 @@ demo: setup
 
 annotate: setup
 	$(PY) -m annotation.cli serve --config $(CONFIG) --set $(SET) --port $(PORT) $(ARGS)
+
+# The guarded generation service (serving/, docs/mitigations.md): the aligned LoRA behind the guard stack, on
+# loopback; client tokens from serve.tokens_file or the SAFE_DIFFUSION_DPO_SERVE_TOKENS environment variable.
+serve: setup
+	$(PY) -m serving.serve --config $(CONFIG) $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.bench $(ARGS)
