@@ -18,7 +18,6 @@ of generation latency.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
