@@ -17,6 +17,7 @@ import yaml
 
 from core.config import load_stage_config
 from core.errors import ModelPathError
+from mitigations.stack import build_prompt_filter, build_rewriter
 from serving import serve, tokens
 from serving.config import TOKENS_ENV, ServeConfig
 from serving.server import start_in_thread
@@ -121,3 +122,17 @@ def test_the_serve_process_answers_and_stops_on_ctrl_c(tmp_path, tiny_sd15_path)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     assert json.loads((tmp_path / "decisions.jsonl").read_text())["client"] == "ci"
+
+
+def test_one_run_config_may_hold_the_layers_sections_beside_serve(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "serve": {"model": "m", "stack": {"prompt_filter": {"config": str(config)}, "rewrite": {"config": str(config)},
+                                          "output_check": {"enabled": False}}},
+        "prompt_filter": {"blocklist": {"exposure": ["shirtless"]}},
+        "rewrite": {"reframe": [{"name": "beach", "contexts": ["beach"], "phrase": "fully clothed",
+                                 "request_policy": "honour"}]},
+    }))
+    cfg = load_stage_config(ServeConfig, config, "serve")
+    assert build_prompt_filter(cfg.stack.prompt_filter).check("a sh1rtless chef").blocked
+    assert build_rewriter(cfg.stack.rewrite).rewrite("a chef at the beach").prompt == "a chef at the beach, fully clothed"
