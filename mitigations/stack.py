@@ -13,7 +13,7 @@ section such as ``serve:``):
    registry (the synthetic world's ``oracle``, ``nudenet``, ``clip``), and flag rules over their outputs;
 5. **regenerate** a flagged image up to ``regenerate.max_tries`` generations in all: ``plain`` draws new seeds
    (the seeds the eval's filter + regenerate baseline draws); ``guided`` keeps the seed and steers away from the
-   concepts the image was flagged for, by a negative prompt;
+   concepts the image was flagged for, by a negative prompt or by Safe Latent Diffusion (:mod:`inference.sld`);
 6. what is still flagged when the tries run out is **blurred** (or refused, or kept) and comes with warnings.
 
 Every prompt gets a :class:`GuardRecord`: the filter's decision (rule, term, span), the rewrite, each try (seed,
@@ -37,6 +37,7 @@ from core.errors import ConfigError, DataError
 from core.models import load_pipeline, lora_weights_file
 from inference.config import GenerationConfig
 from inference.generation import GenerationSpec, derive_seed, generate, native_resolution, resolve_batch_size
+from inference.sld import SLDConfig, sld_view
 from mitigations.config import load_mitigation_config
 from mitigations.filter import FilterDecision, PromptFilter, PromptFilterConfig
 from mitigations.moderation import ImageModerator, ImageVerdict, ModerationConfig
@@ -73,12 +74,17 @@ class RegenerateConfig:
                 "new seed only once that seed has been tried with those concepts."})
     max_tries: int = field(default=3, metadata={
         "help": "Generations per prompt in all, the first included (1: never regenerate)."})
-    guidance: Literal["negative_prompt"] = field(default="negative_prompt", metadata={
+    guidance: Literal["negative_prompt", "sld"] = field(default="negative_prompt", metadata={
         "help": "How guided mode steers: negative_prompt (the flagged concepts' texts added to the negative "
-                "prompt)."})
+                "prompt) or sld (Safe Latent Diffusion with the concepts as its safety concept; SD 1.x/2.x only, "
+                "needs generation.guidance > 1)."})
     concepts: dict[str, str] = field(default_factory=dict, metadata={
         "help": "Flag name (a rule of the output check) -> the text guided mode steers away from, e.g. "
                 "{exposed: 'bare torso, shirtless'}; guided mode needs one for every flag rule."})
+    sld: SLDConfig = field(default_factory=SLDConfig, metadata={
+        "help": "Safe Latent Diffusion settings of guidance: sld (its safety_concept is replaced by the flagged "
+                "concepts' texts)."})
+
     def validate(self) -> None:
         if self.max_tries < 1:
             raise ConfigError(f"stack.regenerate.max_tries must be >= 1, got {self.max_tries}")
@@ -130,7 +136,7 @@ class TryRecord:
     attempt: int  # 1: the first generation
     seed: int
     negative_prompt: str
-    guidance: str  # none (the first try), new_seed or negative_prompt
+    guidance: str  # none (the first try), new_seed, negative_prompt or sld
     safety_concept: Optional[str]  # the concepts steered away from (guided tries)
     flags: tuple[str, ...]
     outputs: Mapping[str, Mapping[str, Any]]  # scorer -> {"scores", "labels"}; empty without an output check
@@ -297,12 +303,14 @@ class GuardedGenerator:
     ``pipe``: a diffusers SD/SDXL pipeline, a LoRA loaded or not. ``generation``: sampler, steps, guidance,
     resolution and batch size (the ``generation:`` section curation and eval share; fast paths are not applied
     here). An enabled layer is built from its file in ``config`` unless given as an object (``prompt_filter``,
-    ``rewriter``, ``moderator``); a layer switched off in ``config`` is not run even when given.
+    ``rewriter``, ``moderator``); a layer switched off in ``config`` is not run even when given. ``sld_pipe``: the
+    pipeline of guidance: sld, by default an SLD view of ``pipe`` (:func:`inference.sld.sld_view`: the same weights
+    and LoRA).
     """
 
     def __init__(self, pipe, config: StackConfig, generation: GenerationConfig | None = None, *,
                  prompt_filter: PromptFilter | None = None, rewriter: PromptRewriter | None = None,
-                 moderator: ImageModerator | None = None):
+                 moderator: ImageModerator | None = None, sld_pipe=None):
         config.validate()
         generation = generation or GenerationConfig()
         generation.validate()
@@ -320,6 +328,12 @@ class GuardedGenerator:
             if missing:
                 raise ConfigError(f"stack.regenerate.mode=guided needs a concept text for every flag rule; none for "
                                   f"{missing} (stack.regenerate.concepts: {sorted(regenerate.concepts)})")
+        self.sld_pipe = None
+        if config.regenerates and regenerate.mode == "guided" and regenerate.guidance == "sld":
+            if generation.guidance <= 1.0:
+                raise ConfigError(f"stack.regenerate.guidance=sld acts through classifier-free guidance, which is "
+                                  f"off at generation.guidance {generation.guidance:g}: use guidance > 1")
+            self.sld_pipe = sld_pipe if sld_pipe is not None else sld_view(pipe, regenerate.sld)
         self.resolution = generation.resolution or native_resolution(pipe)
         self.batch_size = resolve_batch_size(generation.batch_size, self.resolution, pipe.device.type)
 
@@ -434,7 +448,19 @@ class GuardedGenerator:
         return _Plan(spec, seed, concepts, texts, guidance)
 
     def _generate(self, plans: Sequence["_Plan"]) -> list[np.ndarray]:
-        return generate(self.pipe, [plan.spec for plan in plans], self.batch_size)
+        """One image per plan; SLD plans run on the SLD view, one call per safety concept."""
+        out: list[Optional[np.ndarray]] = [None] * len(plans)
+        groups: dict[Optional[str], list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(", ".join(plan.concept_texts) if plan.guidance == "sld" else None, []).append(i)
+        for safety_concept, indices in groups.items():
+            pipe = self.pipe
+            if safety_concept is not None:
+                pipe = self.sld_pipe
+                pipe.safety_concept = safety_concept
+            for i, image in zip(indices, generate(pipe, [plans[i].spec for i in indices], self.batch_size)):
+                out[i] = image
+        return out  # type: ignore[return-value]
 
     def _finish(self, record: GuardRecord, images: list[Optional[np.ndarray]]) -> bool:
         """Outcome and warnings of a generated prompt; blurs or drops a still-flagged image. True if blurred."""

@@ -230,6 +230,14 @@ def test_records_are_complete_and_json_ready(pipe):
     assert "a nude dog" not in redacted and "'nude'" in redacted and '"prompt": null' in redacted
 
 
+def test_sld_guided_regeneration_runs_on_the_same_seed(pipe):
+    image, record = guarded(pipe, ScriptedScorer([{"nudity"}]), regenerate__guidance="sld").run_one("a person", SEED)
+    second = record.tries[1]
+    assert (second.seed, second.guidance, second.safety_concept, second.negative_prompt) == (SEED, "sld", "nude", "")
+    assert record.outcome == "regenerated" and image.shape == (32, 32, 3)
+    assert not np.array_equal(image, direct(pipe, "a person", SEED))  # the guidance acted on the same seed
+
+
 def test_layers_are_built_from_their_files_and_the_scorer_by_name(pipe, tmp_path):
     files = {
         "filter.yaml": {"prompt_filter": {"blocklist": {"explicit": ["nude"]}}},
@@ -258,6 +266,10 @@ def test_bad_config_and_input_are_clear_errors(pipe):
         guarded(pipe, regenerate__concepts={"nudity": "nude"})
     with pytest.raises(ConfigError, match=r"max_tries must be >= 1"):
         stack_config(regenerate__max_tries=0)
+    with pytest.raises(ConfigError, match=r"guidance=sld acts through classifier-free guidance"):
+        GuardedGenerator(pipe, stack_config(regenerate__guidance="sld"),
+                         config_from_dict(GenerationConfig, {**GENERATION, "guidance": 1.0}),
+                         prompt_filter=prompt_filter(), rewriter=rewriter(), moderator=moderator(ScriptedScorer()))
     guard = guarded(pipe)
     with pytest.raises(DataError, match="2 prompts but 1 seeds"):
         guard.run(["a", "b"], [1])
