@@ -36,10 +36,10 @@ else
 LAUNCH := $(PY) -m
 endif
 
-.PHONY: setup setup-browser test test-slow test-all base world-report curate train eval demo annotate serve bench clean help
+.PHONY: setup setup-browser test test-slow test-all base world-report curate train eval erase demo annotate serve bench clean help
 
 help:
-	@echo "make setup | test | test-slow | demo | curate | train | eval | annotate | serve | base | world-report | bench"
+	@echo "make setup | test | test-slow | demo | curate | train | eval | erase | annotate | serve | base | world-report | bench"
 
 # Idempotent: reinstalls only when pyproject.toml changes.
 setup: $(STAMP)
@@ -78,6 +78,11 @@ train: setup
 
 eval: setup
 	$(LAUNCH) evals.evaluate --config $(CONFIG) $(ARGS)
+
+# Concept erasure (ESD-x and ESD-u LoRAs; docs/mitigations.md), in one process: each iteration is a short chain of
+# small UNet calls that would not gain from CPU_PROCS data-parallel processes.
+erase: setup
+	$(PY) -m erasure.erase --config $(CONFIG) $(ARGS)
 
 # DEMO_CONFIG: the slow-tier test runs the same target on a reduced copy of configs/demo.yaml.
 DEMO_CONFIG ?= configs/demo.yaml

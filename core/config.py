@@ -353,7 +353,7 @@ def read_yaml(path: str | Path) -> dict:
 # misspelt section ("trian:") fails loudly instead of being ignored. ``plugins`` lists plug-in modules to load
 # (core.plugins), for a checkout whose installed entry points do not declare them. ``prompt_filter``, ``rewrite``
 # and ``moderate`` are the mitigations' sections (mitigations.config), which may stand beside the stage sections.
-KNOWN_SECTIONS = ("run", "plugins", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora",
+KNOWN_SECTIONS = ("run", "plugins", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora", "erase",
                   "serve", "prompt_filter", "rewrite", "moderate")
 
 
