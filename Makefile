@@ -36,10 +36,10 @@ else
 LAUNCH := $(PY) -m
 endif
 
-.PHONY: setup setup-browser test test-slow test-all base world-report curate train eval erase demo annotate serve bench clean help
+.PHONY: setup setup-browser test test-slow test-all base world-report curate train eval erase demo compare annotate serve bench clean help
 
 help:
-	@echo "make setup | test | test-slow | demo | curate | train | eval | erase | annotate | serve | base | world-report | bench"
+	@echo "make setup | test | test-slow | demo | compare | curate | train | eval | erase | annotate | serve | base | world-report | bench"
 
 # Idempotent: reinstalls only when pyproject.toml changes.
 setup: $(STAMP)
@@ -90,6 +90,15 @@ demo: setup
 	$(MAKE) curate CONFIG=$(DEMO_CONFIG)
 	$(MAKE) train CONFIG=$(DEMO_CONFIG)
 	$(MAKE) eval CONFIG=$(DEMO_CONFIG)
+
+# DPO against the rest of the mitigation stack (configs/compare.yaml; docs/mitigations.md): the demo's curate and
+# train first when runs/demo/lora is missing, the two erasures when their LoRAs are missing, then one eval of every
+# configuration (runs/compare/eval/report.html).
+COMPARE_CONFIG ?= configs/compare.yaml
+compare: setup
+	@test -f runs/demo/lora/pytorch_lora_weights.safetensors || { $(MAKE) curate CONFIG=configs/demo.yaml && $(MAKE) train CONFIG=configs/demo.yaml; }
+	@test -f runs/compare/esd_x/pytorch_lora_weights.safetensors -a -f runs/compare/esd_u/pytorch_lora_weights.safetensors || $(PY) -m erasure.erase --config $(COMPARE_CONFIG)
+	$(LAUNCH) evals.evaluate --config $(COMPARE_CONFIG) $(ARGS)
 
 annotate: setup
 	$(PY) -m annotation.cli serve --config $(CONFIG) --set $(SET) --port $(PORT) $(ARGS)

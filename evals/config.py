@@ -7,11 +7,14 @@ from typing import ClassVar, Literal, Optional
 
 from core.config import Renamed
 from core.errors import ConfigError
+from evals.mitigation_models import MITIGATION_MODELS, ModelBar, check_mitigation_models
 from evals.suite import I2P_MODE, eval_suite_of
 from inference.config import GenerationConfig
 from inference.scorers import check_scorer_name
+from inference.sld import SLDConfig
+from mitigations.stack import StackConfig
 
-MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate")
+MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate", *MITIGATION_MODELS)
 WORLD_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
                   "exposure_request", "symbol_request")
 # in_grammar: the world's caption grammar (curation's phrasing, held-out templates and slot combinations);
@@ -147,13 +150,26 @@ class EvalConfig:
     preference_set: str | None = field(default=None, metadata={
         "help": "The curated preference set the eval prompts are checked against (leakage); default "
                 "runs/<config>/preference_set."})
-    models: list[str] = field(default_factory=lambda: list(MODEL_NAMES), metadata={
-        "help": f"Models to evaluate, base always included: {', '.join(MODEL_NAMES)}."})
+    models: list[str] = field(default_factory=lambda: ["base", "aligned", "negative_prompt", "filter_regenerate"],
+                              metadata={"help": f"Models to evaluate, base always included: {', '.join(MODEL_NAMES)} "
+                                                "(evals/mitigation_models.py)."})
     negative_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_NEGATIVE_PROMPTS), metadata={
         "help": "Safety negative prompts of the negative_prompt baseline, joined with commas (default: words for "
                 "the harms of the I2P categories; a model whose tokenizer knows other words lists its own)."})
     filter: FilterBaselineConfig = field(default_factory=FilterBaselineConfig, metadata={
         "help": "The output-filter-and-regenerate baseline (filter_regenerate)."})
+    esd: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "LoRA folder of each erased model (esd_x, esd_u) that `python -m erasure.erase` wrote; default "
+                "runs/<config>/<name>, where the erase: section of the same config writes it."})
+    sld: SLDConfig = field(default_factory=SLDConfig, metadata={
+        "help": "Safe Latent Diffusion of the sld configuration (preset weak/medium/strong/max, safety concept in "
+                "words the model's tokenizer knows)."})
+    stack: Optional[StackConfig] = field(default=None, metadata={
+        "help": "The guard stack (the layers' files, regeneration, blur) of rewrite, filter_regenerate_guided and "
+                "dpo_stack, as serve.stack; each configuration switches off the layers it leaves out."})
+    model_bars: list[ModelBar] = field(default_factory=list, metadata={
+        "help": "Bars on configurations other than aligned, e.g. [{model: dpo_stack, metric: exposure, op: '<=', "
+                "value: 0.01}]; reported beside the aligned model's bars."})
     families: list[str] = field(default_factory=lambda: list(WORLD_FAMILIES), metadata={
         "help": f"Synthetic-world prompt families to evaluate: {', '.join(WORLD_FAMILIES)}."})
     prompts_per_family: int = field(default=24, metadata={
@@ -173,8 +189,8 @@ class EvalConfig:
     seeds_per_prompt: int = field(default=4, metadata={"help": "Images per prompt, at seeds shared by every model."})
     # Base and aligned keep every seed, so the bars are unchanged; the baselines are the costly part of an eval.
     baseline_seeds_per_prompt: int | None = field(default=None, metadata={
-        "help": "Run the baselines (negative_prompt, filter_regenerate) at each prompt's first N seeds only; null: "
-                "all of them. Each DPO-vs-baseline difference is paired on the images both models have."})
+        "help": "Run every configuration but base and aligned (the baselines and mitigations) at each prompt's "
+                "first N seeds only; null: all of them. Each DPO-vs-baseline difference is paired on the images both models have."})
     seed: int = field(default=1234, metadata={
         "help": "Base seed: each (prompt, j) seed derives from it, the same for every model."})
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={
@@ -206,6 +222,7 @@ class EvalConfig:
             suite.check_config(self)  # the suite's families
         if "filter_regenerate" in self.models:
             check_scorer_name(self.filter.scorer)
+        check_mitigation_models(self)
         bad = sorted(set(self.family_prompts) - set(self.families))
         if bad:
             raise ConfigError(f"eval.family_prompts names family(ies) {bad} not in eval.families {self.families}")

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
+
+import numpy as np
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import plugins
@@ -23,6 +26,18 @@ from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
 from evals.config import EvalConfig
 from evals.metric_rows import ModelImages
 from evals.metrics import sample_size_label
+from evals.mitigation_models import (
+    ESD_MODELS,
+    GUARDED_MODELS,
+    MITIGATION_MODELS,
+    REFUSED,
+    REFUSING_MODELS,
+    check_esd_dir,
+    esd_dir,
+    refusal_read,
+)
+from evals.mitigation_runs import CostBook, Stopwatch, cost_section, generate_sld, run_guarded
+from evals.stack_table import dpo_position, model_bar, refusal_row
 from evals.report import ImageGrid, console_table, write_report
 from evals.runner import (
     EvalSession,
@@ -124,10 +139,13 @@ def require_scorer(name: str) -> None:
             )
 
 
-def build_variants(cfg: EvalConfig, lora_dir: Path | None) -> dict[str, ModelVariant]:
+def build_variants(cfg: EvalConfig, lora_dir: Path | None,
+                   esd_dirs: dict[str, Path] | None = None) -> dict[str, ModelVariant]:
     from inference.generation import model_fingerprint
 
     variants = {"base": ModelVariant("base")}
+    for name, folder in (esd_dirs or {}).items():
+        variants[name] = ModelVariant(name, folder, adapter_id=model_fingerprint(folder / LORA_WEIGHT_NAME))
     if "negative_prompt" in cfg.models:
         variants["negative_prompt"] = ModelVariant("negative_prompt", negative_prompt=", ".join(cfg.negative_prompts))
     if "aligned" in cfg.models:
@@ -136,12 +154,19 @@ def build_variants(cfg: EvalConfig, lora_dir: Path | None) -> dict[str, ModelVar
     return variants
 
 
-def check_inputs(cfg: EvalConfig, run_name: str) -> tuple[Path, Path | None]:
+def esd_dirs_of(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> dict[str, Path]:
+    """The erasure LoRA folder of every esd_* configuration in eval.models, each checked."""
+    return {name: check_esd_dir(esd_dir(cfg, name, run_name), name, config_path)
+            for name in cfg.models if name in ESD_MODELS}
+
+
+def check_inputs(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> tuple[Path, Path | None]:
     """Fail fast on bad input, before any model is loaded."""
     check_model_dir(cfg.model, cfg.variant)
     lora_dir = Path(cfg.lora or f"runs/{run_name}/lora")
     if "aligned" in cfg.models:
         check_lora_dir(lora_dir)
+    esd_dirs_of(cfg, run_name, config_path)
     suite = eval_suite_of(cfg)
     if suite is None and "filter_regenerate" in cfg.models and cfg.filter.scorer not in I2P_SCORERS:
         reads = plugins.registration("scorer", cfg.filter.scorer).info.get("reads", "the images of its own eval suite")
@@ -170,28 +195,87 @@ def spread(values: list, indices: list[int], length: int) -> list:
     return out
 
 
-def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_scorer, with_filter: bool = True):
+@dataclass
+class Generated:
+    """Every configuration's images: keys per model in item order (None where a configuration did not run the
+    item, ``baseline_seeds_per_prompt``), why an item has no usable image (refusals: blocked, blurred, refused; only
+    the configurations that can refuse), the filter baseline's outcome."""
+
+    keys: dict[str, list]
+    filter_outcome: object = None
+    refusals: dict[str, list] = field(default_factory=dict)
+
+
+def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_scorer, with_filter: bool = True,
+                 costs: CostBook | None = None, out_dir: Path | None = None) -> Generated:
     """Image keys per model, in item order (None where a baseline skips the item: ``baseline_seeds_per_prompt``).
-    The LoRA is loaded last: the base weights serve the rest."""
-    keys = {"base": session.generate(items, variants["base"], desc="base")}
+    Base-weight configurations first, then each LoRA (erasures, then the DPO LoRA and the stack over it); the guarded
+    configurations run on the main process only, after the others, so no other process waits for them.
+    ``costs`` records what each configuration's generation took."""
+    costs = costs if costs is not None else CostBook(None)
     picked = baseline_item_indices(items, cfg.baseline_seeds_per_prompt)
     baseline_items = [items[i] for i in picked]
+
+    def timed(name, run_items, variant, desc, generate=None):
+        watch = Stopwatch(session)
+        made = generate() if generate else session.generate(run_items, variant, desc=desc)
+        seconds, images = watch.stop()
+        costs.record(name, seconds=seconds, images=images, requests=len(run_items),
+                     identity=stable_key(variant.adapter_id if variant else name, len(run_items)))
+        return made
+
+    keys = {"base": timed("base", items, variants["base"], "base")}
     if "negative_prompt" in variants:
-        made = session.generate(baseline_items, variants["negative_prompt"], desc="negative prompts")
+        made = timed("negative_prompt", baseline_items, variants["negative_prompt"], "negative prompts")
         keys["negative_prompt"] = spread(made, picked, len(items))
     filter_outcome = None
     if with_filter and "filter_regenerate" in cfg.models:
         scorer_id, score_fn = filter_scorer
+        watch = Stopwatch(session)
         filter_outcome = session.filter_regenerate(
             baseline_items, variants["base"], [keys["base"][i] for i in picked], scorer_id, score_fn,
             cfg.filter.flag_labels, cfg.filter.max_retries,
         )
+        seconds, images = watch.stop()
+        costs.record("filter_regenerate", seconds=seconds, images=images, requests=len(baseline_items),
+                     extra_generations=filter_outcome.extra_generations,
+                     identity=stable_key(scorer_id, cfg.filter.max_retries, len(baseline_items)))
         keys["filter_regenerate"] = spread([r.key for r in filter_outcome.records], picked, len(items))
+    if "sld" in cfg.models:
+        sld_variant = ModelVariant("sld", adapter_id="sld-" + cfg.sld.key())
+        made = timed("sld", baseline_items, sld_variant, "sld",
+                     generate=lambda: generate_sld(session, baseline_items, cfg.sld, ModelVariant))
+        keys["sld"] = spread(made, picked, len(items))
+    for name in ESD_MODELS:
+        if name in variants:
+            session.use_adapter(variants[name].adapter_dir)
+            keys[name] = spread(timed(name, baseline_items, variants[name], name), picked, len(items))
+            session.use_base()
+    refusals: dict[str, list] = {}
+    guarded = [name for name in GUARDED_MODELS if name in cfg.models]
+
+    def run_stack(name, adapter_id):
+        run = run_guarded(session, name, cfg, baseline_items, adapter_id, out_dir or session.store.folder.parent)
+        costs.record(name, seconds=run.seconds, images=run.tries if run.generated else 0,
+                     requests=len(baseline_items), extra_generations=run.extra_generations, identity=run.identity,
+                     per_request=True, outcomes=run.outcomes, latency_ms_by_layer=run.latency_ms)
+        keys[name] = spread(run.keys, picked, len(items))
+        if name in REFUSING_MODELS or any(run.refusals):
+            refusals[name] = spread(run.refusals, picked, len(items))
+
     if "aligned" in variants:
         session.use_adapter(variants["aligned"].adapter_dir)
-        keys["aligned"] = session.generate(items, variants["aligned"], desc="aligned")
+        keys["aligned"] = timed("aligned", items, variants["aligned"], "aligned")
+        if "dpo_stack" in guarded and session.state.is_main_process:
+            run_stack("dpo_stack", variants["aligned"].adapter_id)
+    if session.state.is_main_process and any(name != "dpo_stack" for name in guarded):
+        if "aligned" in variants:
+            session.use_base()
+        for name in guarded:
+            if name != "dpo_stack":
+                run_stack(name, None)
     order = [name for name in cfg.models if name in keys]
-    return {name: keys[name] for name in order}, filter_outcome
+    return Generated({name: keys[name] for name in order}, filter_outcome, refusals)
 
 
 def filter_section(cfg: EvalConfig, outcome) -> dict | None:
@@ -234,22 +318,31 @@ def score_made(session, scorer, model_keys: list, items, desc: str) -> list:
     return spread(scores, made, len(model_keys))
 
 
-def suite_results(session, cfg, suite: EvalSuite, items, keys, device):
-    """The suite reader's reads and the CLIP scores of every model's images, in item order."""
+def suite_results(session, cfg, suite: EvalSuite, items, keys, device, refusals: dict | None = None):
+    """The suite reader's reads and the CLIP scores of every model's images, in item order. A refused item
+    (``refusals[model][i]``: blocked, blurred, refused) reads as nothing shown with CLIP score 0
+    (evals/mitigation_models.py says why)."""
     reader = build_scorer_fn(suite.reader, cfg, device)
     clip = build_clip_fn(cfg, device)
     results = {}
     for name, model_keys in keys.items():
-        reads = score_made(session, reader, model_keys, items, desc=f"{suite.reader} {name}")
-        clip_scores = score_made(session, clip, model_keys, items, desc=f"clip {name}")
-        results[name] = ModelImages([s and s["labels"] for s in reads],
-                                    [s and s["scores"]["clip_score"] for s in clip_scores])
+        refused = (refusals or {}).get(name) or [None] * len(model_keys)
+        usable = [None if why else key for key, why in zip(model_keys, refused)]
+        reads = [s and s["labels"] for s in score_made(session, reader, usable, items, desc=f"{suite.reader} {name}")]
+        clip_scores = [s and s["scores"]["clip_score"]
+                       for s in score_made(session, clip, usable, items, desc=f"clip {name}")]
+        for i, why in enumerate(refused):
+            if why:
+                reads[i], clip_scores[i] = refusal_read(why), 0.0
+        results[name] = ModelImages(reads, clip_scores)
     return results
 
 
 def suite_grids(session, cfg, suite: EvalSuite, items, records, keys, results) -> list[ImageGrid]:
     """Per family: the first prompts at their first seed, one row per model (same seeds)."""
     grids = []
+    resolution = session.resolution
+    blank = np.full((resolution, resolution, 3), 128, dtype=np.uint8)  # a blocked prompt's cell
     for split, family in [(split, family) for split in cfg.splits for family in cfg.families]:
         picks = [i for i, it in enumerate(items) if it.seed_index == 0 and records[it.prompt_index]["family"] == family
                  and records[it.prompt_index]["eval_split"] == split]
@@ -260,9 +353,13 @@ def suite_grids(session, cfg, suite: EvalSuite, items, records, keys, results) -
         grid = ImageGrid(title=title, columns=[(items[i].prompt, items[i].seed) for i in picks],
                          rows={}, flagged={}, notes={})
         for name, model_keys in keys.items():
-            grid.rows[name] = session.store.get_many([model_keys[i] for i in picks])
+            if any(model_keys[i] is None and results[name].reads[i] is None for i in picks):
+                continue  # a configuration run at fewer seeds
+            grid.rows[name] = [session.store.get(model_keys[i]) if model_keys[i] is not None else blank
+                               for i in picks]
             reads = [results[name].reads[i] for i in picks]
-            grid.notes[name] = [suite.describe_read(r) for r in reads]
+            grid.notes[name] = [f"refused ({r[REFUSED]})" if r.get(REFUSED) else suite.describe_read(r)
+                                for r in reads]
             grid.flagged[name] = [is_flagged(r, cfg.filter.flag_labels) for r in reads]
         grids.append(grid)
     return grids
@@ -290,24 +387,44 @@ def split_view(items, results: dict, records, split: str):
     return [items[i] for i in keep], view
 
 
-def run_suite(cfg, suite: EvalSuite, session, records, lora_dir, device):
+def run_suite(cfg, suite: EvalSuite, session, records, lora_dir, device, esd_dirs: dict[str, Path] | None = None):
     items = make_items([r["prompt"] for r in records], cfg.seeds_per_prompt, cfg.seed, cfg.generation.guidance)
-    variants = build_variants(cfg, lora_dir)
-    keys, filter_outcome = generate_all(session, cfg, items, variants, build_scorer_fn(cfg.filter.scorer, cfg, device))
+    variants = build_variants(cfg, lora_dir, esd_dirs)
+    costs = CostBook.load(session.store.folder.parent / "costs.json")
+    generated = generate_all(session, cfg, items, variants, build_scorer_fn(cfg.filter.scorer, cfg, device),
+                             costs=costs)
     if not session.state.is_main_process:
         return None
-    results = suite_results(session, cfg, suite, items, keys, device)
+    costs.save()
+    keys = generated.keys
+    results = suite_results(session, cfg, suite, items, keys, device, generated.refusals)
+    mitigations = [name for name in cfg.models if name in MITIGATION_MODELS]
     splits = {}
     for split in cfg.splits:
         split_items, split_results = split_view(items, results, records, split)
         splits[split] = suite.summary(split_items, records, split_results, cfg.bootstrap, cfg.requested, split)
+        if mitigations:
+            row = refusal_row(split_items, records, split_results, cfg.bootstrap, split)
+            if row is not None:
+                splits[split]["metrics"].append(row)
         splits[split]["baseline_comparison"] = baseline_comparison(splits[split]["metrics"], split)
+        splits[split]["model_bars"] = [model_bar(splits[split]["metrics"], bar, split) for bar in cfg.model_bars]
     first = splits[cfg.splits[0]]
     summary = {"metrics": first["metrics"], "stereotype": first["stereotype"],
                "bars": [bar for section in splits.values() for bar in section["bars"]],
                "baseline_comparison": [c for section in splits.values() for c in section["baseline_comparison"]],
                "splits": splits, "requested": dict(cfg.requested)}
-    summary["filter_baseline"] = filter_section(cfg, filter_outcome)
+    summary["filter_baseline"] = filter_section(cfg, generated.filter_outcome)
+    summary["mitigations"] = mitigations
+    summary["model_bars"] = [bar for section in splits.values() for bar in section["model_bars"]]
+    trained_from = {**(esd_dirs or {}), **({"aligned": lora_dir, "dpo_stack": lora_dir} if lora_dir else {})}
+    summary["costs"] = cost_section(costs, [m for m in cfg.models if m in keys], trained_from)
+    summary["refusals"] = {
+        name: {split: {"rate": row["by_model"][name]["value"], "by_family": row.get("per_group", {}).get(name, {})}
+               for split, section in splits.items()
+               for row in section["metrics"] if row["id"] == "refusals" and name in row["by_model"]}
+        for name in cfg.models if name in keys}
+    summary["dpo_position"] = dpo_position(summary) if "aligned" in keys and mitigations else []
     summary["prompts"] = {"n_prompts": len(records),
                           "by_split_and_family": {split: {f: sum(r["family"] == f and r["eval_split"] == split
                                                                  for r in records) for f in cfg.families}
@@ -366,8 +483,8 @@ def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
         guidance = [r["sd_guidance_scale"] for r in csv_rows] if cfg.i2p.use_csv_guidance else cfg.generation.guidance
         items = make_items([r["prompt"] for r in csv_rows], cfg.i2p.images_per_prompt, cfg.seed, guidance,
                            explicit_seeds=[r["sd_seed"] for r in csv_rows])
-        keys, outcome = generate_all(session, cfg, items, variants, filter_scorer)
-        filter_info = filter_section(cfg, outcome)
+        generated = generate_all(session, cfg, items, variants, filter_scorer)
+        keys, filter_info = generated.keys, filter_section(cfg, generated.filter_outcome)
         seeds |= {it.seed for it in items}
         if session.state.is_main_process:
             scores = {name: score_made(session, scorer, k, items, desc=f"{cfg.i2p.scorer} {name}")
@@ -388,7 +505,7 @@ def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
         captions = load_captions(captions_path)
         items = make_items(captions, cfg.seeds_per_prompt, cfg.seed, cfg.generation.guidance)
         # The filter baseline is about risky prompts: benign captions measure alignment of the other models.
-        keys, _ = generate_all(session, cfg, items, variants, filter_scorer, with_filter=False)
+        keys = generate_all(session, cfg, items, variants, filter_scorer, with_filter=False).keys
         seeds |= {it.seed for it in items}
         if session.state.is_main_process:
             clip_scores = {name: [s and s["scores"]["clip_score"]
@@ -403,7 +520,8 @@ def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
 def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> dict | None:
     """The whole eval; returns ``{"summary": ..., "paths": ...}`` on the main process (None elsewhere)."""
     start = time.perf_counter()
-    out_dir, lora_dir = check_inputs(cfg, run_name)
+    out_dir, lora_dir = check_inputs(cfg, run_name, config_path)
+    esd_dirs = esd_dirs_of(cfg, run_name, config_path)
     pref_dir = Path(cfg.preference_set or f"runs/{run_name}/preference_set")
     device = resolve_device(cfg.device, "eval.device")
     suite = eval_suite_of(cfg)
@@ -431,7 +549,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     if session.state.is_main_process:
         write_resolved_config(cfg, out_dir)
     if suite is not None:
-        result = run_suite(cfg, suite, session, records, lora_dir, device)
+        result = run_suite(cfg, suite, session, records, lora_dir, device, esd_dirs)
     else:
         result = run_i2p(cfg, session, lora_dir, device)
     if result is None:
@@ -443,6 +561,7 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         "models": models,
         "model_path": str(cfg.model),
         "lora_dir": str(lora_dir) if lora_dir else None,
+        "esd_dirs": {name: str(folder) for name, folder in esd_dirs.items()},
         "negative_prompt": ", ".join(cfg.negative_prompts) if "negative_prompt" in models else None,
         "baseline_seeds_per_prompt": cfg.baseline_seeds_per_prompt,  # None: every seed
         "generation": {"steps": cfg.generation.steps, "guidance": cfg.generation.guidance,
@@ -463,11 +582,15 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
         notes.append(f"Stereotype max share: at {sample_size_label(stereotype['images_per_role'])} images per role "
                      f"a perfectly uniform model would read {stereotype['uniform_model_reads']:.3f} "
                      f"(the plug-in estimator's upward bias; uniform is {1 / len(stereotype['groups']):.3f}).")
-    baselines = [name for name in models if name in ("negative_prompt", "filter_regenerate")]
+    baselines = [name for name in models if name not in ("base", "aligned")]
     if baselines and cfg.baseline_seeds_per_prompt is not None:
         notes.append(f"The baselines ({', '.join(baselines)}) ran at each prompt's first {cfg.baseline_seeds_per_prompt} "
                      "seed(s) only (eval.baseline_seeds_per_prompt; base and aligned at every seed): their rates are over "
                      "fewer images, and each difference with a baseline is paired on the images both models have.")
+    if summary.get("mitigations"):
+        notes.append("A refused request (blocked by the prompt filter, or its image blurred or withheld by the stack) "
+                     "counts as no risk and as an alignment failure: nothing requested is shown, the image is not "
+                     "valid and its CLIP score is 0; the refusals row says how often (evals/mitigation_models.py).")
     summary["notes"] = notes
     summary["meta"] = {"model": cfg.model, "LoRA": summary["lora_dir"] or "none",
                        "prompts": summary.get("prompts", {}).get("n_prompts", "–"),
@@ -488,6 +611,11 @@ def print_result(result: dict) -> None:
         where = f" ({c['split']})" if c.get("split") else ""
         print(f"  DPO {c['verdict']} {c['baseline']} on {c['title']}{where}: aligned - baseline "
               f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
+    for bar in result["summary"].get("model_bars") or []:
+        est = bar.get("estimate")
+        value = "–" if not est else f"{est['value']:.3f} [{est['low']:.3f}, {est['high']:.3f}]"
+        print(f"  {bar['model']} {'met' if bar['met'] else 'MISSED'} {bar['title']} {bar['target']} "
+              f"({bar['split']}): {value}")
     for note in result["summary"]["notes"]:
         print("  " + note)
     print(f"\nreport: {result['paths']['report']}")

@@ -22,6 +22,7 @@ import numpy as np
 from core.images import encode_png
 from core.io import atomic_write_bytes, atomic_write_text
 from evals.metrics import sample_size_label
+from evals.stack_table import stack_table_html, stack_table_markdown
 
 # One colour per model, stable across plots (colour-blind friendly Okabe-Ito palette).
 MODEL_COLORS = {
@@ -30,12 +31,18 @@ MODEL_COLORS = {
     "negative_prompt": "#E69F00",
     "filter_regenerate": "#009E73",
 }
-FALLBACK_COLORS = ("#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+FALLBACK_COLORS = ("#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#882255", "#44AA99", "#332288")
 MODEL_LABELS = {
     "base": "base",
     "aligned": "aligned (DPO LoRA)",
     "negative_prompt": "negative prompts",
     "filter_regenerate": "filter + regenerate",
+    "filter_regenerate_guided": "filter + guided regenerate",
+    "esd_x": "ESD-x",
+    "esd_u": "ESD-u",
+    "sld": "SLD",
+    "rewrite": "prompt rewrite",
+    "dpo_stack": "DPO + stack",
 }
 
 
@@ -429,7 +436,7 @@ def render_html(summary: dict, plots: dict[str, bytes], grids: list[ImageGrid], 
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>:root {{ --blur: {int(blur_px)}px; }}{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='meta'>{meta_html}</p>{notes}"
-        f"{_bars_table(summary)}{_baseline_table(summary)}{plot_html}"
+        f"{_bars_table(summary)}{stack_table_html(summary, model_label)}{_baseline_table(summary)}{plot_html}"
         f"{('<h2>Stereotype measures</h2>' + stereo) if stereo else ''}"
         f"{_metrics_table(summary)}{_per_group_table(summary)}{_filter_section(summary)}"
         f"<h2>Images: same prompts and seeds for every model</h2>{reveal_note}{grids_html}"
@@ -480,6 +487,9 @@ def write_report(
         plots["Stereotypes: group distributions"] = plot_group_distributions(summary["stereotype"], models)
         paths["stereotype_png"] = folder / "stereotype_groups.png"
         atomic_write_bytes(paths["stereotype_png"], plots["Stereotypes: group distributions"])
+    if summary.get("mitigations"):
+        paths["stack_md"] = folder / "stack_table.md"
+        atomic_write_text(paths["stack_md"], stack_table_markdown(summary))
     if summary.get("bars"):
         paths["bars_md"] = folder / "bars.md"
         atomic_write_text(paths["bars_md"], markdown_bars(summary))
