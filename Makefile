@@ -80,9 +80,12 @@ eval: setup
 	$(LAUNCH) evals.evaluate --config $(CONFIG) $(ARGS)
 
 # Concept erasure (ESD-x and ESD-u LoRAs; docs/mitigations.md), in one process: each iteration is a short chain of
-# small UNet calls that would not gain from CPU_PROCS data-parallel processes.
+# small UNet calls that would not gain from CPU_PROCS data-parallel processes. Without a GPU, ERASE_THREADS torch
+# threads: the synthetic model's small kernels do not scale over threads, and on the shared 2-core machine two
+# threads took 3.5-4.1 s per ESD-u iteration where one took 0.87 s.
+ERASE_THREADS ?= 1
 erase: setup
-	$(PY) -m erasure.erase --config $(CONFIG) $(ARGS)
+	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(ERASE_THREADS) )$(PY) -m erasure.erase --config $(CONFIG) $(ARGS)
 
 # DEMO_CONFIG: the slow-tier test runs the same target on a reduced copy of configs/demo.yaml.
 DEMO_CONFIG ?= configs/demo.yaml
