@@ -74,7 +74,7 @@ def _check_concepts(concepts: list[str], key: str) -> None:
 @dataclass
 class EraseConfig:
     # --- inputs / outputs -------------------------------------------------------------------------
-    model: str = field(default="models/synthetic-sd", metadata={
+    model: str = field(metadata={
         "help": "Base model: a diffusers folder (SD1.x/2.x or SDXL), or a hub id (org/name) already in the local "
                 "Hugging Face cache."})
     variant: Optional[str] = field(default=None, metadata={
