@@ -100,7 +100,7 @@ demo: setup
 COMPARE_CONFIG ?= configs/compare.yaml
 compare: setup
 	@test -f runs/demo/lora/pytorch_lora_weights.safetensors || { $(MAKE) curate CONFIG=configs/demo.yaml && $(MAKE) train CONFIG=configs/demo.yaml; }
-	@test -f runs/compare/esd_x/pytorch_lora_weights.safetensors -a -f runs/compare/esd_u/pytorch_lora_weights.safetensors || $(PY) -m erasure.erase --config $(COMPARE_CONFIG)
+	@test -f runs/compare/esd_x/pytorch_lora_weights.safetensors -a -f runs/compare/esd_u/pytorch_lora_weights.safetensors || $(MAKE) erase CONFIG=$(COMPARE_CONFIG)
 	$(LAUNCH) evals.evaluate --config $(COMPARE_CONFIG) $(ARGS)
 
 annotate: setup
