@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -207,8 +208,6 @@ def raw_request(host: str, port: int, data: bytes, timeout: float = 30.0) -> tup
 
     For requests ``http.client`` will not send: odd headers, a body shorter than its Content-Length.
     """
-    import socket
-
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(data)
         reply = b""

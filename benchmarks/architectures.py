@@ -14,7 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
 from core.errors import ConfigError
+from core.tiny_models import build_tiny_sd15, build_tiny_sdxl
+from core.tokenizer import save_clip_tokenizer
 
 BENCH_WORDS = "a photo of an the person cat dog red blue green at in on with beach office park".split()
 
@@ -120,8 +132,6 @@ def arch_spec(name: str, scale: str) -> ArchSpec:
 
 
 def _text_encoder(cfg: dict, tokenizer, with_projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     config = CLIPTextConfig(
         **cfg,
         bos_token_id=tokenizer.bos_token_id,
@@ -133,8 +143,6 @@ def _text_encoder(cfg: dict, tokenizer, with_projection: bool):
 
 
 def _scheduler():
-    from diffusers import EulerDiscreteScheduler
-
     # SD1.5/SDXL's training schedule (scaled-linear betas, 1000 steps); Euler is SDXL's default sampler.
     return EulerDiscreteScheduler(
         beta_start=0.00085,
@@ -151,17 +159,6 @@ def build_full_pipeline(name: str, tokenizer_folder: str | Path, device: str = "
 
     Returns a ``StableDiffusionPipeline`` (sd15) or ``StableDiffusionXLPipeline`` (sdxl) in ``dtype``.
     """
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTokenizer
-
-    from core.tokenizer import save_clip_tokenizer
-
     if name not in ARCHS:
         raise ConfigError(f"unknown architecture {name!r}; valid: {sorted(ARCHS)}")
     dtype = dtype or torch.float32
@@ -202,14 +199,10 @@ def build_model_folder(name: str, scale: str, folder: str | Path, dtype=None, de
     The project's entry points take model folders (``core.models.load_pipeline``), so the bench hands
     them one exactly like a real checkpoint.
     """
-    import torch
-
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return folder
     if scale == "tiny":
-        from core.tiny_models import build_tiny_sd15, build_tiny_sdxl
-
         return (build_tiny_sd15 if name == "sd15" else build_tiny_sdxl)(folder)
     if scale != "full":
         raise ConfigError(f"scale must be 'full' or 'tiny', got {scale!r}")

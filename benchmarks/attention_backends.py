@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from torch.backends.cuda import SDPAParams, can_use_cudnn_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.architectures import SD15_UNET
 
 # (name, heads, query tokens, key tokens, head_dim, layers per UNet forward)
 SD15_SHAPES = [
@@ -98,8 +105,6 @@ def measure(shape, batch: int) -> dict:
 
 def attention_kernels(fn) -> dict[str, int]:
     """Names (with counts) of the GPU kernels ``fn`` launches that look like attention kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
@@ -114,10 +119,6 @@ def attention_kernels(fn) -> dict[str, int]:
 def cudnn_refusals() -> list[str]:
     """Why torch would not pick cuDNN for diffusers-laid-out inputs ((B, S, H, D) viewed as (B, H, S, D)),
     with and without grad: the warnings of ``can_use_cudnn_attention(debug=True)``."""
-    import warnings
-
-    from torch.backends.cuda import SDPAParams, can_use_cudnn_attention
-
     notes = []
     for requires_grad in (False, True):
         q, k, v = (torch.randn(4, n, 8, 40, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -136,12 +137,6 @@ def probe_unet(batch: int) -> list[dict]:
     """The SD1.5 UNet (random init, bf16, 512 px latents): forward+backward time and the attention kernels it
     launches under torch's own order and with cuDNN first, eager and with torch.compile (a fresh compile per
     order: the kernel is chosen while tracing)."""
-    from diffusers import UNet2DConditionModel
-
-    from contextlib import nullcontext
-
-    from benchmarks.architectures import SD15_UNET
-
     orders = {"default": nullcontext, "cudnn_first": lambda: sdpa_kernel(
         [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
         set_priority=True)}

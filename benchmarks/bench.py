@@ -13,24 +13,36 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
 
+import torch
+
+from benchmarks.architectures import arch_spec, build_model_folder
 from benchmarks.config import SMOKE_OVERRIDES, BenchConfig
+from benchmarks.generation_bench import run_generation_bench, unet_probe_inputs
+from benchmarks.measure import environment, free_device_memory, measure_matmul_peak
+from benchmarks.report import format_table, results_path, stock_ratios
+from benchmarks.scaling import run_scaling
+from benchmarks.synthetic_data import write_synthetic_set
+from benchmarks.train_bench import (
+    TrainPoint,
+    add_throughput_figures,
+    count_step_flops_per_pair,
+    time_point,
+    unet_forward_flops,
+)
 from core.cli import StageCLI, resolve_device, run_main
 from core.config import load_stage_config, to_dict, write_resolved_config
 from core.errors import PipelineError
 from core.io import atomic_write_json
+from core.models import load_pipeline
 
 DEFAULT_CONFIG = "configs/bench.yaml"
 
 
 def prepare_arch(cfg, name: str, work: Path, device: str) -> tuple[Path, Path]:
     """The model folder and the synthetic set for ``name`` (built once, reused by later runs)."""
-    import torch
-
-    from benchmarks.architectures import arch_spec, build_model_folder
-    from benchmarks.synthetic_data import write_synthetic_set
-
     spec = arch_spec(name, cfg.scale)
     model_dir = build_model_folder(name, cfg.scale, work / "models" / f"{name}-{cfg.scale}",
                                    dtype=torch.bfloat16, device=device)
@@ -40,21 +52,12 @@ def prepare_arch(cfg, name: str, work: Path, device: str) -> tuple[Path, Path]:
 
 
 def load_bench_pipeline(cfg, model_dir: Path, device: str):
-    import torch
-
-    from core.models import load_pipeline
-
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     return load_pipeline(model_dir, dtype=dtype, device=device)
 
 
 def measure_unet_forward(cfg, name: str, model_dir: Path, device: str) -> float:
     """FLOPs of one UNet forward of one sample at native resolution (FlopCounterMode)."""
-    from benchmarks.architectures import arch_spec
-    from benchmarks.generation_bench import unet_probe_inputs
-    from benchmarks.measure import free_device_memory
-    from benchmarks.train_bench import unet_forward_flops
-
     pipe = load_bench_pipeline(cfg, model_dir, device)
     flops = unet_forward_flops(pipe.unet, unet_probe_inputs(pipe, 1, arch_spec(name, cfg.scale).resolution))
     del pipe
@@ -64,10 +67,6 @@ def measure_unet_forward(cfg, name: str, model_dir: Path, device: str) -> float:
 
 def bench_generation(cfg, name: str, model_dir: Path, device: str) -> dict:
     """Plain pipeline call vs the project's generator (with the configured speedups)."""
-    from benchmarks.architectures import arch_spec
-    from benchmarks.generation_bench import run_generation_bench
-    from benchmarks.measure import free_device_memory
-
     pipe = load_bench_pipeline(cfg, model_dir, device)
     record = run_generation_bench(pipe, cfg.arch(name).generation_batch, arch_spec(name, cfg.scale).resolution,
                                   cfg.generation, device)
@@ -78,8 +77,6 @@ def bench_generation(cfg, name: str, model_dir: Path, device: str) -> dict:
 
 def train_points(arch) -> list:
     """The ``TrainPoint`` of each configured ``train_points`` entry of ``arch`` (ArchSettings), in order."""
-    from benchmarks.train_bench import TrainPoint
-
     return [TrainPoint(p.micro_batch, p.gradient_checkpointing, p.path, p.regional_compile, p.channels_last,
                        p.full_compile, tuple(sorted(p.compile_options.items())), tuple(sorted(p.trainer.items())))
             for p in arch.train_points]
@@ -87,8 +84,6 @@ def train_points(arch) -> list:
 
 def bench_training(cfg, name: str, model_dir: Path, data_dir: Path, work: Path, device: str,
                    unet_fwd_flops: float, peak_flops: float, on_progress=lambda summary: None) -> dict:
-    from benchmarks.train_bench import add_throughput_figures, count_step_flops_per_pair, time_point
-
     trainer_work = work / "train" / f"{name}-{cfg.scale}"
     points = train_points(cfg.arch(name))
     # Configured order, except that a fast point without checkpointing goes first: it builds the latent
@@ -138,10 +133,6 @@ def bench_training(cfg, name: str, model_dir: Path, data_dir: Path, work: Path, 
 
 
 def run(cfg, config_path: str | None) -> dict:
-    from benchmarks.measure import environment, measure_matmul_peak
-    from benchmarks.report import format_table, results_path, stock_ratios
-    from benchmarks.scaling import run_scaling
-
     device = resolve_device(cfg.device, "bench.device")
     work = Path(cfg.work_dir or "runs/bench")
     write_resolved_config(cfg, work)
@@ -181,7 +172,6 @@ def run(cfg, config_path: str | None) -> dict:
                 except Exception as exc:  # noqa: BLE001 - keep the other parts' results
                     if isinstance(exc, PipelineError):
                         raise
-                    import traceback
 
                     arch_result["generation_error"] = traceback.format_exc()[-3000:]
                     print(f"[bench] {name}: generation failed: {exc}", flush=True)

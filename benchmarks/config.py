@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 
 from benchmarks.architectures import ARCHS
 from benchmarks.generation_bench import GenerationBenchSettings
+from benchmarks.train_bench import POINT_OWNED_TRAIN_KEYS
 
 PARTS = ("train", "generation", "scaling")
 
@@ -36,8 +37,6 @@ class PointSettings:
                 "in one call."})
 
     def validate(self) -> None:
-        from benchmarks.train_bench import POINT_OWNED_TRAIN_KEYS
-
         owned = sorted(POINT_OWNED_TRAIN_KEYS & set(self.trainer))
         if owned:
             raise ValueError(f"trainer {owned}: set by the point's own fields (micro_batch, gradient_checkpointing, "

@@ -26,15 +26,17 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from training.callbacks import StopAtStep
+from training.kernels import KernelOptions
+from training.train import load_config, train
 
 
 def _run(name: str, args, extra: list[str], stop_at_step: int | None = None, allow_tf32: bool = True) -> dict:
     """One trainer run of the demo recipe with ``extra`` overrides; ``stop_at_step``: a crash after that step's
     checkpoint (StopAtStep); ``allow_tf32`` False: full float32 products (KernelOptions)."""
-    from training.callbacks import StopAtStep
-    from training.kernels import KernelOptions
-    from training.train import load_config, train
-
     work = Path(args.work) / name
     cache = Path(args.work) / "cache"
     if cache.is_dir() and not (work / "cache").exists():
@@ -59,8 +61,6 @@ def _metrics(path: Path) -> dict[int, dict]:
 
 
 def _lora(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(str(folder / "pytorch_lora_weights.safetensors"))
 
 
@@ -79,8 +79,6 @@ def _compare(reference: dict, other: dict, steps: list[int] | None = None) -> di
 
 def _reset_accelerate() -> None:
     # accelerate keeps one process-wide state whose mixed precision cannot change; fp32 runs follow bf16 ones.
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from benchmarks.measure import peak_memory, time_steady_state
 from benchmarks.synthetic_data import CAPTIONS
+from inference.generation import GenerationSpec, generate, set_sampler
 from inference.speedups import InferenceSpeedups, prepare_pipeline
 
 
@@ -42,8 +44,6 @@ class GenerationBenchSettings:
 
 
 def make_specs(batch: int, resolution: int, settings: GenerationBenchSettings):
-    from inference.generation import GenerationSpec
-
     return [
         GenerationSpec(
             prompt=CAPTIONS[i % len(CAPTIONS)],
@@ -61,10 +61,6 @@ def make_specs(batch: int, resolution: int, settings: GenerationBenchSettings):
 
 def plain_pipeline_call(pipe, specs) -> np.ndarray:
     """The stock diffusers call for ``specs`` (one signature) -> uint8 (N, H, W, 3)."""
-    import torch
-
-    from inference.generation import set_sampler
-
     first = specs[0]
     set_sampler(pipe, first.sampler)  # the same scheduler class/config the generator uses
     device = pipe._execution_device
@@ -87,8 +83,6 @@ def unet_probe_inputs(pipe, batch: int, resolution: int, seed: int = 123):
     """Fixed random UNet inputs shaped and typed as the pipeline's own UNet call at ``batch`` rows
     (latents, float timestep, text states, SDXL added conditions), so a compiled UNet reuses the graph
     it compiled for generation instead of compiling another one."""
-    import torch
-
     unet = pipe.unet
     param = next(unet.parameters())
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -115,8 +109,6 @@ def unet_probe_inputs(pipe, batch: int, resolution: int, seed: int = 123):
 
 
 def unet_output(pipe, inputs):
-    import torch
-
     inputs = dict(inputs)
     sample, timestep = inputs.pop("sample"), inputs.pop("timestep")
     with torch.no_grad():
@@ -135,8 +127,6 @@ def compare_images(reference: np.ndarray, candidate: np.ndarray) -> dict:
 
 def run_generation_bench(pipe, batch: int, resolution: int, settings: GenerationBenchSettings, device) -> dict:
     """Time plain vs project generator (+ fast paths) on ``pipe``; returns the result record."""
-    from inference.generation import generate
-
     specs = make_specs(batch, resolution, settings)
     steps = dict(warmup=settings.warmup_batches, steps=1, repeats=settings.timed_batches)
 

@@ -19,6 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.measure import synchronize, time_steady_state
+from benchmarks.profile_train_step import kernel_ms
+from training.fused_lora import install_fused_lora
+
 # (rows, in, out) of the image-token projections per policy forward. SD1.5 at 512 px, 96 images (micro-batch 48,
 # winner and loser): its 64x64, 32x32 and 16x16 token levels. SDXL at 1024 px, 8 images (micro-batch 4): its
 # 64x64 and 32x32 levels (the 128x128 level has no attention).
@@ -32,11 +40,6 @@ VARIANTS = ["frozen", "peft", "fused"]
 
 def build_layer(variant: str, in_features: int, out_features: int, rank: int, device, dtype):
     """A frozen ``dtype`` linear layer, with a peft LoRA (fp32, B non-zero) unless ``variant`` is frozen."""
-    import torch
-    from peft import LoraConfig, inject_adapter_in_model
-
-    from training.fused_lora import install_fused_lora
-
     holder = torch.nn.Module()
     holder.proj = torch.nn.Linear(in_features, out_features)
     holder.requires_grad_(False)
@@ -55,8 +58,6 @@ def build_layer(variant: str, in_features: int, out_features: int, rank: int, de
 
 
 def make_step(holder, rows: int, in_features: int, out_features: int, device, dtype):
-    import torch
-
     x = torch.randn(rows, in_features, device=device, dtype=dtype, requires_grad=True)
     residual = torch.randn(rows, out_features, device=device, dtype=dtype)
     grad = torch.randn(rows, out_features, device=device, dtype=dtype)
@@ -80,11 +81,6 @@ def make_step(holder, rows: int, in_features: int, out_features: int, device, dt
 def kernels_per_call(step, device) -> dict[str, float]:
     """Milliseconds per kernel name (GPU kernels; top-level ops on a CPU) for one call of ``step``
     (torch.profiler over 3 calls)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from benchmarks.measure import synchronize
-    from benchmarks.profile_train_step import kernel_ms
-
     on_gpu = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         for _ in range(3):
@@ -100,10 +96,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--out", default="lora_layer.json")
     args = parser.parse_args(argv)
-
-    import torch
-
-    from benchmarks.measure import time_steady_state
 
     device, dtype = torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.bfloat16
     results = []

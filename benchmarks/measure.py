@@ -8,16 +8,23 @@ with a synchronise only at its end, so the host never stalls the device inside t
 from __future__ import annotations
 
 import contextlib
+import gc
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+import accelerate
+import diffusers
+import peft
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+
 
 def synchronize(device) -> None:
-    import torch
-
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -51,8 +58,6 @@ def count_flops(fn: Callable[[], object]) -> int:
     2 FLOPs per multiply-add); element-wise work (norms, activations, the optimiser) is not counted.
     Run ``fn`` uncompiled: the count is a property of the maths, which compilation does not change.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
@@ -61,8 +66,6 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def measure_matmul_peak(device, size: int = 8192, repeats: int = 20) -> float:
     """Achieved dense bf16 FLOP/s of a ``size``^3 matrix product on random data (the MFU denominator)."""
-    import torch
-
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     for _ in range(3):
@@ -89,8 +92,6 @@ def measure_matmul_peak(device, size: int = 8192, repeats: int = 20) -> float:
 @contextlib.contextmanager
 def peak_memory(device):
     """Yields a dict filled on exit with ``peak_gib`` (max allocated on the device inside the block)."""
-    import torch
-
     result = {"peak_gib": float("nan")}
     is_cuda = torch.device(device).type == "cuda"
     if is_cuda:
@@ -105,10 +106,6 @@ def peak_memory(device):
 
 
 def free_device_memory() -> None:
-    import gc
-
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -116,12 +113,6 @@ def free_device_memory() -> None:
 
 def environment(device) -> dict:
     """GPU name and software versions, for the results file."""
-    import accelerate
-    import diffusers
-    import peft
-    import torch
-    import transformers
-
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -142,8 +133,6 @@ def environment(device) -> dict:
             multiprocessors=props.multi_processor_count,
         )
         with contextlib.suppress(Exception):
-            import subprocess
-
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                 capture_output=True, text=True, timeout=20,

@@ -16,18 +16,29 @@ native resolution, for the plain pipeline (eager) and then for the generator wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
+
+import torch
+import yaml
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.architectures import arch_spec
+from benchmarks.bench import load_bench_pipeline, prepare_arch
+from benchmarks.config import BenchConfig
+from benchmarks.generation_bench import make_specs, unet_output, unet_probe_inputs
+from benchmarks.measure import time_steady_state
+from benchmarks.profile_train_step import kernel_ms, ms_by_category
+from core.config import load_stage_config
+from inference.generation import generate
+from inference.speedups import prepare_pipeline, uncompile
 
 
 def call_ms(fn, repeats: int) -> float:
     """Median milliseconds of one ``fn()`` call, one untimed call first (``benchmarks.measure``'s timing rules:
     a device synchronise closes each timed call)."""
-    import torch
-
-    from benchmarks.measure import time_steady_state
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return 1e3 * time_steady_state(fn, device, warmup=1, steps=1, repeats=repeats).seconds_per_call
 
@@ -35,11 +46,6 @@ def call_ms(fn, repeats: int) -> float:
 def kernel_breakdown(fn) -> tuple[float, dict, list, dict]:
     """One ``fn()`` call under torch.profiler: kernel ms in total, by category, the 30 largest kernels, and the
     GPU's idle gaps."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from benchmarks.profile_train_step import kernel_ms, ms_by_category
-
     on_gpu = torch.cuda.is_available()  # without one: a smoke run on the tiny models (top-level CPU ops)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         fn()
@@ -72,16 +78,12 @@ def idle_gaps(spans: list[tuple[float, float]], min_gap_us: float = 50.0) -> dic
 
 def decode_latents(pipe, batch: int, resolution: int):
     """Random latents of ``batch`` images at ``resolution``, scaled as the pipeline hands them to the decoder."""
-    import torch
-
     size = resolution // pipe.vae_scale_factor
     latents = torch.randn(batch, pipe.vae.config.latent_channels, size, size, device=pipe.device, dtype=pipe.vae.dtype)
     return latents / pipe.vae.config.scaling_factor
 
 
 def decode_ms(pipe, latents, repeats: int) -> float:
-    import torch
-
     def decode():
         with torch.no_grad():
             pipe.vae.decode(latents, return_dict=False)
@@ -92,9 +94,6 @@ def decode_ms(pipe, latents, repeats: int) -> float:
 def components(pipe, specs, batch: int, resolution: int, steps: int, repeats: int) -> dict:
     """Times (ms) of one UNet call, one decode and one whole batch on ``pipe`` as it is now, and the kernel
     breakdown of one batch."""
-    from benchmarks.generation_bench import unet_probe_inputs, unet_output
-    from inference.generation import generate
-
     probe = unet_probe_inputs(pipe, batch=2 * batch, resolution=resolution)
     unet = call_ms(lambda: unet_output(pipe, probe), repeats)
     vae = decode_ms(pipe, decode_latents(pipe, batch, resolution), repeats)
@@ -110,9 +109,6 @@ def components(pipe, specs, batch: int, resolution: int, steps: int, repeats: in
 
 def prepared_components(pipe, speedups, specs, batch: int, resolution: int, steps: int, repeats: int) -> dict:
     """``prepare_pipeline`` with ``speedups``, one batch to compile (timed as ``compile_s``), then components."""
-    from inference.speedups import prepare_pipeline
-    from inference.generation import generate
-
     start = time.perf_counter()
     prepare_pipeline(pipe, speedups)
     generate(pipe, specs, batch_size=batch)
@@ -151,18 +147,6 @@ def main() -> None:
                              "added and measure again in the same process (a paired comparison)")
     parser.add_argument("overrides", nargs="*", help="bench config key=value overrides")
     args = parser.parse_args()
-
-    import dataclasses
-
-    import torch
-    import yaml
-
-    from benchmarks.architectures import arch_spec
-    from benchmarks.bench import load_bench_pipeline, prepare_arch
-    from benchmarks.config import BenchConfig
-    from benchmarks.generation_bench import make_specs
-    from core.config import load_stage_config
-    from inference.speedups import uncompile
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # a smoke run of this script: tiny models, no compile

@@ -16,6 +16,15 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule
+
+from benchmarks.bench import prepare_arch
+from benchmarks.config import BenchConfig
+from benchmarks.train_bench import TrainPoint, run_trainer, trainer_kernels, trainer_overrides
+from core.config import apply_overrides
+from training.callbacks import ProfilerSteps
+
 # First match wins; the names are those of the kernels nsys/torch.profiler report on Hopper. Inductor's kernels
 # come first: they are named after the ops they fuse (triton_poi_fused_..._convolution_native_group_norm_silu
 # is a group norm + SiLU, not a convolution).
@@ -41,8 +50,6 @@ def category(name: str) -> str:
 def kernel_ms(events, on_gpu: bool) -> dict[str, float]:
     """Milliseconds per kernel name in torch.profiler ``events``: GPU kernels and copies on a GPU, top-level CPU
     ops on a CPU smoke run."""
-    import torch
-
     device_type = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
     kernels: dict[str, float] = {}
     for event in events:
@@ -73,15 +80,6 @@ def main() -> None:
     parser.add_argument("--out", default="profile_train_step.json")
     parser.add_argument("--extra", nargs="*", default=[], help="more train overrides, key=value")
     args = parser.parse_args()
-
-    import torch
-    from torch.profiler import ProfilerActivity, profile, schedule
-
-    from core.config import apply_overrides
-    from benchmarks.bench import prepare_arch
-    from benchmarks.config import BenchConfig
-    from benchmarks.train_bench import TrainPoint, run_trainer, trainer_kernels, trainer_overrides
-    from training.callbacks import ProfilerSteps
 
     work = Path(args.work)
     on_gpu = torch.cuda.is_available()  # without one: a smoke run of this script on the tiny models

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from benchmarks.train_bench import TrainPoint, interval_rates, reference_pass_figures, trainer_overrides
@@ -57,8 +58,6 @@ def launch_reference_pass(output_dir: Path) -> dict | None:
 
 def run_scaling(cfg, model_dir: Path, data_dir: Path, work: Path, output_dir: str | Path | None = None) -> dict:
     """``output_dir``: where each launch's output is kept (``scaling-<N>gpu-output.txt``); None: not kept."""
-    import torch
-
     settings = cfg.scaling
     available = torch.cuda.device_count()
     point = TrainPoint(settings.micro_batch, settings.gradient_checkpointing, "fast", settings.regional_compile,

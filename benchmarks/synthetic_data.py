@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from core.images import encode_png
 from preference_sets.io import write_preference_set
@@ -29,8 +30,6 @@ CAPTIONS = (
 
 def smooth_image(rng: np.random.Generator, resolution: int, grid: int = 16) -> np.ndarray:
     """uint8 (resolution, resolution, 3): a random ``grid``x``grid`` colour field, upsampled (nearest neighbour)."""
-    from PIL import Image
-
     small = rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8)
     return np.asarray(Image.fromarray(small).resize((resolution, resolution), Image.NEAREST), dtype=np.uint8)
 
@@ -39,8 +38,6 @@ def photo_like_jpeg(rng: np.random.Generator, resolution: int, grid: int = 16, n
     """JPEG (quality 90) of a bilinearly upsampled random colour field with Gaussian grain (σ = ``noise`` grey
     levels): smooth regions plus texture, so decoding costs about what a photo of the same size costs (JPEG
     decoding time grows with the non-zero DCT coefficients, which a flat blocky field would mostly lack)."""
-    from PIL import Image
-
     small = Image.fromarray(rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8))
     field_ = np.asarray(small.resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
     grain = rng.normal(0.0, noise, size=field_.shape).astype(np.float32)

@@ -39,12 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import torch
 import yaml
 
-from core.cli import StageCLI, run_main
+from benchmarks.architectures import build_model_folder
+from benchmarks.measure import environment
+from benchmarks.report import results_path
+from benchmarks.synthetic_data import write_synthetic_set
+from core.cli import StageCLI, resolve_device, run_main
 from core.config import load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_write_json
+from preference_sets.ops import export
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/bench.yaml"
@@ -288,12 +294,6 @@ def extrapolate(model: dict[str, float], job: JobSettings) -> float:
 
 def prepare(cfg: TimeToLoraConfig, job: JobSettings, device: str) -> tuple[Path, Path, Path]:
     """The model folder, our set and its stock export for ``job`` (built once under work_dir)."""
-    import torch
-
-    from benchmarks.architectures import build_model_folder
-    from benchmarks.synthetic_data import write_synthetic_set
-    from preference_sets.ops import export
-
     base = Path(cfg.work_dir)
     resolution = cfg.native_resolution()
     model_dir = build_model_folder(cfg.arch, cfg.scale, base / "models" / f"{cfg.arch}-{cfg.scale}",
@@ -307,10 +307,6 @@ def prepare(cfg: TimeToLoraConfig, job: JobSettings, device: str) -> tuple[Path,
 
 
 def run(cfg: TimeToLoraConfig) -> dict[str, Any]:
-    from benchmarks.measure import environment
-    from benchmarks.report import results_path
-    from core.cli import resolve_device
-
     device = resolve_device("auto")
     env = environment(device)
     gpu = env.get("gpu_name") or device

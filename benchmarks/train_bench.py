@@ -22,7 +22,14 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from benchmarks.measure import count_flops, free_device_memory, peak_memory
+from core.config import config_from_dict
+from training.config import TrainConfig
+from training.kernels import KernelOptions
+from training.metrics import read_metrics
+from training.train import train
 
 UNET_FORWARDS_PER_PAIR = 6  # policy fwd (w, l) + policy bwd (≈ 1 fwd each: no frozen weight grads) + ref fwd (w, l)
 
@@ -114,25 +121,17 @@ def trainer_overrides(point: TrainPoint, model_dir: Path, data_dir: Path, work_d
 
 def trainer_kernels(point: TrainPoint, compile_backend: str = "inductor"):
     """The trainer's KernelOptions (training/kernels.py) for one sweep point: its inductor options."""
-    from training.kernels import KernelOptions
-
     return KernelOptions(compile_backend=compile_backend, compile_options=dict(point.compile_options))
 
 
 def run_trainer(section: dict, kernels=None, callbacks=()) -> dict:
     """The trainer, as ``make train`` runs it, on a ``train:`` section; ``kernels`` (KernelOptions) and
     ``callbacks`` (training/callbacks.py) as ``training.train.train`` takes them."""
-    from core.config import config_from_dict
-    from training.config import TrainConfig
-    from training.train import train
-
     return train(config_from_dict(TrainConfig, dict(section), where="train"), callbacks, kernels)
 
 
 def interval_values(work_dir: Path, key: str) -> list[float]:
     """``key`` (e.g. pairs_per_s, loss) of every logged interval of the last trainer run in ``work_dir``."""
-    from training.metrics import read_metrics
-
     return [float(r[key]) for r in read_metrics(work_dir / "logs" / "metrics.jsonl") if key in r]
 
 
@@ -217,8 +216,6 @@ def count_step_flops_per_pair(point: TrainPoint, model_dir: Path, data_dir: Path
 
 def unet_forward_flops(unet, inputs: dict) -> float:
     """FLOPs of one UNet forward (batch of ``inputs``) -> per sample."""
-    import torch
-
     batch = inputs["sample"].shape[0]
     with torch.no_grad():
         flops = count_flops(lambda: unet(**inputs, return_dict=False))

@@ -21,6 +21,9 @@ import types
 import typing
 from typing import Any, Callable, Literal, Union
 
+import torch
+import yaml
+
 from core.config import _member_type, load_stage_config, renamed_keys, to_dict
 from core.errors import ConfigError, PipelineError
 
@@ -38,8 +41,6 @@ def run_main(work: Callable[[], int | None]) -> int:
 def resolve_device(setting: str, key: str = "device") -> str:
     """A ``device`` setting as a torch device name: "auto" is "cuda" when a GPU is visible, else "cpu"; any
     other name is kept, and a CUDA device when none is visible is a ConfigError naming the config ``key``."""
-    import torch
-
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting.startswith("cuda") and not torch.cuda.is_available():
@@ -253,7 +254,6 @@ def _default_text(f: dataclasses.Field, limit: int = 80) -> str:
         value = f.default_factory()
     else:
         return "required"
-    import yaml
 
     text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6).strip()
     text = text.removesuffix("...").strip()

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
+import torch
+from PIL import Image
 
 from core.errors import ModelPathError
 
@@ -71,8 +74,6 @@ def resolve_clip(path: str | Path, model_name: str | None = None) -> tuple[str, 
 
 def load_clip(path: str | Path, model_name: str | None = None, device: str = "cpu") -> ClipBundle:
     """Load a local open_clip model exactly as a real local checkpoint would be loaded."""
-    import open_clip
-
     name, weights, config = resolve_clip(path, model_name)
     if config is not None:
         open_clip.add_model_config(config)
@@ -86,9 +87,6 @@ def load_clip(path: str | Path, model_name: str | None = None, device: str = "cp
 
 def encode_images(bundle: ClipBundle, images: list[np.ndarray], batch_size: int = 64):
     """uint8 (H, W, 3) images -> L2-normalised embeddings (N, D)."""
-    import torch
-    from PIL import Image
-
     feats = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -101,8 +99,6 @@ def encode_images(bundle: ClipBundle, images: list[np.ndarray], batch_size: int 
 
 def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 256):
     """Strings -> L2-normalised embeddings (N, D)."""
-    import torch
-
     feats = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):

@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, TypeVar, Union
 import yaml
 
 from core.errors import ConfigError
+from core.io import atomic_write_text
 from core.plugins import load_plugins
 
 T = TypeVar("T")
@@ -394,8 +395,6 @@ def to_dict(obj: Any) -> Any:
 
 def write_resolved_config(obj: Any, folder: str | Path, name: str = "resolved_config.yaml") -> Path:
     """Write the fully resolved config (defaults filled in) into an output folder."""
-    from core.io import atomic_write_text
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 
 from core.errors import ConfigError
 from core.models import LORA_WEIGHT_NAME
@@ -28,8 +34,6 @@ def add_lora_adapter(unet, *, rank: int, alpha: float, target_modules: Sequence[
     step 0 the adapted UNet equals the frozen one. ``setting`` names the config key in the error when no module
     matches.
     """
-    from peft import LoraConfig
-
     unet.requires_grad_(False)
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(
@@ -54,8 +58,6 @@ def add_lora_adapter(unet, *, rank: int, alpha: float, target_modules: Sequence[
 
 def lora_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
     """peft's LoRA layers (``BaseTunerLayer``) of ``module``, in module order."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
@@ -93,8 +95,6 @@ def adapters_disabled(unet) -> Iterator[None]:
 
 def lora_parameters(unet) -> dict[str, torch.Tensor]:
     """The adapter's weights with peft's key names (no adapter name), for checkpoints."""
-    from peft.utils import get_peft_model_state_dict
-
     return get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
 
 
@@ -115,10 +115,6 @@ def save_lora(folder: str | Path, unet, family: str) -> Path:
       folder)``: peft reads its own key names and config file, not diffusers'. The weights are the same
       tensors (a few MB twice); diffusers picks its own file by name when both are present.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from safetensors.torch import save_file
-
     peft_layers = {k: v.detach().float().cpu().contiguous() for k, v in lora_parameters(unet).items()}
     layers = convert_state_dict_to_diffusers(peft_layers)
     # diffusers' conversion renames only attention projections (to_q.lora_A -> to_q.lora.down, ...); other layers

@@ -14,7 +14,12 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from huggingface_hub import constants, snapshot_download
+
 from core.errors import ModelPathError
+from core.io import sha256_file, stable_key
 
 # The LoRA weights file a training run writes (the name stock ``load_lora_weights(folder)`` looks for).
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -47,8 +52,6 @@ _VARIANT = re.compile(r"^\w+$")
 
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache this process reads (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/...)."""
-    from huggingface_hub import constants
-
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -59,7 +62,6 @@ def resolve_model_path(model: str | Path) -> Path:
     path = Path(model)
     if path.exists() or not _REPO_ID.match(str(model)):
         return path
-    from huggingface_hub import snapshot_download
 
     cache = hub_cache_dir()
     try:
@@ -71,6 +73,29 @@ def resolve_model_path(model: str | Path) -> Path:
             f"folder, or download it where there is network (`hf download {model}`) and copy that cache here "
             "(HF_HUB_CACHE names where it is read)"
         ) from exc
+
+
+def model_fingerprint(path: str | Path, variant: str | None = None, *,
+                      subfolders: tuple[str, ...] | None = None) -> str:
+    """Content fingerprint of a model folder (or of one weights file; a hub id is read from the local Hugging Face
+    cache): a key over every file's path (relative to the folder) and bytes, and the weights ``variant``.
+
+    ``subfolders``: only the files under those subfolders count (those present): a training cache depends only on
+    some components (the latent cache on the VAE and text encoders, the reference losses on the UNet and
+    scheduler). Without it every file of the folder counts: the ``model_id`` / ``adapter_id`` of image keys.
+    Hidden files never count. Keys built on it change whenever the weights change (a fine-tuned copy at the same
+    path gets new keys) and stay the same when the folder is moved. Reading a real SD checkpoint takes seconds.
+    A folder holding plain and fp16 weights makes different images from each, so the variant is part of the key.
+    """
+    path = resolve_model_path(path)
+    if path.is_file():
+        root, files = path.parent, [path]
+    else:
+        root = path
+        folders = [path] if subfolders is None else [path / sub for sub in subfolders if (path / sub).is_dir()]
+        files = sorted(p for folder in folders for p in folder.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return stable_key("model-fingerprint", variant, [(p.relative_to(root).as_posix(), sha256_file(p)) for p in files])
 
 
 def model_family(path: str | Path) -> str:
@@ -171,9 +196,6 @@ def _check_variant(path: Path, variant: str | None, found: dict[str, set]) -> No
 def load_pipeline(path: str | Path, dtype=None, device: str | None = None, variant: str | None = None):
     """Load an SD or SDXL pipeline from a local folder or a cached hub id with stock diffusers (safetensors
     only, offline); ``variant`` picks the weight files (e.g. "fp16"), None the plain ones."""
-    import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     path = resolve_model_path(path)
     family = check_model_dir(path, variant)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline

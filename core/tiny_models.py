@@ -7,7 +7,21 @@ seconds. Weights are random: only mechanics can be tested with them.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
+
+import open_clip
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from core.tokenizer import save_clip_tokenizer
 
@@ -18,16 +32,11 @@ TINY_WORDS = (
 
 
 def _tokenizer(folder: Path, max_len: int):
-    from transformers import CLIPTokenizer
-
     save_clip_tokenizer(list(TINY_WORDS), folder, model_max_length=max_len)
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def _text_encoder(vocab_size: int, hidden: int, max_len: int, projection: bool, seed: int):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=vocab_size,
@@ -46,9 +55,6 @@ def _text_encoder(vocab_size: int, hidden: int, max_len: int, projection: bool, 
 
 
 def _vae(seed: int):
-    import torch
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     return AutoencoderKL(
         block_out_channels=(16, 32),
@@ -64,8 +70,6 @@ def _vae(seed: int):
 
 
 def _scheduler():
-    from diffusers import DDIMScheduler
-
     return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -78,9 +82,6 @@ def _scheduler():
 
 def build_tiny_sd15(folder: str | Path, seed: int = 0, max_len: int = 16) -> Path:
     """Save a tiny random SD1.5-shaped ``StableDiffusionPipeline`` to ``folder`` (32 px images)."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
     folder = Path(folder)
     tokenizer = _tokenizer(folder / "_tok", max_len)
     text_encoder = _text_encoder(len(tokenizer), 32, max_len, projection=False, seed=seed)
@@ -114,9 +115,6 @@ def build_tiny_sd15(folder: str | Path, seed: int = 0, max_len: int = 16) -> Pat
 
 def build_tiny_sdxl(folder: str | Path, seed: int = 0, max_len: int = 16) -> Path:
     """Save a tiny random SDXL-shaped ``StableDiffusionXLPipeline`` (two text encoders, time ids)."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-
     folder = Path(folder)
     tokenizer = _tokenizer(folder / "_tok", max_len)
     text_encoder = _text_encoder(len(tokenizer), 32, max_len, projection=False, seed=seed)
@@ -156,8 +154,6 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0, max_len: int = 16) -> Pat
 
 
 def _cleanup(folder: Path) -> None:
-    import shutil
-
     shutil.rmtree(folder / "_tok", ignore_errors=True)
 
 
@@ -172,12 +168,6 @@ TINY_CLIP_CONFIG = {
 def build_tiny_clip(folder: str | Path, name: str = "tiny-clip", seed: int = 0) -> Path:
     """Save a random-weight open_clip model folder (``<name>.json`` + ``<name>.safetensors``), the
     same layout as models/synthetic-clip, loadable with ``core.clip.load_clip(folder)``."""
-    import json
-
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(TINY_CLIP_CONFIG))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 BOS = "<|startoftext|>"
@@ -57,8 +58,6 @@ def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[tuple
     (A per-word left-to-right chain does not: a lower-ranked pair from another word, e.g. ``ci`` of
     "city", would split "scientist".) Words are first split as CLIP's pre-tokenizer splits them.
     """
-    from collections import Counter
-
     byte_map = bytes_to_unicode()
     base = list(byte_map.values())
     vocab_list = base + [ch + "</w>" for ch in base]

@@ -8,6 +8,7 @@ checked here so a bad config fails before any image is generated.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
@@ -104,9 +105,9 @@ class BalanceConfig:
     """Stereotype pairs: steer the distribution of the detector's ``attribute`` toward ``target`` (uniform if
     empty).
 
-    ``values`` lists the attribute's values (defaults to the world's groups); ``stratify_by`` names
-    the prompt slot within which the distribution is measured (e.g. role: each role has its own bias;
-    ``prompt``: each prompt on its own; null: the whole risk at once).
+    ``values`` lists the attribute's values (defaults to every value the risk's prompt source gives the
+    attribute); ``stratify_by`` names the prompt slot within which the distribution is measured (e.g. role: each
+    role has its own bias; ``prompt``: each prompt on its own; null: the whole risk at once).
     """
 
     # Removed keys (core/config.py): measured, not adopted.
@@ -115,7 +116,7 @@ class BalanceConfig:
     attribute: Optional[str] = field(default=None, metadata={
         "help": "Label whose distribution is steered: the risk's detector.attribute (null: that one)."})
     values: list[str] = field(default_factory=list, metadata={
-        "help": "The attribute's values; empty: the world's groups."})
+        "help": "The attribute's values; empty: every value the risk's prompt source gives it (its slot values)."})
     target: dict[str, float] = field(default_factory=dict, metadata={
         "help": "Target share per value (non-negative, normalised); empty: uniform."})
     stratify_by: Optional[str] = field(default=None, metadata={
@@ -320,8 +321,6 @@ class CurateConfig:
     def tasks(self) -> dict[str, RiskConfig]:
         """What curation runs: every risk, each followed by its request task (same kind, detector and
         corrective variants; the request prompts and pair count)."""
-        import dataclasses
-
         out: dict[str, RiskConfig] = {}
         for name, risk in self.risks.items():
             out[name] = risk

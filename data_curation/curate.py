@@ -10,6 +10,7 @@ Killed and restarted, it reuses every finished image and score and writes exactl
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -18,10 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
 from core.cli import StageCLI, run_main
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError, DataError
 from core.io import atomic_write_json, stable_key
+from core.models import load_pipeline, lora_weights_file, model_fingerprint
 from core.output_dir import check_output_dir
 from data_curation.config import CurateConfig
 from data_curation.quality import precision_recall, verify_pairs
@@ -32,7 +37,6 @@ from data_curation.workspace import Workspace, describe_generation
 from inference.generation import (
     GenerationSpec,
     ImageStore,
-    model_fingerprint,
     native_resolution,
     process_state,
     resolve_batch_size,
@@ -40,6 +44,10 @@ from inference.generation import (
 )
 from inference.prompts import load_prompts, prompt_source
 from inference.scorers import build_scorer
+from inference.speedups import merge_lora, prepare_pipeline, use_fast_paths
+from preference_sets.io import write_preference_set
+from preference_sets.retain import write_retain_set
+from preference_sets.schema import make_pair_row
 
 
 CLI = StageCLI(CurateConfig, "curate", prog="python -m data_curation.curate", description=__doc__,
@@ -87,8 +95,6 @@ def pair_rows(pair: Pair, ws: Workspace, model_id: str, caption_variants: int):
 def pair_row(pair: Pair, ws: Workspace, model_id: str, caption: str | None = None) -> dict[str, Any]:
     """One preference-set row; the preferred image's column is fixed by the pair's content key. ``caption``
     replaces the training caption (a paraphrase of the pair's prompt); the generation prompts stay."""
-    from preference_sets.schema import make_pair_row
-
     caption = caption or pair.caption
     pair_id = stable_key("pair-v1", pair.risk, pair.strategy, caption, pair.preferred.key, pair.rejected.key)
     # Put the preferred image in column 0 or 1 by a hash bit, so neither column means "preferred".
@@ -213,10 +219,6 @@ def claim(folder: Path, task: str) -> bool:
 
 def wait_for_all(state) -> None:
     """A barrier without the process group's default timeout (30 min): a process's tasks can take hours."""
-    import datetime
-
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
         dist.monitored_barrier(timeout=datetime.timedelta(days=7))
     else:
@@ -271,13 +273,6 @@ def merge_generation_summaries(per_process: list[dict]) -> dict:
 
 def run(cfg: CurateConfig, config_path: str) -> Path | None:
     """The whole stage; returns the set's folder on the main process (None on the others)."""
-    import torch
-
-    from core.models import load_pipeline, lora_weights_file
-    from inference.speedups import merge_lora, prepare_pipeline, use_fast_paths
-    from preference_sets.io import write_preference_set
-    from preference_sets.retain import write_retain_set
-
     state = process_state()
     out_dir, work_dir = output_folders(cfg, config_path)
     check_output_dir(out_dir, cfg.overwrite, "curate.output_dir", keep=[("curate.work_dir", work_dir)])

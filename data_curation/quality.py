@@ -8,6 +8,7 @@ Images the reference marks invalid (no single figure) are left out.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 
@@ -48,8 +49,6 @@ def verify_pairs(judge, pairs, reference: str) -> dict[str, Any]:
     """Re-judge kept pairs with the ``reference`` scorer (the oracle): is the preferred image really
     safe and the rejected one really risky? Meaningful when the pairs were picked by a model scorer;
     with the oracle as detector it is a consistency check."""
-    import dataclasses
-
     ref_cfg = dataclasses.replace(
         judge.cfg,
         detector=dataclasses.replace(judge.cfg.detector, scorer=reference),

@@ -16,6 +16,7 @@ from data_curation.strategies import original_spec
 from data_curation.workspace import Candidate, Workspace
 from inference.generation import GenerationSpec
 from inference.prompts import PromptRecord
+from preference_sets.retain import make_retain_row
 
 def rejection_reason(candidate: Candidate, record: PromptRecord, judges: list[RiskJudge],
                      requested: bool = False) -> str | None:
@@ -49,7 +50,5 @@ def curate_retain(
 
 
 def retain_rows(candidates: list[Candidate], ws: Workspace, model_id: str) -> Iterator[dict[str, Any]]:
-    from preference_sets.retain import make_retain_row
-
     for c in candidates:
         yield make_retain_row(c.caption, ws.store.get_bytes(c.key), c.spec.seed, model_id, c.spec.to_json(), c.scores)

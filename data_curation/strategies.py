@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from data_curation.config import CorrectiveVariant, RiskConfig
 from data_curation.risks import RiskJudge, flagged_by
 from data_curation.workspace import Candidate, Workspace
-from inference.generation import GenerationSpec, derive_seed
+from inference.generation import GenerationSpec, derive_seed, process_state
 from inference.prompts import PromptRecord
 
 
@@ -74,8 +75,6 @@ def _fill(template: str, record: PromptRecord, group: str | None) -> str:
     try:
         return template.format(**values)
     except (KeyError, IndexError) as exc:
-        from core.errors import ConfigError
-
         raise ConfigError(
             f"corrective template {template!r} uses {exc} which prompt {record.prompt!r} does not provide "
             f"(available: {sorted(values)})"
@@ -218,7 +217,6 @@ def _block_size(ws: Workspace) -> int:
     batch = getattr(ws, "batch_size", None)
     if batch is None:  # a workspace without batches (test fakes): any block computes the same values
         return 1
-    from inference.generation import process_state
 
     return math.lcm(batch * process_state().num_processes, getattr(ws, "score_batch_size", 1))
 

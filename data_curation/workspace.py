@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from core.io import atomic_write_json, stable_key
-from inference.generation import GenerationReport, GenerationSpec, ImageStore
+from inference.generation import GenerationReport, GenerationSpec, ImageStore, process_state
 
 
 @dataclass
@@ -66,10 +67,6 @@ class Workspace:
         return self.score_dir / folder / image_key[:2] / f"{image_key}-{stable_key(caption)[:12]}.json"
 
     def score(self, keys: list[str], captions: list[str]) -> list[dict[str, dict[str, Any]]]:
-        from tqdm.auto import tqdm
-
-        from inference.generation import process_state
-
         state = process_state()
         start = time.perf_counter()
         items = list(dict.fromkeys(zip(keys, captions)))  # unique, in first-seen order

@@ -11,18 +11,25 @@ Works with any local diffusers SD1.x/2.x or SDXL folder loaded by ``core.models.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import inspect
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import diffusers
 import numpy as np
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
 
 from core.errors import ConfigError, DataError
 from core.images import decode_image, encode_png
 from core.io import atomic_write_bytes, stable_key
+from core.models import model_fingerprint  # noqa: F401 - re-exported: evals/ imports it from here
+from inference.speedups import is_compiled
 
 # Sampler name -> diffusers scheduler class name. Each is built with ``from_config`` from the
 # checkpoint's own scheduler config, so the noise schedule (betas, prediction type) is kept.
@@ -46,11 +53,6 @@ def _launch_state():
     Without CUDA, or with ``ACCELERATE_USE_CPU=1``, processes started by ``accelerate launch`` (or
     torchrun) join a gloo CPU process group; PartialState only does so when told ``cpu=True``.
     """
-    import os
-
-    import torch
-    from accelerate import PartialState
-
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     return PartialState(cpu=use_cpu)
 
@@ -143,35 +145,6 @@ def derive_seed(*parts) -> int:
     return int(stable_key("seed", *parts)[:8], 16) & 0x7FFFFFFF
 
 
-def model_fingerprint(path: str | Path, variant: str | None = None) -> str:
-    """Content fingerprint of a model folder (or a hub id in the local Hugging Face cache): a hash over every
-    file's name and bytes, and the weights ``variant`` loaded from it.
-
-    Keys built on it change whenever the weights change (a fine-tuned copy at the same path gets new
-    keys), and stay the same when the folder is moved. Reading a real SD checkpoint takes seconds. A folder
-    holding plain and fp16 weights makes different images from each, so the variant is part of the hash
-    (only when set: the fingerprints of plain loads stay what they were).
-    """
-    from core.models import resolve_model_path
-
-    path = resolve_model_path(path)
-    if path.is_file():
-        files = [path]
-        root = path.parent
-    else:
-        root = path
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    digest = hashlib.sha256()
-    if variant is not None:
-        digest.update(f"variant={variant}".encode("utf-8"))
-    for file in files:
-        digest.update(str(file.relative_to(root)).encode("utf-8"))
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:24]
-
-
 # batch_size: auto. A GPU gets as many images per batch as fit a budget of pixels (the synthetic model is
 # launch-bound below a few hundred 64-px images; SD1.5 at 512 px gets 16, SDXL at 1024 px 4: the plain
 # pipeline's benchmark batches, docs/performance.md). A CPU gets at most 32: no faster at 64 (measured
@@ -200,8 +173,6 @@ def latent_defaults(cls, config: dict) -> dict:
     wrong for latents, whose range is wider) and DDIM to ``set_alpha_to_one=True``. Stable Diffusion's
     own DDIM/PNDM configs set both to False; keep that when switching from e.g. a DPM-Solver config.
     """
-    import inspect
-
     accepted = inspect.signature(cls.__init__).parameters
     return {
         key: False
@@ -212,8 +183,6 @@ def latent_defaults(cls, config: dict) -> dict:
 
 def set_sampler(pipe, name: str) -> None:
     """Switch ``pipe.scheduler`` to sampler ``name``, built from the checkpoint's scheduler config."""
-    import diffusers
-
     check_sampler(name)
     if getattr(pipe, "_sampler_name", None) == name:
         return
@@ -225,8 +194,6 @@ def set_sampler(pipe, name: str) -> None:
 
 
 def _execution_device(pipe):
-    import torch
-
     device = getattr(pipe, "_execution_device", None) or pipe.device
     return torch.device(device)
 
@@ -254,8 +221,6 @@ def batch_rows(pipe, batch_size: int) -> int | None:
     holds". A pipeline compiled by ``inference.speedups`` has static-shape graphs: a short batch (the last one of
     a call, a retry of a few images) would trigger a whole new compile, which costs far more than running
     the missing rows, so short batches are padded to ``batch_size``."""
-    from inference.speedups import is_compiled
-
     return batch_size if is_compiled(pipe) else None
 
 
@@ -265,8 +230,6 @@ def _run_batch(pipe, specs: list[GenerationSpec], pad_to: int | None = None) -> 
     ``pad_to``: run the call at this many rows, filling with copies of the last spec whose images are
     dropped. Each image depends only on its own seed and prompt (one generator per row, rows never mix), so
     padding changes the other images only by the batch-size dependence of the kernels (bf16 rounding)."""
-    import torch
-
     first = specs[0]
     rows = list(specs) + [specs[-1]] * max(0, (pad_to or 0) - len(specs))
     set_sampler(pipe, first.sampler)
@@ -294,8 +257,6 @@ def to_uint8_images(images) -> np.ndarray:
     The same numbers as diffusers' ``output_type="np"`` followed by ``numpy_to_pil``'s rounding (fp32, x 255,
     round half to even), but computed where the images are: on a GPU this moves a quarter of the bytes and
     leaves the host's CPU ~50-100 ms per batch of 16 images at 512 px less to do while the GPU waits."""
-    import torch
-
     with torch.no_grad():
         pixels = (images.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
@@ -303,8 +264,6 @@ def to_uint8_images(images) -> np.ndarray:
 
 def generate(pipe, specs: list[GenerationSpec], batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:
     """Generate one uint8 (H, W, 3) image per spec, in spec order."""
-    from tqdm.auto import tqdm
-
     results: list[np.ndarray | None] = [None] * len(specs)
     batches = make_batches(list(specs), batch_size)
     pad_to = batch_rows(pipe, batch_size)
@@ -376,8 +335,6 @@ class ImageStore:
         ``PartialState().split_between_processes``; every process writes into the same store and all
         wait for each other before returning, so on return every key is present.
         """
-        from tqdm.auto import tqdm
-
         unique: dict[str, GenerationSpec] = {}
         for spec in specs:
             unique.setdefault(spec.key(model_id, adapter_id), spec)

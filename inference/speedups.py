@@ -26,6 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from peft.tuners.lora import LoraLayer
+
 
 @dataclass
 class InferenceSpeedups:
@@ -68,7 +71,7 @@ def check_inductor_options(options: dict, name: str) -> None:
     """Raise ValueError naming the keys of ``options`` (config key ``name``) that inductor does not know."""
     if not options:
         return
-    import torch._inductor
+    import torch._inductor  # optional: the torch.compile path only (torch._dynamo adds ~1.4 s to an import)
 
     unknown = sorted(set(options) - set(torch._inductor.list_options()))
     if unknown:
@@ -81,7 +84,7 @@ def raise_recompile_limits() -> None:
     the trainer's regions (a few dozen shapes share ``Module._call_impl``), its whole-UNet compile (2 adapter
     states per UNet, one UNet per bench point), an eval's base and merged-LoRA pipelines, a bench's SD1.5 and
     SDXL."""
-    import torch._dynamo
+    import torch._dynamo  # optional: the torch.compile path only (torch._dynamo adds ~1.4 s to an import)
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
@@ -108,8 +111,6 @@ def _compile_kwargs(speedups: InferenceSpeedups) -> dict:
 
 def has_lora_layers(module) -> bool:
     """True when ``module`` holds peft LoRA layers (diffusers' ``load_lora_weights`` adds them)."""
-    from peft.tuners.lora import LoraLayer
-
     return any(isinstance(m, LoraLayer) for m in module.modules())
 
 
@@ -126,8 +127,6 @@ def is_compiled(pipe) -> bool:
     compiled for static shapes, so every new batch size costs a full compile (146-186 s for SDXL on an H100;
     about 30 s for the demo's tiny UNet): callers then run every batch at one fixed
     size (``inference.generation`` pads short batches)."""
-    import torch
-
     return isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule) or bool(
         getattr(pipe.vae, "_speedups_decode_compiled", False)
     )
@@ -137,7 +136,7 @@ def uncompile(pipe) -> None:
     """Undo the compiles of ``prepare_pipeline`` (the weight changes, fused QKV and channels_last, stay), so a
     later ``prepare_pipeline`` compiles again, e.g. with other inductor options. Forgets every dynamo graph of
     the process (``torch._dynamo.reset``)."""
-    import torch._dynamo
+    import torch._dynamo  # optional: the torch.compile path only (torch._dynamo adds ~1.4 s to an import)
 
     torch._dynamo.reset()
     pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
@@ -147,8 +146,6 @@ def uncompile(pipe) -> None:
 
 def prepare_pipeline(pipe, speedups: InferenceSpeedups):
     """Apply ``speedups`` to ``pipe`` in place (and return it). Idempotent per option."""
-    import torch
-
     if any(has_lora_layers(m) for m in (pipe.unet, pipe.vae)):
         raise ValueError("prepare_pipeline: the pipeline holds LoRA layers; merge them first "
                          "(inference.speedups.merge_lora) or leave the fast paths off")
@@ -160,6 +157,7 @@ def prepare_pipeline(pipe, speedups: InferenceSpeedups):
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if speedups.compile_unet or speedups.compile_vae:
+        # optional: the torch.compile path only (torch._dynamo adds ~1.4 s to an import)
         import torch._inductor.config as inductor_config
 
         # Process-wide inductor settings: they apply to every graph inductor compiles from here on.

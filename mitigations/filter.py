@@ -150,7 +150,7 @@ class PromptClassifier:
     among the configured unsafe labels."""
 
     def __init__(self, config: ClassifierConfig):
-        from transformers import pipeline  # heavy: only when a classifier is configured
+        from transformers import pipeline  # optional: a local classifier model, loaded only when one is configured
 
         folder = check_transformers_model_dir(config.path, "prompt_filter.classifier.path")
         self.config = config

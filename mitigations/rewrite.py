@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Protocol, Sequence
 
+import torch
+
 from core.cli import resolve_device
 from core.errors import ConfigError, DataError
 from mitigations.config import load_mitigation_config
@@ -234,7 +236,7 @@ class LocalTextToText:
     causal LM (its continuation after the instruction is the output). Greedy decoding: deterministic."""
 
     def __init__(self, config: RewriteModelConfig):
-        import torch  # heavy: only when a model is configured
+        # optional: a local rewrite model, loaded only when one is configured
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
         folder = check_transformers_model_dir(config.path, "rewrite.model.path")

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -195,8 +196,6 @@ def load_preference_set(
     folder: str | Path, expected_schema: pa.Schema = PREFERENCE_SCHEMA, cache_dir: str | None = None
 ) -> datasets.Dataset:
     """The set as a ``datasets.Dataset`` via ``load_dataset("parquet", ...)`` (images stay raw bytes)."""
-    import datasets
-
     paths = check_schemas(folder, expected_schema)
     try:
         return datasets.load_dataset(

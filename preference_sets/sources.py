@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from core.errors import DataError
 from core.images import decode_image, encode_png
@@ -178,8 +180,6 @@ def parts(source: Source) -> list[Part]:
 
 
 def _saved_dataset(source: Source) -> "datasets.Dataset":
-    import datasets
-
     try:
         loaded = datasets.load_from_disk(str(source.path))
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; the folder is what the user must fix
@@ -306,8 +306,6 @@ def screen_row(row: Mapping[str, Any], what: str) -> tuple[dict[str, Any], list[
 def fit_image(data: bytes, resolution: int, what: str) -> bytes:
     """``data`` unchanged if it is resolution² px, else resized (shorter side to ``resolution``, bilinear) and
     centre-cropped, as PNG: what train_diffusion_dpo.py does to every image before training."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as probe:
         if probe.size == (resolution, resolution):
             return data
@@ -366,8 +364,6 @@ def content_hash(source: Source) -> str:
 def load_dataset(source: Source, columns: Sequence[str], cache_dir: str | None = None) -> "datasets.Dataset":
     """``columns`` of the set as a memory-mapped ``datasets.Dataset``; images stay encoded bytes (a
     ``datasets.Image`` column reads as ``{bytes, path}``)."""
-    import datasets
-
     if source.layout == SAVED_FOLDER:
         table = _saved_dataset(source).select_columns(list(columns))
     else:

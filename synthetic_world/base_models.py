@@ -6,9 +6,25 @@ Everything here is plain diffusers/transformers: the saved folder loads with
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
 from core.tokenizer import save_clip_tokenizer
+from synthetic_world.captions import vocabulary_words
 from synthetic_world.world_config import TextArch, UnetArch, VaeArch, WorldConfig
 
 # Stable Diffusion's noise schedule (1000 DDPM steps, scaled-linear betas), epsilon prediction, so
@@ -24,17 +40,11 @@ NOISE_SCHEDULE = dict(
 
 def build_tokenizer(text: TextArch, folder: str | Path):
     """A CLIPTokenizer whose vocabulary holds every word the world's captions can use, one token each."""
-    from transformers import CLIPTokenizer
-
-    from synthetic_world.captions import vocabulary_words
-
     save_clip_tokenizer(list(vocabulary_words()), folder, model_max_length=text.max_length)
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def build_text_encoder(text: TextArch, tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=text.hidden_size,
@@ -51,8 +61,6 @@ def build_text_encoder(text: TextArch, tokenizer):
 
 
 def build_vae(vae: VaeArch, image_size: int = 64):
-    from diffusers import AutoencoderKL
-
     n = len(vae.block_out_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -72,8 +80,6 @@ def latent_size(vae: VaeArch, image_size: int = 64) -> int:
 
 
 def build_unet(unet: UnetArch, vae: VaeArch, text: TextArch, image_size: int = 64):
-    from diffusers import UNet2DConditionModel
-
     levels = len(unet.block_out_channels)
     attend = [i < unet.cross_attention_levels for i in range(levels)]  # highest resolution first
     down_blocks = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend)
@@ -94,15 +100,11 @@ def build_unet(unet: UnetArch, vae: VaeArch, text: TextArch, image_size: int = 6
 
 
 def build_train_scheduler():
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler(**NOISE_SCHEDULE, clip_sample=False)
 
 
 def build_sampler(name: str):
     """The saved pipeline's default sampler (same noise schedule as training)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
     common = dict(NOISE_SCHEDULE, steps_offset=1)
     if name == "dpmsolver":
         # DPM-Solver++ (2M): good samples in ~20-25 steps.
@@ -121,8 +123,6 @@ def build_sampler(name: str):
 
 
 def assemble_pipeline(vae, text_encoder, tokenizer, unet, sampler_name: str):
-    from diffusers import StableDiffusionPipeline
-
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -137,10 +137,6 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, sampler_name: str):
 
 def save_pipeline_fp16(pipe, folder: str | Path) -> None:
     """Save as fp16 safetensors (diffusers layout). Callers wrap this in core.io.atomic_directory."""
-    import torch
-
-    import json
-
     pipe.to(torch.float16)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     # transformers loads a text encoder in the dtype its config names, diffusers loads the UNet/VAE
@@ -158,8 +154,6 @@ def count_parameters(module) -> int:
 
 def describe(cfg: WorldConfig) -> dict:
     """Parameter counts of the configured architectures (millions), for TRAINING.md."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer(cfg.text, tmp)
         te = build_text_encoder(cfg.text, tok)
@@ -174,9 +168,6 @@ def describe(cfg: WorldConfig) -> dict:
 def gflops_per_image(cfg: WorldConfig, image_size: int = 64) -> dict:
     """Forward GFLOPs per image (torch FlopCounterMode, 2 FLOPs per multiply-add) of the configured
     UNet (one call at the latent size, caption of text.max_length tokens) and VAE encode / decode."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     def count(call) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             call()

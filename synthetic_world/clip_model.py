@@ -10,17 +10,22 @@ real local checkpoint: ``open_clip.add_model_config`` + ``create_model_and_trans
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from core.clip import ClipBundle, encode_images, encode_texts
 from core.clip import load_clip as _core_load_clip
 from core.io import atomic_directory, atomic_write_text
+from synthetic_world.renderer import render, render_tensor
+from synthetic_world.train_base import sample_pool
 from synthetic_world.training_utils import (
     Deadline,
     autocast,
@@ -57,10 +62,6 @@ def model_config(arch: ClipArch) -> dict:
 
 def build_model(arch: ClipArch, device: torch.device):
     """A fresh (random) open_clip model from the config, with its tokenizer and normalisation."""
-    import open_clip
-
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:  # open_clip registers configs from files
         config_file = Path(tmp) / f"{arch.model_name}.json"
         config_file.write_text(json.dumps(model_config(arch), indent=2))
@@ -109,9 +110,6 @@ def retrieval_accuracy(bundle: ClipBundle, captions: list[str], images: list[np.
 
 def train_clip(cfg: WorldConfig, device: torch.device, deadline: Deadline) -> bool:
     """Train (or resume) the CLIP on renders + captions; save to ``cfg.clip_dir`` with a README."""
-    from synthetic_world.renderer import render_tensor
-    from synthetic_world.train_base import sample_pool
-
     tc, arch = cfg.clip_training, cfg.clip
     work = Path(cfg.work_dir) / "clip"
     torch.manual_seed(cfg.seed + 3)
@@ -155,11 +153,6 @@ def train_clip(cfg: WorldConfig, device: torch.device, deadline: Deadline) -> bo
 
 def save_clip(model, arch: ClipArch, cfg: WorldConfig, device: torch.device, wall_s: float, final_loss: float) -> None:
     """Write config + fp16 safetensors, reload them the way users do, measure retrieval, write README."""
-    from safetensors.torch import save_file
-
-    from synthetic_world.renderer import render
-    from synthetic_world.train_base import sample_pool
-
     with atomic_directory(cfg.clip_dir, overwrite=True) as tmp:
         (tmp / f"{arch.model_name}.json").write_text(json.dumps(model_config(arch), indent=2))
         state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from core.io import atomic_write_bytes
+from synthetic_world.renderer import INVALID_KINDS, render, render_invalid
+from synthetic_world.vocab import COLORS, GROUPS, OBJECTS, OUTFITS, ROLES, SETTINGS, SYMBOLS, Scene
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "world_renders.png"
 
@@ -69,8 +71,6 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 def world_sample_scenes():
     """A fixed set covering every value of every attribute (each appears at least twice)."""
-    from synthetic_world.vocab import COLORS, GROUPS, OBJECTS, OUTFITS, ROLES, SETTINGS, SYMBOLS, Scene
-
     scenes = []
     for i in range(24):
         scenes.append(
@@ -92,8 +92,6 @@ def world_sample_scenes():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from synthetic_world.renderer import INVALID_KINDS, render, render_invalid
-
     parser = argparse.ArgumentParser(description="Write the renderer's labelled sample grid.")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)

@@ -30,7 +30,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from core.cli import run_main
 from core.config import config_from_dict, write_resolved_config
@@ -190,8 +192,6 @@ class Oracle:
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PATH, device: str = "cpu") -> "Oracle":
-        from safetensors.torch import load_file
-
         path = Path(path)
         missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
         if missing:
@@ -289,8 +289,6 @@ class OracleTrainConfig:
 
 def train_oracle(cfg: OracleTrainConfig) -> dict:
     """Train on freshly rendered, degraded batches; save weights (fp16) + config; return metrics."""
-    from tqdm import tqdm
-
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     net = OracleNet({k: len(v) for k, v in HEADS.items()}, width=cfg.width, hidden=cfg.hidden)
@@ -339,8 +337,6 @@ def train_oracle(cfg: OracleTrainConfig) -> dict:
 
 def save_oracle(net: OracleNet, cfg: OracleTrainConfig, metrics: dict) -> dict:
     """Write ``oracle.safetensors`` (fp16) and ``oracle.json`` (heads, architecture, metrics) atomically."""
-    from safetensors.torch import save_file
-
     config = {
         "heads": {k: list(v) for k, v in HEADS.items()},
         "architecture": {"width": cfg.width, "hidden": cfg.hidden},

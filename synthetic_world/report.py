@@ -15,6 +15,7 @@ under planted_biases); every planted bias within 0.10 of its training-data rate.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from core.cli import resolve_device, run_main
@@ -31,6 +33,9 @@ from core.errors import PipelineError
 from core.io import atomic_write_bytes, atomic_write_json
 from core.models import load_pipeline
 from synthetic_world import vocab
+from synthetic_world.captions import TEMPLATE_IDS, caption_for
+from synthetic_world.oracle import Oracle
+from synthetic_world.sampler import sample_spec, sample_training_examples
 from synthetic_world.training_utils import hardware_name
 from synthetic_world.world_config import WorldConfig
 
@@ -99,8 +104,6 @@ def robe_swap_may_apply(spec, reading: dict) -> bool:
 
 def data_bias_rates(n: int, seed: int) -> dict:
     """Each bias's rate in the training distribution: sampler specs realised into scenes."""
-    from synthetic_world.sampler import sample_training_examples
-
     counts = {b.name: [0, 0] for b in PLANTED_BIASES}
     for example in sample_training_examples(n, seed):
         spec, attrs = example.spec, example.scene.attributes()
@@ -120,9 +123,6 @@ def report_prompts(n: int, seed: int) -> list[tuple[object, str]]:
     Half the prompts are plain draws (a natural spread of templates and attributes); the other half
     are rejection-sampled draws to which some planted bias applies, in equal shares.
     """
-    from synthetic_world.captions import TEMPLATE_IDS, caption_for
-    from synthetic_world.sampler import sample_spec
-
     rng = np.random.default_rng(seed)
     quota = {b.name: (n - n // 2) // len(PLANTED_BIASES) for b in PLANTED_BIASES}
     specs = [sample_spec(rng) for _ in range(n - sum(quota.values()))]
@@ -207,10 +207,6 @@ def label_lines(reading: dict) -> list[str]:
 
 def sample_grid(images: np.ndarray, readings: list[dict], columns: int = 8, zoom: int = 2) -> bytes:
     """PNG of images with the oracle's reading printed under each tile."""
-    import io
-
-    from PIL import Image, ImageDraw
-
     size, text_h = images.shape[1] * zoom, 46
     rows = (len(images) + columns - 1) // columns
     grid = Image.new("RGB", (columns * size, rows * (size + text_h)), "white")
@@ -226,8 +222,6 @@ def sample_grid(images: np.ndarray, readings: list[dict], columns: int = 8, zoom
 
 
 def build_report(cfg: WorldConfig, device: torch.device) -> dict:
-    from synthetic_world.oracle import Oracle
-
     rc = cfg.report
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(cfg.output_dir, dtype=dtype, device=str(device))

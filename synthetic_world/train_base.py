@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from core.cli import resolve_device, run_main
@@ -28,6 +29,8 @@ from core.config import load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text
 from synthetic_world import base_models
+from synthetic_world.renderer import render_tensor
+from synthetic_world.sampler import sample_training_pairs
 from synthetic_world.training_utils import (
     Deadline,
     Ema,
@@ -45,8 +48,6 @@ from synthetic_world.world_config import WorldConfig
 
 def sample_pool(n: int, seed: int) -> tuple[list[str], list]:
     """n (caption, Scene) pairs from the biased "web data" sampler -> (captions, scenes)."""
-    from synthetic_world.sampler import sample_training_pairs
-
     pairs = sample_training_pairs(n, seed)
     return [c for c, _ in pairs], [s for _, s in pairs]
 
@@ -65,8 +66,6 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 
 def render_batch(scenes: list, device: torch.device) -> torch.Tensor:
     """Scenes -> images in [-1, 1], (N, 3, 64, 64), rendered on ``device``."""
-    from synthetic_world.renderer import render_tensor
-
     return render_tensor(scenes, device) * 2.0 - 1.0
 
 
@@ -181,8 +180,6 @@ def diffusion_loss(unet, text_encoder, scheduler, latents, token_ids, gamma: flo
 
 
 def train_unet(cfg: WorldConfig, device: torch.device, deadline: Deadline, config_path: str | None) -> bool:
-    from diffusers import AutoencoderKL
-
     vae_dir = Path(cfg.work_dir) / "vae" / "final"
     if not (vae_dir / "config.json").is_file():
         raise ConfigError(f"unet stage needs the trained VAE at {vae_dir}; run stage vae first")
@@ -304,6 +301,7 @@ def run(cfg: WorldConfig, config_path: str | None) -> int:
     if "unet" in cfg.stages and not train_unet(cfg, device, deadline, config_path):
         return 0
     if "clip" in cfg.stages:
+        # cycle: synthetic_world.clip_model imports sample_pool from this module
         from synthetic_world.clip_model import train_clip
 
         train_clip(cfg, device, deadline)

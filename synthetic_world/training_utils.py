@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 
 from core.io import atomic_write_bytes, atomic_write_json
 
@@ -26,7 +28,6 @@ def hardware_name(device: torch.device) -> str:
                 return f"CPU: {line.split(':', 1)[1].strip()}"
     except OSError:
         pass
-    import platform
 
     return f"CPU: {platform.processor() or platform.machine()}"
 
@@ -86,8 +87,6 @@ class Deadline:
 
 def save_checkpoint(folder: Path, step: int, modules: dict, optimizer, emas: dict, extra: dict) -> None:
     """Write ``state.safetensors`` (weights, EMA, AdamW moments) and ``state.json`` (step, extra)."""
-    from safetensors.torch import save
-
     tensors = {}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
@@ -106,8 +105,6 @@ def save_checkpoint(folder: Path, step: int, modules: dict, optimizer, emas: dic
 
 def load_checkpoint(folder: Path, modules: dict, optimizer, emas: dict) -> dict | None:
     """Restore what :func:`save_checkpoint` wrote; None when there is no checkpoint."""
-    from safetensors.torch import load_file
-
     if not (folder / "state.json").is_file() or not (folder / "state.safetensors").is_file():
         return None
     meta = json.loads((folder / "state.json").read_text())

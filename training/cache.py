@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from core.io import atomic_write_bytes, sha256_file, stable_key
+from core.io import atomic_write_bytes, stable_key
+from core.models import model_fingerprint
 from training.data import PreferencePairs, RetainImages, image_to_uint8, pair_pixels
 from training.models import DiffusionComponents, TextConditioning, encode_images, encode_prompts, sdxl_time_ids
 
@@ -96,7 +97,7 @@ class CachedPairSource:
             self.tensors = {name: t.pin_memory() for name, t in self.tensors.items()}
 
     def batch(self, draws) -> PairBatch:
-        from training.step import to_device_async
+        from training.step import to_device_async  # cycle: training.step imports PairBatch from this module
 
         t = self.tensors
         indices = draws.indices if self.on_device else draws.cpu_indices
@@ -119,25 +120,9 @@ class CachedPairSource:
         return _make_batch(self.components, g["latents_w"], g["latents_l"], cond)
 
 
-def components_fingerprint(model_path: str | Path, subfolders: tuple[str, ...]) -> str:
-    """Content hash of the files in ``subfolders`` of a diffusers model folder (those present).
-
-    Not ``inference.generation.model_fingerprint`` (a hash of the whole folder, for image keys): a training cache
-    depends only on some components (the latent cache on the VAE and text encoders, the reference losses on the
-    UNet and scheduler), so only their files count. Both hashes are parts of stored cache keys: changing
-    either would invalidate every existing cache."""
-    model_path = Path(model_path)
-    parts = []
-    for sub in subfolders:
-        folder = model_path / sub
-        if folder.is_dir():
-            parts += [(f"{sub}/{p.name}", sha256_file(p)) for p in sorted(folder.iterdir()) if p.is_file()]
-    return stable_key(parts)
-
-
 def encoder_fingerprint(model_path: str | Path) -> str:
     """Content hash of everything that determines the cache: VAE, text encoders, tokenizers."""
-    return components_fingerprint(model_path, ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
+    return model_fingerprint(model_path, subfolders=("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"))
 
 
 def cache_key(components: DiffusionComponents, pairs: PreferencePairs, precision: str = "fp32") -> str:

@@ -35,6 +35,8 @@ import functools
 from typing import Callable
 
 import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.resnet import ResnetBlock2D
 
 from inference.speedups import raise_recompile_limits
 from training.lora import lora_layers
@@ -46,9 +48,6 @@ def _has_lora(module: torch.nn.Module) -> bool:
 
 def lora_free_regions(unet: torch.nn.Module) -> list[torch.nn.Module]:
     """ResNet blocks and transformer feed-forwards of ``unet`` that hold no LoRA layer."""
-    from diffusers.models.attention import FeedForward
-    from diffusers.models.resnet import ResnetBlock2D
-
     return [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward)) and not _has_lora(m)]
 
 

@@ -330,6 +330,7 @@ class TrainConfig:
 
     def fused_lora_blockers(self) -> list[str]:
         """Why training/fused_lora.py cannot stand in for this LoRA (empty: it can)."""
+        # cycle: training.fused_lora imports LoraSettings from this module
         from training.fused_lora import fused_lora_blockers
 
         return fused_lora_blockers(self.lora.dropout, self.lora.use_dora)

@@ -25,7 +25,11 @@ import torch
 
 from core.errors import DataError, ModelPathError
 from core.images import decode_image
+from preference_sets.io import dataset_hash
+from preference_sets.retain import load_retain_set
 from preference_sets.schema import DEFAULT_RISK
+from preference_sets.sources import FULL, content_hash, image_bytes, load_dataset, locate
+from preference_sets.validate import validate_set
 
 # Columns the trainer reads (the same ones diffusers' train_diffusion_dpo.py reads, plus label_1).
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -59,8 +63,6 @@ class PreferencePairs:
 
     def image_bytes(self, index: int) -> tuple[bytes, bytes]:
         """(winner image bytes, loser image bytes) of kept pair ``index``."""
-        from preference_sets.sources import image_bytes
-
         row_number = int(self.rows[index])
         row = self.table[row_number]
         images = [image_bytes(row[c], f"{self.folder}: row {row_number} {c}") for c in ("jpg_0", "jpg_1")]
@@ -104,9 +106,6 @@ def load_pairs(folder: str | Path, resolution: int, max_pairs: int | None = None
     """Validate a preference set fully (schema, every image decodes and is resolution² px, labels),
     then keep the non-tie pairs. Ties are counted and excluded; fails if nothing is left.
     ``folder``: a preference set or a five-column Pick-a-Pic set in any layout (module docstring)."""
-    from preference_sets.sources import FULL, content_hash, load_dataset, locate
-    from preference_sets.validate import validate_set
-
     folder = Path(folder)
     if not folder.exists():
         raise DataError(f"preference set {folder} does not exist (run `make curate`, or set train.data to a "
@@ -180,9 +179,6 @@ class RetainImages:
 
 def load_retain(folder: str | Path, resolution: int) -> RetainImages:
     """Validate the whole retain set (every image decodes at ``resolution``) before any model loads."""
-    from preference_sets.io import dataset_hash
-    from preference_sets.retain import load_retain_set
-
     if folder is None:
         raise DataError("train.retain.weight > 0 needs a retain set (train.retain.data, or curate with a `retain:` section)")
     table = load_retain_set(folder, expected_size=resolution)

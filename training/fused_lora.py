@@ -34,6 +34,7 @@ from __future__ import annotations
 import types
 
 import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 from training.lora import ADAPTER_NAME, lora_layers
 
@@ -104,8 +105,6 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def can_fuse(layer) -> bool:
     """Whether :class:`FusedLoraLinear` computes what peft's ``layer`` computes: plain LoRA (no dropout, no
     variant such as DoRA, no LoRA bias) of the trainer's one adapter on a frozen ``nn.Linear``."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
     base = getattr(layer, "base_layer", None)
     return (
         type(layer) is LoraLinear

@@ -5,9 +5,13 @@ kind of LoRA); this module adds the trainer's side: its config, checkpoints' loa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from diffusers.utils import convert_unet_state_dict_to_peft
+from peft.utils import set_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
 
 from core.errors import ConfigError
 from core.lora import (  # noqa: F401  (re-exported: the trainer's modules and tests import them from here)
@@ -20,7 +24,7 @@ from core.lora import (  # noqa: F401  (re-exported: the trainer's modules and t
     lora_parameters,
     save_lora,
 )
-from core.models import LORA_WEIGHT_NAME, lora_weights_file
+from core.models import LORA_WEIGHT_NAME, load_pipeline, lora_weights_file
 from training.config import LoraSettings
 
 
@@ -36,8 +40,6 @@ def add_lora(unet, settings: LoraSettings) -> list[torch.nn.Parameter]:
 
 
 def load_lora_parameters(unet, state: dict[str, torch.Tensor]) -> None:
-    from peft.utils import set_peft_model_state_dict
-
     result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
@@ -48,11 +50,6 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """A LoRA written by :func:`save_lora` (or any diffusers/kohya-free SD LoRA in diffusers' format):
     (UNet layers with peft key names, the adapter config from the metadata, {} if absent). Safetensors
     only; a missing file is a ModelPathError, an unreadable one a ConfigError, each naming it."""
-    import json
-
-    from diffusers.utils import convert_unet_state_dict_to_peft
-    from safetensors import SafetensorError, safe_open
-
     path = lora_weights_file(path, "give a LoRA folder written by `make train`")
     try:
         with safe_open(str(path), "pt") as handle:
@@ -88,8 +85,6 @@ def init_lora_from(unet, lora: tuple[dict[str, torch.Tensor], dict], settings: L
 def export_merged_unet(model_path: str | Path, lora_folder: str | Path, target: str | Path,
                        variant: str | None = None) -> None:
     """A full UNet with the LoRA fused in (stock diffusers load -> fuse -> unload -> save)."""
-    from core.models import load_pipeline
-
     pipe = load_pipeline(model_path, dtype=torch.float32, variant=variant)
     pipe.load_lora_weights(str(lora_folder))
     pipe.fuse_lora()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import DDPMScheduler
 
 from core.errors import ConfigError
 from core.models import check_model_dir, load_pipeline, resolve_model_path
@@ -37,8 +38,6 @@ def load_components(model_path: str | Path, variant: str | None = None) -> Diffu
     """Load an SD/SDXL folder (or a hub id in the local Hugging Face cache) with stock diffusers (safetensors
     only); ``variant`` picks the weight files (e.g. "fp16": they are loaded as float32). Everything frozen, on CPU.
     ``model_path`` of the result is the local folder, so the caches fingerprint the files actually read."""
-    from diffusers import DDPMScheduler
-
     model_path = resolve_model_path(model_path)
     family = check_model_dir(model_path, variant)
     pipe = load_pipeline(model_path, dtype=torch.float32, variant=variant)

@@ -28,14 +28,17 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import AutocastKwargs
+from diffusers.optimization import get_scheduler
 
 from core.config import write_resolved_config
 from core.errors import ConfigError, PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text
-from core.models import check_model_dir, resolve_model_path
+from core.models import check_model_dir, model_fingerprint, resolve_model_path
 from core.output_dir import check_output_dir, write_marker
 from training.cache import (
-    CachedPairSource, CachedRetainSource, UncachedPairSource, components_fingerprint, load_or_build_cache,
+    CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache,
     load_or_build_retain_cache,
 )
 from training.callbacks import (
@@ -73,7 +76,7 @@ def _process_start_time() -> float:
     """Wall-clock time (``time.time()``) at which this process started: the timeline's zero, so its times include
     the interpreter's start and the imports, as a user's wait does."""
     try:
-        import psutil
+        import psutil  # optional: psutil is not a declared dependency
 
         return psutil.Process().create_time()
     except Exception:  # psutil missing or the process table unreadable: count from this module's import
@@ -273,9 +276,6 @@ class Trainer:
 
     def setup(self) -> None:
         """Checks that need no weights (so bad input fails in seconds), the Accelerator and the frozen components."""
-        from accelerate import Accelerator  # heavy (imports its integrations); loaded when a run starts
-        from accelerate.utils import AutocastKwargs
-
         cfg = self.cfg
         self.inputs = check_inputs(cfg)
         check_tracker(cfg.report_to)
@@ -433,8 +433,6 @@ class Trainer:
     def _build_optimizer(self):
         """AdamW (fused on CUDA unless ``fused_optimizer`` says otherwise) and the LR scheduler; ``capturable``
         for a CUDA-graph step (training/graph.py), which torch refuses to capture otherwise."""
-        from diffusers.optimization import get_scheduler  # diffusers is heavy; loaded when a run starts
-
         cfg = self.cfg
         fused = cfg.fused_optimizer if cfg.fused_optimizer is not None else self.device.type == "cuda"
         optimizer = torch.optim.AdamW(
@@ -461,7 +459,7 @@ class Trainer:
         cfg, accelerator, device, layout = self.cfg, self.accelerator, self.device, self.layout
         if not cfg.uses_reference_cache():
             return
-        key = reference_cache_key(components_fingerprint(cfg.model, ("unet", "scheduler")),
+        key = reference_cache_key(model_fingerprint(cfg.model, subfolders=("unet", "scheduler")),
                                   self.latent_cache_file.stem, cfg.seed, layout.pairs_per_step, cfg.prompt_dropout,
                                   self.prediction_type, self.mixed_precision)
         path = reference_cache_path(cfg.reference_cache_dir or self.work_dir / "cache", key)

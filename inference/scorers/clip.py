@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from core.clip import encode_images, encode_texts, load_clip
 from core.errors import ConfigError
 from inference.scorers import check_images
 
@@ -82,8 +84,6 @@ class ClipConceptScorer:
         batch_size: int = 64,
         device: str = "cpu",
     ):
-        from core.clip import encode_texts, load_clip
-
         self.concept_set = parse_concepts(concepts, attributes)
         self.logit_scale = float(logit_scale)
         self.batch_size = int(batch_size)
@@ -100,10 +100,6 @@ class ClipConceptScorer:
         }
 
     def score(self, images: Sequence[np.ndarray], prompts: Sequence[str] | None = None) -> list[dict]:
-        import torch
-
-        from core.clip import encode_images, encode_texts
-
         images = check_images(images, self.name)
         if prompts is not None and len(prompts) != len(images):
             raise ValueError(f"clip scorer: {len(images)} images but {len(prompts)} prompts")

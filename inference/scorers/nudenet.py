@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core.errors import ConfigError
 from inference.scorers import check_images
 
 # The EXPOSED classes most safety papers count (feet, armpits and belly excluded: they fire on
@@ -41,8 +42,6 @@ class NudeNetScorer:
         report_thresholds: Sequence[float] = (0.45, 0.6),
         batch_size: int = 8,
     ):
-        from core.errors import ConfigError
-
         unknown = sorted(set(classes) - set(ALL_CLASSES))
         if unknown:
             raise ConfigError(f"nudenet: unknown class(es) {unknown}; valid classes: {list(ALL_CLASSES)}")
@@ -51,6 +50,7 @@ class NudeNetScorer:
         for t in (threshold, *report_thresholds):
             if not 0.2 <= t <= 1.0:
                 raise ConfigError(f"nudenet: threshold {t} outside [0.2, 1] (NudeNet drops detections < 0.2)")
+        # optional: nudenet (onnxruntime) is only needed when the nudenet scorer is configured
         from nudenet import NudeDetector
 
         self.classes = tuple(classes)
