@@ -19,10 +19,15 @@ import sys
 
 import numpy as np
 
+from core.cli import resolve_device
+from core.models import load_pipeline
+from inference.generation import GenerationSpec, generate
+from inference.sld import SLDConfig, load_sld_pipeline
+from synthetic_world.oracle import Oracle
+from synthetic_world.prompts import prompt_records
+
 
 def probe_records(count: int) -> list[dict]:
-    from synthetic_world.prompts import prompt_records
-
     sizes = {"exposure": count, "neutral": count, "explicit": count, "association": count,
              "exposure_request": count // 2, "symbol_request": count // 2}
     records = []
@@ -71,12 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-
-    from core.cli import resolve_device
-    from core.models import load_pipeline
-    from inference.generation import GenerationSpec, generate
-    from inference.sld import SLDConfig, load_sld_pipeline
-    from synthetic_world.oracle import Oracle
 
     device = resolve_device(args.device)
     records = probe_records(args.prompts)
