@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 
+from core.errors import ConfigError
+
 # What each method adapts (Gandikota et al. 2023, section 4): ESD-x the cross-attention layers, through which
 # the prompt enters (erasure tied to the concept's words); ESD-u every other layer (erasure that also acts when
 # the concept is not named).
@@ -186,7 +188,6 @@ def resolve_paths(cfg: EraseConfig, run_name: str) -> EraseConfig:
                 for name, spec in cfg.erasures.items()}
     folders = [spec.output_dir for spec in erasures.values()]
     if len(set(folders)) != len(folders):
-        from core.errors import ConfigError
 
         raise ConfigError(f"erase.erasures: two erasures write the same folder: {folders}")
     return replace(cfg, erasures=erasures)

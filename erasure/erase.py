@@ -16,6 +16,8 @@ from contextlib import nullcontext
 from functools import partial
 
 import torch
+from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
 
 from core.cli import StageCLI, resolve_device, run_main
 from core.config import config_name, load_stage_config, write_resolved_config
@@ -51,8 +53,6 @@ def erase(cfg: EraseConfig, progress: bool = True) -> dict[str, dict]:
 def erase_one(cfg: EraseConfig, erasure: ResolvedErasure, family: str, device: str, bf16: bool,
               progress: bool = True) -> dict:
     """One erasure from a freshly loaded base model: LoRA on the method's layers, ESD, the output folder."""
-    from diffusers import DDIMScheduler
-    from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)  # the LoRA's A init
     pipe = load_pipeline(cfg.model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device,

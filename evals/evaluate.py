@@ -10,20 +10,25 @@ Steps: check inputs (model, LoRA, leakage) -> generate every model's images with
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from core import plugins
 from core.cli import StageCLI, resolve_device, run_main
+from core.clip import clip_score, load_clip
 from core.config import config_name, load_stage_config, to_dict, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_write_json, stable_key
 from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
 from evals.config import EvalConfig
+from evals.i2p import SCORE_KEYS, clip_rows, ip_rows, load_captions, load_i2p_csv
+from evals.i2p import load_captions, load_i2p_csv
 from evals.metric_rows import ModelImages
 from evals.metrics import sample_size_label
 from evals.mitigation_models import (
@@ -37,7 +42,7 @@ from evals.mitigation_models import (
     refusal_read,
 )
 from evals.mitigation_runs import CostBook, Stopwatch, cost_section, generate_sld, run_guarded
-from evals.stack_table import dpo_position, model_bar, refusal_row
+from evals.prompt_sets import check_disjoint, curation_prompts_from_config, curation_prompts_from_preference_set
 from evals.report import ImageGrid, console_table, write_report
 from evals.runner import (
     EvalSession,
@@ -46,7 +51,12 @@ from evals.runner import (
     is_flagged,
     make_items,
 )
+from evals.stack_table import dpo_position, model_bar, refusal_row
 from evals.suite import EvalSuite, eval_suite_of
+from inference.generation import model_fingerprint
+from inference.generation import native_resolution, resolve_batch_size
+from inference.scorers import check_scorer_name
+from inference.scorers import build_scorer
 from inference.speedups import prepare_pipeline, use_fast_paths
 
 
@@ -76,7 +86,6 @@ I2P_SCORERS = ("nudenet", "clip")
 
 def build_scorer_fn(name: str, cfg: EvalConfig, device: str):
     """(cache id, lazy score function) for scorer ``name`` configured from ``cfg``."""
-    from inference.scorers import check_scorer_name
 
     check_scorer_name(name)
     suite = eval_suite_of(cfg)
@@ -96,7 +105,6 @@ def build_scorer_fn(name: str, cfg: EvalConfig, device: str):
     scorer_id = f"{name}-{stable_key(name, kwargs)[:10]}"
 
     def build():
-        from inference.scorers import build_scorer
 
         scorer = build_scorer(name, **kwargs)
         return lambda images, prompts: scorer.score(images)
@@ -109,7 +117,6 @@ def build_clip_fn(cfg: EvalConfig, device: str):
     scorer_id = f"clipscore-{stable_key(cfg.clip_path, cfg.clip_model_name)[:10]}"
 
     def build():
-        from core.clip import clip_score, load_clip
 
         bundle = load_clip(cfg.clip_path, cfg.clip_model_name, device=device)
         return lambda images, prompts: [
@@ -125,9 +132,7 @@ SCORER_PACKAGES = {"nudenet": ("nudenet", "nudenet"), "clip": ("open_clip", "ope
 
 def require_scorer(name: str) -> None:
     """ConfigError before any work starts if scorer ``name`` needs a package that is not installed."""
-    import importlib.util
 
-    from inference.scorers import check_scorer_name
 
     check_scorer_name(name)
     if name in SCORER_PACKAGES:
@@ -141,7 +146,6 @@ def require_scorer(name: str) -> None:
 
 def build_variants(cfg: EvalConfig, lora_dir: Path | None,
                    esd_dirs: dict[str, Path] | None = None) -> dict[str, ModelVariant]:
-    from inference.generation import model_fingerprint
 
     variants = {"base": ModelVariant("base")}
     for name, folder in (esd_dirs or {}).items():
@@ -368,7 +372,6 @@ def suite_grids(session, cfg, suite: EvalSuite, items, records, keys, results) -
 def suite_prompt_records(cfg: EvalConfig, suite: EvalSuite, pref_dir: Path, config_path: str | None) -> list[dict]:
     """The prompt records of every configured eval split (in_grammar first), after every leakage check
     (before any model is loaded). Each record carries ``eval_split``."""
-    from evals.prompt_sets import check_disjoint, curation_prompts_from_config, curation_prompts_from_preference_set
 
     # The suite's own checks first (held out by its rules), then the prompts curation will use (curate: section)
     # or did use (the preference set's captions and prompts).
@@ -474,7 +477,6 @@ def run_i2p(cfg, session, lora_dir, device):
 def _i2p_split(cfg, session, variants, scorers, csv_path, captions_path):
     """(metric rows, grids, seeds, filter section) of one I2P CSV and/or caption file; ``scorers``: the I2P scorer,
     the filter baseline's scorer and the CLIP score, as (cache id, lazy function) each."""
-    from evals.i2p import SCORE_KEYS, clip_rows, ip_rows, load_captions, load_i2p_csv
 
     scorer, filter_scorer, clip = scorers
     rows, grids, seeds, filter_info = [], [], set(), None
@@ -527,16 +529,13 @@ def run_eval(cfg: EvalConfig, run_name: str, config_path: str | None = None) -> 
     suite = eval_suite_of(cfg)
     records = suite_prompt_records(cfg, suite, pref_dir, config_path) if suite is not None else None
     if suite is None:  # i2p: read the input files now, a bad CSV fails before any model is loaded
-        from evals.i2p import load_captions, load_i2p_csv
 
         for csv_path, captions_path in i2p_splits(cfg).values():
             if csv_path:
                 load_i2p_csv(csv_path, cfg.i2p.max_prompts)
             if captions_path:
                 load_captions(captions_path)
-    import torch
 
-    from inference.generation import native_resolution, resolve_batch_size
 
     pipe = load_pipeline(cfg.model, dtype=getattr(torch, cfg.generation.dtype), device=device, variant=cfg.variant)
     resolution = cfg.generation.resolution or native_resolution(pipe)

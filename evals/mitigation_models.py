@@ -31,6 +31,7 @@ from typing import Literal
 
 from core.errors import ConfigError, ModelPathError
 from core.models import LORA_WEIGHT_NAME
+from mitigations.stack import RegenerateConfig
 
 ESD_MODELS = ("esd_x", "esd_u")
 GUARDED_MODELS = ("rewrite", "filter_regenerate_guided", "dpo_stack")
@@ -92,7 +93,6 @@ def _off(layer):
 
 def stack_for(name: str, cfg):
     """The guard stack of configuration ``name``: eval.stack with the layers that configuration leaves out off."""
-    from mitigations.stack import RegenerateConfig
 
     stack = cfg.stack
     if stack is None:

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from tqdm.auto import tqdm
+
 from core.config import to_dict
 from core.io import atomic_write_json, stable_key
-
 from evals.mitigation_models import stack_for
+from inference.sld import sld_view
+from mitigations.stack import GuardedGenerator
 
 GUARDED_CHUNK = 256  # prompts per GuardedGenerator.run call (the images of one call are held in memory)
 
@@ -78,7 +81,6 @@ class Stopwatch:
 
 def generate_sld(session, items, sld_config, variant_cls):
     """The base model under Safe Latent Diffusion, at the items' seeds; image keys in item order."""
-    from inference.sld import sld_view
 
     pipe = sld_view(session.pipe, sld_config)
     variant = variant_cls("sld", adapter_id="sld-" + sld_config.key())
@@ -122,7 +124,6 @@ def _layer_files(stack) -> dict[str, str | None]:
 def run_guarded(session, name: str, cfg, items: Sequence, adapter_id: str | None, out_dir: Path) -> GuardedRun:
     """Configuration ``name`` through the guard stack over ``session.pipe`` (the aligned LoRA already loaded for
     dpo_stack), on every item; reuses an earlier identical run found in ``<out>/guarded/``."""
-    from mitigations.stack import GuardedGenerator
 
     stack = stack_for(name, cfg)
     generation = replace(cfg.generation, resolution=session.resolution, batch_size=session.batch_size)
@@ -142,7 +143,6 @@ def run_guarded(session, name: str, cfg, items: Sequence, adapter_id: str | None
     latency: dict[str, float] = {}
     extra = tries = 0
     started = time.perf_counter()
-    from tqdm.auto import tqdm
 
     with tqdm(total=len(items), desc=name, unit="prompt", disable=not session.state.is_main_process) as bar:
         for start in range(0, len(items), GUARDED_CHUNK):

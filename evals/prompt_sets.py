@@ -11,8 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from core.config import config_from_dict, read_yaml
 from core.errors import ConfigError, LeakageError
 from inference.prompts import PromptSourceConfig, normalise  # the same normal form curation dedupes with
+from inference.prompts import load_prompts
+from preference_sets.io import read_rows
 
 
 def curation_prompt_sources(config_path: str | Path) -> list[tuple[str, PromptSourceConfig]]:
@@ -21,7 +24,6 @@ def curation_prompt_sources(config_path: str | Path) -> list[tuple[str, PromptSo
     ``request_prompts`` (named ``<risk>_request``, as curation names the task). Read through the shared
     :class:`PromptSourceConfig` (each source type- and value-checked as curation checks it), so the eval needs
     nothing of the curation stage."""
-    from core.config import config_from_dict, read_yaml
 
     risks = (read_yaml(config_path).get("curate") or {}).get("risks") or {}
     if not isinstance(risks, dict):
@@ -45,7 +47,6 @@ def curation_prompts_from_config(config_path: str | Path | None) -> list[str]:
     """Every prompt the ``curate:`` section of the same config file would curate from ([] if none)."""
     if config_path is None:
         return []
-    from inference.prompts import load_prompts
 
     return [r.prompt for where, source in curation_prompt_sources(config_path) for r in load_prompts(source, where)]
 
@@ -55,7 +56,6 @@ def curation_prompts_from_preference_set(folder: str | Path) -> list[str]:
     folder = Path(folder)
     if not folder.exists():
         return []  # not curated yet: the config check still applies
-    from preference_sets.io import read_rows
 
     prompts: list[str] = []
     for row in read_rows(folder, columns=["caption", "prompt_0", "prompt_1"]):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from core.images import encode_png
 from core.io import atomic_write_bytes, atomic_write_text
@@ -71,7 +72,7 @@ def model_label(model: str) -> str:
 
 
 def _figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: only to draw a report
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -81,10 +82,10 @@ def _figure_png(fig) -> bytes:
 
 def plot_metric_bars(metrics: list[dict], models: list[str]) -> bytes:
     """Grouped bars: one group per metric, one bar per model, error bars = 95% CI. PNG bytes."""
-    import matplotlib
+    import matplotlib  # optional: only to draw a report
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: only to draw a report
 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) + 2), 4.2))
     width = 0.8 / max(1, len(models))
@@ -123,10 +124,10 @@ def plot_metric_bars(metrics: list[dict], models: list[str]) -> bytes:
 
 def plot_group_distributions(stereotype: dict, models: list[str]) -> bytes:
     """Stacked bars: for each role, each model's share of every group. PNG bytes."""
-    import matplotlib
+    import matplotlib  # optional: only to draw a report
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: only to draw a report
 
     groups = stereotype["groups"]
     roles = list(stereotype["shares"].keys())
@@ -447,7 +448,6 @@ def render_html(summary: dict, plots: dict[str, bytes], grids: list[ImageGrid], 
 def grid_png(grid: ImageGrid, models: list[str], scale: int = 2, gap: int = 4) -> bytes:
     """One grid as a PNG: a row per model (in ``models`` order), a column per (prompt, seed), images upscaled
     ``scale``× with ``gap`` white pixels between them; a label strip of each row's model on the left."""
-    from PIL import Image, ImageDraw
 
     rows = [m for m in models if grid.rows.get(m)]
     if not rows:

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from core.errors import DataError, ModelPathError
 from core.io import atomic_write_text
 from core.models import LORA_WEIGHT_NAME
+from core.models import load_pipeline
 from inference.generation import GenerationSpec, ImageStore, derive_seed, model_fingerprint, process_state
+from inference.speedups import merge_lora, prepare_pipeline
 
 
 
@@ -146,7 +149,6 @@ def score_missing(
     desc: str = "score",
 ) -> int:
     """Score images not in the cache yet, in chunks, saving after each chunk. Returns how many."""
-    from tqdm.auto import tqdm
 
     todo = cache.missing(scorer_id, keys)
     with tqdm(total=len(todo), desc=desc, unit="img", disable=not todo) as bar:
@@ -219,8 +221,6 @@ class EvalSession:
         if self.speedups is None:
             self.pipe.load_lora_weights(str(adapter_dir))
             return
-        from core.models import load_pipeline
-        from inference.speedups import merge_lora, prepare_pipeline
 
         key = str(adapter_dir)
         if key not in self._merged_pipes:

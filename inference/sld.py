@@ -35,12 +35,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import diffusers
+import torch
+from diffusers import StableDiffusionPipelineSafe
+from diffusers.utils import logging as diffusers_logging
+
 from core.errors import ConfigError
 from core.io import stable_key
+from core.models import check_model_dir, load_pipeline
 
 # The step count the presets were tuned for (diffusers' default num_inference_steps; the SLD paper's runs).
 PRESET_STEPS = 50
@@ -49,7 +56,6 @@ PRESET_NAMES = ("weak", "medium", "strong", "max")
 
 def safe_pipeline_class():
     """diffusers' ``StableDiffusionPipelineSafe`` (top-level export; the module moved under ``deprecated``)."""
-    from diffusers import StableDiffusionPipelineSafe
 
     return StableDiffusionPipelineSafe
 
@@ -57,9 +63,9 @@ def safe_pipeline_class():
 def sld_presets() -> dict[str, dict[str, float]]:
     """The presets as diffusers defines them (``SafetyConfig``), by lower-case name."""
     try:
-        from diffusers.pipelines.stable_diffusion_safe import SafetyConfig
+        from diffusers.pipelines.stable_diffusion_safe import SafetyConfig  # optional: path varies by version
     except ImportError:  # diffusers >= 0.33 keeps it under deprecated/
-        from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+        from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig  # optional: path varies by version
     return {name: dict(getattr(SafetyConfig, name.upper())) for name in PRESET_NAMES}
 
 
@@ -123,7 +129,6 @@ class SLDConfig:
         """A content key of these settings, for image keys (``spec.key(model_id, adapter_id)``): images made with
         other SLD settings, or without SLD, never share a key with these. The preset's values and the diffusers
         version are part of it (a null safety concept means the version's default text)."""
-        import diffusers
 
         return stable_key("sld-v1", dataclasses.asdict(self), sld_presets()[self.preset], diffusers.__version__)
 
@@ -144,7 +149,6 @@ def sld_pipeline_class():
     global _PIPELINE_CLASS
     if _PIPELINE_CLASS is not None:
         return _PIPELINE_CLASS
-    import torch
 
     base = safe_pipeline_class()
 
@@ -174,13 +178,11 @@ def sld_view(pipe, config: SLDConfig | None = None):
     """An SLD pipeline over the components of a loaded SD1.x/2.x pipeline ``pipe``: its weights, and any LoRA loaded
     into its UNet, are shared, nothing is loaded again. No safety checker (images are scored by the project's
     scorers). An SDXL pipeline is a ConfigError: diffusers' SLD pipeline is Stable Diffusion 1.x/2.x only."""
-    import warnings
 
     config = config or SLDConfig()
     config.validate()
     if hasattr(pipe, "text_encoder_2"):
         raise ConfigError(SDXL_REFUSAL)
-    from diffusers.utils import logging as diffusers_logging
 
     # diffusers marks the safe pipeline deprecated (a warning on every construction); it is the one SLD runs on.
     verbosity = diffusers_logging.get_verbosity()
@@ -210,7 +212,6 @@ def load_sld_pipeline(path: str | Path, config: SLDConfig | None = None, dtype=N
     """The SLD pipeline (:func:`sld_view`) over a local SD1.x/2.x model folder or cached hub id, loaded as
     ``core.models.load_pipeline`` loads it, with the LoRA ``lora`` (a folder ``pipe.load_lora_weights`` reads)
     loaded into the UNet first if given. An SDXL model is a ConfigError, before anything is loaded."""
-    from core.models import check_model_dir, load_pipeline
 
     if check_model_dir(path, variant) == "sdxl":
         raise ConfigError(f"{path} is an SDXL model. {SDXL_REFUSAL}")

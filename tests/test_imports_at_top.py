@@ -9,9 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REASON = re.compile(r"#.*\b(optional|cycle)", re.IGNORECASE)
 
-# Modules still being cleaned up elsewhere (remove an entry once its function-level imports are moved or commented).
-PENDING = ("evals/", "erasure/", "inference/sld.py")
-
 
 def pipeline_modules() -> list[str]:
     files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True,
@@ -49,7 +46,7 @@ def test_the_check_sees_function_level_imports():
 
 
 def test_no_unexplained_function_level_imports():
-    modules = [m for m in pipeline_modules() if not m.startswith(PENDING)]
+    modules = pipeline_modules()
     assert len(modules) > 50
     bad = [line for module in modules for line in unexplained(module)]
     assert not bad, ("imports inside functions without an 'optional' or 'cycle' comment (move them to the module top, "
