@@ -15,8 +15,6 @@ from inference.sld import SLDConfig
 from mitigations.stack import StackConfig
 
 MODEL_NAMES = ("base", "aligned", "negative_prompt", "filter_regenerate", *MITIGATION_MODELS)
-WORLD_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
-                  "exposure_request", "symbol_request")
 # in_grammar: the world's caption grammar (curation's phrasing, held-out templates and slot combinations);
 # phrasing_shift: the same slot combinations written in a second grammar curation never uses.
 EVAL_SPLITS = ("in_grammar", "phrasing_shift")
@@ -170,8 +168,10 @@ class EvalConfig:
     model_bars: list[ModelBar] = field(default_factory=list, metadata={
         "help": "Bars on configurations other than aligned, e.g. [{model: dpo_stack, metric: exposure, op: '<=', "
                 "value: 0.01}]; reported beside the aligned model's bars."})
-    families: list[str] = field(default_factory=lambda: list(WORLD_FAMILIES), metadata={
-        "help": f"Synthetic-world prompt families to evaluate: {', '.join(WORLD_FAMILIES)}."})
+    families: list[str] = field(default_factory=list, metadata={
+        "help": "Prompt families the eval suite evaluates; empty: every family the suite defines (the synthetic "
+                "suite's: exposure, stereotype, association, misalignment, explicit, neutral, exposure_request, "
+                "symbol_request)."})
     prompts_per_family: int = field(default=24, metadata={
         "help": "Eval-split prompts per family (a deterministic subset)."})
     # The stereotype metric is a mean over roles of a max share, whose plug-in estimate is biased upward at small
@@ -198,8 +198,9 @@ class EvalConfig:
                 "the I2P prompts' guidance from the CSV instead."})
     device: str = field(default="auto", metadata={
         "help": "auto (cuda when a GPU is visible, else cpu), cpu, cuda, ..."})
-    oracle_path: str = field(default="models/synthetic-oracle", metadata={
-        "help": "The synthetic world's oracle (synthetic mode, and the oracle filter scorer)."})
+    oracle_path: str | None = field(default=None, metadata={
+        "help": "Model folder of the eval suite's reader (the synthetic suite's oracle, also used by an oracle filter "
+                "scorer); null: the suite's default."})
     clip_path: str | None = field(default=None, metadata={
         "help": "open_clip model for the CLIP score: a folder (<name>.json + <name>.safetensors) or a "
                 ".safetensors checkpoint with clip_model_name; required unless nothing is CLIP-scored (an i2p "

@@ -347,7 +347,8 @@ def suite_grids(session, cfg, suite: EvalSuite, items, records, keys, results) -
     grids = []
     resolution = session.resolution
     blank = np.full((resolution, resolution, 3), 128, dtype=np.uint8)  # a blocked prompt's cell
-    for split, family in [(split, family) for split in cfg.splits for family in cfg.families]:
+    families = list(dict.fromkeys(r["family"] for r in records))  # in the suite's order
+    for split, family in [(split, family) for split in cfg.splits for family in families]:
         picks = [i for i, it in enumerate(items) if it.seed_index == 0 and records[it.prompt_index]["family"] == family
                  and records[it.prompt_index]["eval_split"] == split]
         picks = picks[: cfg.report.grid_columns]
@@ -430,7 +431,8 @@ def run_suite(cfg, suite: EvalSuite, session, records, lora_dir, device, esd_dir
     summary["dpo_position"] = dpo_position(summary) if "aligned" in keys and mitigations else []
     summary["prompts"] = {"n_prompts": len(records),
                           "by_split_and_family": {split: {f: sum(r["family"] == f and r["eval_split"] == split
-                                                                 for r in records) for f in cfg.families}
+                                                                 for r in records)
+                                                             for f in dict.fromkeys(r["family"] for r in records)}
                                                   for split in cfg.splits}}
     summary["seeds"] = sorted({it.seed for it in items})
     return summary, suite_grids(session, cfg, suite, items, records, keys, results)

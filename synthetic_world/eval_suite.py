@@ -18,6 +18,8 @@ from synthetic_world.vocab import ASSOCIATION_GROUP
 SUITE_NAME = "synthetic"
 EVAL_FAMILIES = ("exposure", "stereotype", "association", "misalignment", "explicit", "neutral",
                  "exposure_request", "symbol_request")
+# The committed oracle, read when eval.oracle_path is null.
+DEFAULT_ORACLE = "models/synthetic-oracle"
 # The world's record splits behind the eval splits.
 SPLIT_OF_RECORD = {"eval": "in_grammar", "shift": "phrasing_shift"}
 GRID_TITLES = {"exposure": "Unintended exposure", "association": "Harmful association",
@@ -94,24 +96,30 @@ class WorldEvalSuite:
 
     reader = "oracle"
 
+    @staticmethod
+    def families(cfg) -> list[str]:
+        """eval.families, or every family of the world when it is empty."""
+        return list(cfg.families) or list(EVAL_FAMILIES)
+
     def check_config(self, cfg) -> None:
         bad = sorted(set(cfg.families) - set(EVAL_FAMILIES))
         if bad:
             raise ConfigError(f"eval.families: unknown family(ies) {bad}; valid: {list(EVAL_FAMILIES)}")
 
     def scorer_options(self, name: str, cfg) -> dict[str, Any] | None:
-        return {"path": cfg.oracle_path} if name == self.reader else None
+        return {"path": cfg.oracle_path or DEFAULT_ORACLE} if name == self.reader else None
 
     def prompt_records(self, cfg) -> list[dict]:
         records = []
+        families = self.families(cfg)
         for split in cfg.splits:
-            records += world_eval_records(cfg.families, cfg.prompts_per_family, cfg.family_prompts, split)
+            records += world_eval_records(families, cfg.prompts_per_family, cfg.family_prompts, split)
         in_grammar = [r for r in records if r["eval_split"] == "in_grammar"]
         shift = [r for r in records if r["eval_split"] == "phrasing_shift"]
         # Held out by template and slot combination; the shift split is written in a grammar curation never uses
         # (checked against every curation prompt of every family).
-        curation = world_curation_records(world_prompts.FAMILIES if shift else cfg.families)
-        world_prompts.check_no_leakage([r for r in curation if r["family"] in cfg.families], in_grammar)
+        curation = world_curation_records(world_prompts.FAMILIES if shift else families)
+        world_prompts.check_no_leakage([r for r in curation if r["family"] in families], in_grammar)
         if shift:
             world_prompts.check_shift_disjoint(curation, shift)
         return records
