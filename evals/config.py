@@ -224,7 +224,8 @@ class EvalConfig:
         if "filter_regenerate" in self.models:
             check_scorer_name(self.filter.scorer)
         check_mitigation_models(self)
-        bad = sorted(set(self.family_prompts) - set(self.families))
+        # With families empty (every family of the suite) the suite checks family_prompts against its own list.
+        bad = sorted(set(self.family_prompts) - set(self.families)) if self.families else []
         if bad:
             raise ConfigError(f"eval.family_prompts names family(ies) {bad} not in eval.families {self.families}")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.family_prompts.values()):

@@ -102,7 +102,7 @@ class WorldEvalSuite:
         return list(cfg.families) or list(EVAL_FAMILIES)
 
     def check_config(self, cfg) -> None:
-        bad = sorted(set(cfg.families) - set(EVAL_FAMILIES))
+        bad = sorted((set(cfg.families) | set(cfg.family_prompts)) - set(EVAL_FAMILIES))
         if bad:
             raise ConfigError(f"eval.families: unknown family(ies) {bad}; valid: {list(EVAL_FAMILIES)}")
 
