@@ -24,7 +24,7 @@ import sys
 import threading
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -33,7 +33,7 @@ from annotation.config import CHOICES, AnnotateConfig
 from annotation.prefset_io import ImageSource
 from annotation.store import BadRequest, NotFound, Replay, Session, Store, StoreError
 from core.errors import DataError
-from core.web import HttpError, parse_json_object, read_body, security_headers
+from core.web import HttpError, JsonRequestHandler, parse_json_object, read_body, security_headers
 
 log = logging.getLogger("annotation.server")
 
@@ -97,7 +97,10 @@ def _json_or_none(text: Optional[str]) -> Any:
         return None
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonRequestHandler):
+
+    security_headers_map = SECURITY_HEADERS
+    logger = log
     server_version = "annotate/1"
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
@@ -112,29 +115,7 @@ class Handler(BaseHTTPRequestHandler):
         self.timeout = self.app.cfg.read_timeout_seconds
         super().setup()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.address_string(), *args)
-
     # --- responses ------------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[dict] = None,
-              cache: str = "no-store") -> None:
-        self.send_response(status)
-        for name, value in SECURITY_HEADERS.items():
-            self.send_header(name, value)
-        self.send_header("Cache-Control", cache)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any, headers: Optional[dict] = None) -> None:
-        self._send(status, json.dumps(obj).encode("utf-8"), "application/json; charset=utf-8", headers)
-
     def _error(self, status: int, message: str, extra: Optional[dict] = None) -> None:
         if self.command == "POST" and not self._body_read:
             self.close_connection = True  # an unread body would be parsed as the next request

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 from http import HTTPStatus
-from typing import Optional
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Optional
 
 # ASCII digits only: str.isdigit() also accepts characters such as "²" that int() then refuses.
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,15}$")
@@ -94,3 +96,34 @@ def parse_json_object(body: bytes, content_type: str) -> dict:
     if not isinstance(data, dict):
         raise HttpError(HTTPStatus.BAD_REQUEST, "JSON body must be an object")
     return data
+
+
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """What the project's local servers share: responses with the server's security headers and no caching by
+    default, JSON bodies, and request logging at debug level. A server's handler sets ``security_headers_map`` (from
+    :func:`security_headers` with its own CSP) and ``logger``."""
+
+    security_headers_map: dict[str, str] = {}
+    logger = logging.getLogger(__name__)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        self.logger.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[dict] = None,
+              cache: str = "no-store") -> None:
+        self.send_response(status)
+        for name, value in self.security_headers_map.items():
+            self.send_header(name, value)
+        self.send_header("Cache-Control", cache)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any, headers: Optional[dict] = None) -> None:
+        self._send(status, json.dumps(obj).encode("utf-8"), "application/json; charset=utf-8", headers)

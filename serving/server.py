@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from core.errors import PipelineError
 from core.images import encode_png
-from core.web import HttpError, parse_json_object, read_body, security_headers
+from core.web import HttpError, JsonRequestHandler, parse_json_object, read_body, security_headers
 from mitigations.stack import GuardedGenerator, GuardRecord
 from serving.config import ServeConfig
 from serving.tokens import TokenTable
@@ -176,7 +176,10 @@ class ServeApp:
                  record.latency_ms.get("total", 0.0))
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonRequestHandler):
+
+    security_headers_map = SECURITY_HEADERS
+    logger = log
     server_version = "guarded-generation/1"
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
@@ -194,29 +197,7 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(getattr(self, "path", "") or "").path
         log.debug("%s %s %s %s", self.address_string(), getattr(self, "command", "-"), path, code)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.address_string(), *args)
-
     # --- responses ---
-    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[dict] = None,
-              cache: str = "no-store") -> None:
-        self.send_response(status)
-        for name, value in SECURITY_HEADERS.items():
-            self.send_header(name, value)
-        self.send_header("Cache-Control", cache)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any, headers: Optional[dict] = None) -> None:
-        self._send(status, json.dumps(obj).encode("utf-8"), "application/json; charset=utf-8", headers)
-
     def _error(self, status: int, message: str, extra: Optional[dict] = None, headers: Optional[dict] = None) -> None:
         if self.command == "POST" and not self._body_read:
             self.close_connection = True  # an unread body would be parsed as the next request
