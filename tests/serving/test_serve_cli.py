@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,8 @@ def test_the_serve_process_answers_and_stops_on_ctrl_c(tmp_path, tiny_sd15_path)
                 break
         else:
             pytest.fail(f"the service did not start (exit {process.wait()})")
+        # Keep reading its output: a full pipe would block the server's writes and it could never exit.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         host, port = line.strip().rsplit("http://", 1)[1].rsplit(":", 1)
         assert host == "127.0.0.1"
         status, reply = post(host, int(port), {"prompt": "a photo of a dog", "seed": 4})
