@@ -355,7 +355,7 @@ def read_yaml(path: str | Path) -> dict:
 # (core.plugins), for a checkout whose installed entry points do not declare them. ``prompt_filter``, ``rewrite``
 # and ``moderate`` are the mitigations' sections (mitigations.config), which may stand beside the stage sections.
 KNOWN_SECTIONS = ("run", "plugins", "world", "curate", "train", "eval", "annotate", "bench", "time_to_lora", "erase",
-                  "serve", "prompt_filter", "rewrite", "moderate")
+                  "redteam", "serve", "prompt_filter", "rewrite", "moderate")
 
 
 def load_stage_config(cls: type[T], path: str | Path | None, section: str, overrides: list[str] = (),

@@ -7,7 +7,9 @@ here. Kinds, and the interface a registered object provides:
 * ``prompt_source``: :class:`inference.prompts.PromptSource` (``prompts.source`` of a curation risk);
 * ``scorer``: a scorer class, ``cls(**options).score(images)`` (:mod:`inference.scorers`);
 * ``eval_suite``: :class:`evals.suite.EvalSuite` (``eval.mode``: prompts, the scorer that reads the images,
-  metrics, bars and report grids of a world with ground truth).
+  metrics, bars and report grids of a world with ground truth);
+* ``redteam_suite``: :class:`redteam.suite.RedteamSuite` (``redteam.suite``: the risks, start prompts, mention rules
+  and judge of the red-team attacks on a world with ground truth).
 
 The built-in implementations (``file`` and ``templates`` prompts, the ``nudenet`` and ``clip`` scorers) are
 registered by the modules that define them. A plug-in is a module with a ``register()`` function that calls
@@ -38,7 +40,8 @@ ENTRY_POINT_GROUP = "safe_diffusion_dpo.plugins"
 PLUGINS_ENV = "SAFE_DIFFUSION_DPO_PLUGINS"
 
 # kind -> what an error message calls one
-KINDS = {"prompt_source": "prompt source", "scorer": "scorer", "eval_suite": "eval suite"}
+KINDS = {"prompt_source": "prompt source", "scorer": "scorer", "eval_suite": "eval suite",
+         "redteam_suite": "red-team suite"}
 
 HOW_TO_REGISTER = (
     f"a plug-in registers one with core.plugins.register(kind, name, target) from its register() function, "
