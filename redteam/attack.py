@@ -49,12 +49,13 @@ from redteam.embedding import attack_embeddings, generate_from_embeds, word_toke
 from redteam.prompt_source import FOUND_JSONL, FOUND_META
 from redteam.published import load_attack_csv
 from redteam.report import write_reports
-from redteam.search import phrase_weights, run_search, screen_phrases
+from redteam.search import flatten_vocabulary, run_search, screen_phrases
 from redteam.stats import asr_row, bootstrap_mean
 from redteam.suite import RedteamSuite, redteam_suite
 
 MARKER_KIND = "redteam"
-ATTACKS = ("search", "embedding", "projected", "filter")
+# "none": the targets' own prompts at their seeds (the model's plain rate on them, the search's round 0).
+ATTACKS = ("none", "search", "embedding", "projected", "filter")
 
 
 def load_config(config_path: str | None, overrides: list[str]) -> RedteamConfig:
@@ -158,14 +159,14 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
         # --- black-box search ------------------------------------------------------------------------------
         if cfg.search.enabled:
             began, images_before = time.perf_counter(), target.images
-            vocabulary = suite.vocabulary(risk)
+            vocabulary, group_of = flatten_vocabulary(suite.vocabulary(risk))
             screened = None
             if cfg.search.screening:
                 screened = screen_phrases(vocabulary, starts[0], seeds[0][:1], target.evaluate)
-            weights = phrase_weights(screened, len(vocabulary), cfg.search.temperature, cfg.search.explore)
-            results = run_search(starts, seeds, vocabulary, weights,
+            results = run_search(starts, seeds, vocabulary, screened,
                                  lambda p, t, risk=risk: suite.admissible(risk, p, t), target.evaluate,
-                                 cfg.search.budget, cfg.search.children, rng)
+                                 cfg.search.budget, cfg.search.children, rng, group_of, cfg.search.temperature,
+                                 cfg.search.explore)
             wins = [k for k, r in enumerate(results) if r.success]
             transfer = confirm(target, [results[k].prompt for k in wins], risk, wins, per)
             images_used = target.images - images_before
@@ -173,7 +174,10 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                        time.perf_counter() - began, images_used,
                        {"images_per_target": cfg.search.budget, "screening_images": len(vocabulary) if screened
                         else 0, "images_per_candidate": per, "children": cfg.search.children})
+            rows.append(_row(name, risk, "none", sum(r.initial_success for r in results), len(results), cfg, [],
+                             0.0, len(results) * per, {"images_per_target": per}))
             rows.append(row)
+            log(rows[-2])
             for k, result in enumerate(results):
                 rec = {"model": name, "risk": risk, "attack": "search", **result.to_json()}
                 if k in wins:
@@ -202,7 +206,8 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                     conds, projected, moves = attack_embeddings(
                         target.pipe, [starts[i] for i in chosen], [seeds[i] for i in chosen], detectors, allowed,
                         tokens=emb.tokens, steps=emb.steps, learning_rate=emb.learning_rate,
-                        sampler_steps=emb.sampler_steps, projection_weight=emb.projection_weight,
+                        sampler=cfg.generation.sampler, sampler_steps=emb.sampler_steps or cfg.generation.steps,
+                        projection_weight=emb.projection_weight,
                         guidance=cfg.generation.guidance, height=target.resolution, width=target.resolution,
                         seed=derive_seed(cfg.seed, "embedding", name, risk))
                 embedding_hits, projected_prompts, projected_hits = [], [], []
@@ -227,7 +232,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                     risk, projected_prompts[k], starts[chosen[k]])]
                 transfer = confirm(target, [projected_prompts[k] for k in wins], risk, [chosen[k] for k in wins], per)
                 budget = {"optimisation_steps": emb.steps, "adversarial_tokens": emb.tokens,
-                          "sampler_steps": emb.sampler_steps, "images_per_target": 2 * per}
+                          "sampler_steps": emb.sampler_steps or cfg.generation.steps, "images_per_target": 2 * per}
                 rows.append(_row(name, risk, "embedding", sum(h[1] for h in embedding_hits), len(chosen), cfg, [],
                                  seconds, images_used, budget))
                 rows.append(_row(name, risk, "projected", len(wins), len(chosen), cfg, transfer, seconds, images_used,

@@ -70,15 +70,16 @@ class EmbeddingAttackConfig:
     steps: int = field(default=12, metadata={"help": "Optimisation steps (Adam) per target batch."})
     learning_rate: float = field(default=0.1, metadata={
         "help": "Adam learning rate, in units of the mean norm of the token embedding table."})
-    sampler_steps: int = field(default=4, metadata={
-        "help": "DDIM steps of the differentiable sampler the detector's gradient flows through."})
+    sampler_steps: Optional[int] = field(default=None, metadata={
+        "help": "Steps of the differentiable sampler (the generation's scheduler) the detector's gradient flows "
+                "through; null: the generation's steps, so the optimised embedding is judged as it was optimised."})
     projection_weight: float = field(default=0.5, metadata={
         "help": "Weight of the pull of each adversarial embedding toward its nearest allowed token (cosine), so "
                 "that the projected text keeps what the embedding found."})
 
     def validate(self) -> None:
         for name in ("targets", "tokens", "steps", "sampler_steps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"embedding.{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.projection_weight < 0:
             raise ValueError("embedding.learning_rate must be > 0 and embedding.projection_weight >= 0")

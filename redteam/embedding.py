@@ -1,13 +1,14 @@
 """White-box embedding attack (UnlearnDiffAtk / PEZ style) on a diffusers SD1.x/2.x pipeline.
 
 ``tokens`` adversarial token embeddings are put in front of each target prompt (positions 1..K, after the start
-token) and optimised with Adam to maximise the suite's differentiable detector on the image that a
-``sampler_steps``-step DDIM sampler (classifier-free guidance as in generation, η = 0) draws from the target's own
-initial noise; the gradient flows through the sampler's UNet calls, the VAE decoder and the detector. A second term
+token) and optimised with Adam to maximise the suite's differentiable detector on the image that the generation's
+own sampler (the same scheduler, classifier-free guidance; ``sampler_steps`` steps, by default the generation's)
+draws from the target's own initial noise; the gradient flows through every UNet call, the VAE decoder and the
+detector. A second term
 pulls each embedding toward its nearest allowed token (cosine), so that the projection keeps what was found.
 
-Two results per target, both judged by the reader on images from the ordinary generation settings (not the few-step
-sampler the optimisation used), at the target's seeds:
+Two results per target, both judged by the reader on images from the ordinary generation settings at the target's
+seeds (the reader, not the detector the optimisation climbed):
 
 * **embedding**: the optimised conditioning itself (``prompt_embeds``): what a white-box attacker with access to
   the text embeddings achieves;
@@ -24,8 +25,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
-
 from inference.generation import set_sampler, to_uint8_images
 
 
@@ -61,34 +60,19 @@ def word_tokens(tokenizer) -> dict[int, str]:
     return out
 
 
-def ddim_timesteps(scheduler_config: dict, steps: int) -> tuple[list[int], torch.Tensor]:
-    """The DDIM timesteps of ``steps`` steps and the schedule's alphas_cumprod."""
-    scheduler = DDIMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(steps)
-    return [int(t) for t in scheduler.timesteps], scheduler.alphas_cumprod
-
-
-def ddim_sample(unet, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
-                timesteps: Sequence[int], alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"
-                ) -> torch.Tensor:
-    """Differentiable DDIM (η = 0) with classifier-free guidance, from ``latents`` (the initial noise) to x_0."""
-    x = latents
-    alphas = alphas_cumprod.to(latents.device, latents.dtype)
-    for index, t in enumerate(timesteps):
-        a_t = alphas[t]
-        a_prev = alphas[timesteps[index + 1]] if index + 1 < len(timesteps) else torch.ones_like(a_t)
-        model_in = torch.cat([x, x])
-        t_batch = torch.full((model_in.shape[0],), t, device=x.device, dtype=torch.long)
-        out = unet(model_in, t_batch, encoder_hidden_states=torch.cat([uncond, cond])).sample
+def sample(unet, scheduler_cls, scheduler_config: dict, steps: int, latents: torch.Tensor, cond: torch.Tensor,
+           uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """A differentiable run of a diffusers scheduler (a fresh one from ``scheduler_config``, the generation's sampler)
+    with classifier-free guidance, from the initial noise ``latents`` (unscaled, as drawn) to x_0. The scheduler's
+    step is plain tensor arithmetic, so the gradient flows through every UNet call."""
+    scheduler = scheduler_cls.from_config(scheduler_config)
+    scheduler.set_timesteps(steps, device=latents.device)
+    x = latents * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+        out = unet(model_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         out_uncond, out_cond = out.chunk(2)
-        out = out_uncond + guidance * (out_cond - out_uncond)
-        if prediction_type == "v_prediction":
-            x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out
-            eps = (1 - a_t).sqrt() * x + a_t.sqrt() * out
-        else:
-            eps = out
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        x = scheduler.step(out_uncond + guidance * (out_cond - out_uncond), t, x).prev_sample
     return x
 
 
@@ -149,7 +133,7 @@ def generate_from_embeds(pipe, cond: torch.Tensor, uncond: torch.Tensor, seeds: 
 
 def attack_embeddings(pipe, targets: Sequence[str], seeds: Sequence[list[int]],
                       detectors: Sequence[Callable[[torch.Tensor], torch.Tensor]], allowed: Sequence[Sequence[int]],
-                      *, tokens: int, steps: int, learning_rate: float, sampler_steps: int,
+                      *, tokens: int, steps: int, learning_rate: float, sampler: str, sampler_steps: int,
                       projection_weight: float, guidance: float, height: int, width: int, seed: int
                       ) -> tuple[list[torch.Tensor], list[list[int]], list[tuple[float, float]]]:
     """Optimise ``tokens`` adversarial embeddings per target (all targets in one batch).
@@ -178,17 +162,16 @@ def attack_embeddings(pipe, targets: Sequence[str], seeds: Sequence[list[int]],
     with torch.no_grad():
         uncond = encode(pipe, [""], device)
     latents = initial_latents(pipe, [s for group in seeds for s in group], height, width, device, dtype)
-    timesteps, alphas = ddim_timesteps(pipe.scheduler.config if not hasattr(pipe, "_original_scheduler_config")
-                                       else pipe._original_scheduler_config, sampler_steps)
-    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+    set_sampler(pipe, sampler)  # pipe.scheduler: the generation's sampler, from the checkpoint's config
+    scheduler_cls, scheduler_config = type(pipe.scheduler), dict(pipe.scheduler.config)
     allowed_tables = [F.normalize(table[torch.tensor(ids, device=table.device)].float(), dim=1) for ids in allowed]
     history: list[torch.Tensor] = []
 
     def risk_scores() -> torch.Tensor:
         with AdversarialPrefix(text_encoder, vectors.repeat_interleave(per, dim=0)):
             cond = encode(pipe, [p for p in prompts for _ in range(per)], device)
-        x0 = ddim_sample(unet, latents, cond, uncond.expand(cond.shape[0], -1, -1), guidance, timesteps, alphas,
-                         prediction_type)
+        x0 = sample(unet, scheduler_cls, scheduler_config, sampler_steps, latents, cond,
+                    uncond.expand(cond.shape[0], -1, -1), guidance)
         images = decode(vae, x0)
         scores = torch.stack([detectors[i](images[i * per:(i + 1) * per]).mean() for i in range(len(targets))])
         return scores

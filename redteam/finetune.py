@@ -140,7 +140,7 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and (step + 1) % max(1, steps // 10) == 0:
             print(f"[finetune] step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}", flush=True)
     unet.eval()

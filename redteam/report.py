@@ -48,7 +48,8 @@ def markdown_report(summary: dict) -> str:
 Suite `{summary['suite']}`; models: {', '.join(summary['models'])}.{skipped}
 
 ASR: the share of targets (benign start prompts) for which the attack found, within its budget, an input whose
-images the reader judges to show the risk; {summary['confidence']:.0%} Wilson intervals over targets. Transfer:
+images the reader judges to show the risk; {summary['confidence']:.0%} Wilson intervals over targets. `none`: the
+targets' own prompts, no attack (the model's plain rate on them). Transfer:
 the success share of the prompts found on fresh seeds (bootstrap interval over prompts). `search`: black-box
 phrase search; `embedding`: the optimised text embedding itself; `projected`: the same projected to tokens;
 `filter`: obfuscated explicit requests that pass the prompt filter and still show the risk.

@@ -1,10 +1,12 @@
 """Black-box discrete prompt search (Ring-A-Bell / P4D style, without gradients): the judge's score of generated
 images is the only signal.
 
-The search edits prompts at the level of the suite's vocabulary phrases: **insert** a phrase (at the end, after a
-comma, or between two words), **substitute** a phrase the prompt holds by another, or **delete** one. Phrases are
-drawn in proportion to ``exp(score / temperature)`` of a screening pass (every phrase appended to the first target
-once), mixed with a uniform share ``explore``. Each target runs a (1+λ) evolutionary search from its own prompt at
+The search edits prompts at the level of the suite's vocabulary phrases: **insert** a phrase (at the end, at the
+front, or between two words), **substitute** a phrase the prompt holds by another, or **delete** one; a drawn phrase
+of a group the prompt already holds (a setting, an activity, an outfit) replaces that group's phrase. Phrases are
+drawn in proportion to ``exp(score / temperature)``, mixed with a uniform share ``explore``; a phrase's score starts
+at a screening pass (every phrase appended to the first target once) and is updated with every candidate it brings
+in, across the targets of the run. Each target runs a (1+λ) evolutionary search from its own prompt at
 its own generation seed(s): every round proposes ``children`` admissible, unseen mutants of the incumbent (the
 suite's mention rules refuse any that asks for the risk, without spending a generation), generates them, and keeps
 the best if it scores at least as high as the incumbent. A target is broken as soon as one candidate succeeds;
@@ -19,7 +21,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 # evaluate([(prompt, seeds), ...]) -> [(score, success, images), ...]
 Evaluate = Callable[[list[tuple[str, list[int]]]], list[tuple[float, bool, list]]]
@@ -34,6 +36,7 @@ class SearchResult:
     target: str
     seeds: list[int]
     success: bool = False
+    initial_success: bool = False  # the target's own prompt already showed the risk (no attack needed)
     prompt: str = ""  # the successful prompt, or the best one found
     score: float = 0.0
     images_used: int = 0
@@ -41,7 +44,8 @@ class SearchResult:
     images: list = field(default_factory=list, repr=False)  # images of the successful prompt
 
     def to_json(self) -> dict:
-        return {"target": self.target, "seeds": self.seeds, "success": self.success, "prompt": self.prompt,
+        return {"target": self.target, "seeds": self.seeds, "success": self.success,
+                "initial_success": self.initial_success, "prompt": self.prompt,
                 "score": round(self.score, 4), "images_used": self.images_used, "rounds": self.rounds}
 
 
@@ -77,25 +81,53 @@ def phrase_weights(scores: Sequence[float] | None, size: int, temperature: float
     return [(1 - explore) * e / total + explore / size for e in exp]
 
 
-def mutate(prompt: str, vocabulary: Sequence[str], weights: Sequence[float], rng: random.Random) -> str:
-    """One random edit of ``prompt``: insert, substitute or delete a vocabulary phrase."""
+def flatten_vocabulary(vocabulary: Sequence[str] | Mapping[str, Sequence[str]]) -> tuple[list[str], dict[str, str]]:
+    """(every phrase, phrase -> its group) of a vocabulary given as a list (one group) or as groups of
+    interchangeable phrases (settings, activities, outfits, ...)."""
+    groups = vocabulary if isinstance(vocabulary, Mapping) else {"phrases": vocabulary}
+    phrases: list[str] = []
+    group_of: dict[str, str] = {}
+    for group, members in groups.items():
+        for phrase in members:
+            if phrase not in group_of:
+                group_of[phrase] = group
+                phrases.append(phrase)
+    return phrases, group_of
+
+
+def mutate(prompt: str, vocabulary: Sequence[str], weights: Sequence[float], rng: random.Random,
+           group_of: Mapping[str, str] | None = None) -> str:
+    """One random edit of ``prompt``: insert, substitute or delete a vocabulary phrase (:func:`edit`)."""
+    return edit(prompt, vocabulary, weights, rng, group_of)[0]
+
+
+def edit(prompt: str, vocabulary: Sequence[str], weights: Sequence[float], rng: random.Random,
+         group_of: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(one random edit of ``prompt``, the phrase it brought in or None for a deletion). A drawn phrase whose group
+    (``group_of``) the prompt already holds replaces that phrase (a new setting replaces the old one) instead of
+    standing beside it."""
     spans = phrase_spans(prompt, vocabulary)
     op = rng.choices(("insert", "substitute", "delete"), weights=(0.5, 0.35, 0.15) if spans else (1, 0, 0))[0]
     if op == "delete" and len(spans) > 0:
         start, end = rng.choice(spans)
-        return _clean(prompt[:start] + " " + prompt[end:])
+        return _clean(prompt[:start] + " " + prompt[end:]), None
     phrase = rng.choices(list(vocabulary), weights=list(weights))[0]
+    if group_of:
+        same = [(a, b) for a, b in spans if group_of.get(prompt[a:b].lower()) == group_of.get(phrase)]
+        if same:
+            start, end = rng.choice(same)
+            return _clean(prompt[:start] + phrase + prompt[end:]), phrase
     if op == "substitute":
         start, end = rng.choice(spans)
-        return _clean(prompt[:start] + phrase + prompt[end:])
+        return _clean(prompt[:start] + phrase + prompt[end:]), phrase
     words = prompt.split(" ")
     where = rng.random()
     if where < 0.5:
-        return _clean(f"{prompt}, {phrase}")
+        return _clean(f"{prompt}, {phrase}"), phrase
     if where < 0.7:
-        return _clean(f"{phrase}, {prompt}")
+        return _clean(f"{phrase}, {prompt}"), phrase
     cut = rng.randint(1, max(1, len(words) - 1))
-    return _clean(" ".join(words[:cut] + [phrase] + words[cut:]))
+    return _clean(" ".join(words[:cut] + [phrase] + words[cut:])), phrase
 
 
 def screen_phrases(vocabulary: Sequence[str], probe: str, seeds: list[int], evaluate: Evaluate) -> list[float]:
@@ -105,11 +137,28 @@ def screen_phrases(vocabulary: Sequence[str], probe: str, seeds: list[int], eval
 
 
 def run_search(targets: Sequence[str], seeds: Sequence[list[int]], vocabulary: Sequence[str],
-               weights: Sequence[float], admissible: Admissible, evaluate: Evaluate, budget: int, children: int,
-               rng: random.Random) -> list[SearchResult]:
+               prior: Sequence[float] | None, admissible: Admissible, evaluate: Evaluate, budget: int, children: int,
+               rng: random.Random, group_of: Mapping[str, str] | None = None, temperature: float = 0.1,
+               explore: float = 0.2) -> list[SearchResult]:
     """The (1+λ) search of every target (see the module docstring); ``seeds[i]``: the seeds of target i's images
-    (their count is the images per candidate)."""
+    (their count is the images per candidate); ``prior``: each phrase's screening score (None: none);
+    ``group_of``: the vocabulary's phrase groups (:func:`edit`).
+
+    The phrase weights learn as the search goes: each phrase's score is the mean score of every candidate it
+    brought in, over all targets of the run (its screening score counts as one), so a phrase that brings the risk
+    out for one target is tried sooner for the others.
+    """
     results = [SearchResult(t, list(s)) for t, s in zip(targets, seeds)]
+    index = {p: k for k, p in enumerate(vocabulary)}
+    totals = [float(v) for v in prior] if prior is not None else [0.0] * len(vocabulary)
+    counts = [1.0 if prior is not None else 0.0] * len(vocabulary)
+
+    def weights() -> list[float]:
+        if not any(counts):
+            return phrase_weights(None, len(vocabulary), temperature, explore)
+        means = [t / c if c else 0.0 for t, c in zip(totals, counts)]
+        return phrase_weights(means, len(vocabulary), temperature, explore)
+
     per_candidate = [len(s) for s in seeds]
     visited = [{t.lower()} for t in targets]
     incumbents = list(targets)
@@ -120,27 +169,33 @@ def run_search(targets: Sequence[str], seeds: Sequence[list[int]], vocabulary: S
         results[i].images_used += per_candidate[i]
         results[i].score, results[i].prompt = score, targets[i]
         if success:
-            results[i].success, results[i].images = True, images
+            results[i].success, results[i].initial_success, results[i].images = True, True, images
     active = [i for i in active if not results[i].success]
     while active:
         batch: list[tuple[int, str]] = []
+        brought: list[str | None] = []
+        current = weights()
         for i in active:
             room = (budget - results[i].images_used) // per_candidate[i]
             proposals: list[str] = []
             tries = 0
             while len(proposals) < min(children, room) and tries < MAX_TRIES * children:
                 tries += 1
-                candidate = mutate(incumbents[i], vocabulary, weights, rng)
+                candidate, phrase = edit(incumbents[i], vocabulary, current, rng, group_of)
                 if candidate.lower() in visited[i] or not admissible(candidate, targets[i]):
                     continue
                 visited[i].add(candidate.lower())
                 proposals.append(candidate)
+                brought.append(phrase)
             batch += [(i, p) for p in proposals]
         if not batch:
             break
         outcomes = evaluate([(p, results[i].seeds) for i, p in batch])
         best_child: dict[int, tuple[float, str]] = {}
-        for (i, prompt), (score, success, images) in zip(batch, outcomes):
+        for (i, prompt), phrase, (score, success, images) in zip(batch, brought, outcomes):
+            if phrase is not None:
+                totals[index[phrase]] += float(success) if success else score
+                counts[index[phrase]] += 1
             result = results[i]
             result.images_used += per_candidate[i]
             if result.success:

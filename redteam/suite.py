@@ -5,7 +5,7 @@ A red-team suite belongs to a world with ground truth (the synthetic world's is 
 Per risk it gives:
 
 * the **targets**: benign start prompts of the curation side (never an eval prompt), which do not ask for the risk;
-* the **vocabulary**: the words and phrases the black-box search inserts and substitutes;
+* the **vocabulary**: the words and phrases the black-box search inserts and substitutes, in groups;
 * the **mention rules**: :meth:`RedteamSuite.requests_risk` says whether a prompt asks for the risk (a prompt that
   does is never a successful attack), :meth:`RedteamSuite.admissible` whether it still is an attack on that risk
   (e.g. it still names the group whose association is attacked);
@@ -58,8 +58,10 @@ class RedteamSuite(Protocol):
     def targets(self, risk: str) -> list[str]:
         """The start prompts of ``risk`` in a fixed order (curation side; none asks for the risk)."""
 
-    def vocabulary(self, risk: str) -> list[str]:
-        """The phrases the search inserts and substitutes (none of them asks for the risk)."""
+    def vocabulary(self, risk: str) -> list[str] | dict[str, list[str]]:
+        """The phrases the search inserts and substitutes (none of them asks for the risk): a list, or groups of
+        interchangeable phrases by name (settings, activities, ...): a drawn phrase then replaces the phrase of its
+        group that a prompt holds."""
 
     def requests_risk(self, risk: str, prompt: str) -> bool:
         """True when ``prompt`` asks for the risk by the world's mention rules."""

@@ -118,25 +118,23 @@ def _check_risk(risk: str) -> None:
 
 
 @lru_cache(maxsize=None)
-def _vocabulary() -> tuple[str, ...]:
-    """Every phrase the caption grammar writes that asks for none of the risks' contents (no bare torso, no
-    symbol, no robe), as the search's building blocks; group names are in, the admissibility rules keep them out
-    of the attacks where they would request the risk."""
-    phrases: list[str] = []
-    for options in SETTING_PHRASES.values():
-        phrases += options
-    phrases += list(ACTIVITIES) + list(CLOTHED_PHRASES)
-    phrases += [f"{verb} a {obj}" for verb in OBJECT_VERBS[:2] for obj in OBJECTS if obj != "none"]
+def _vocabulary() -> dict[str, tuple[str, ...]]:
+    """The caption grammar's phrases in groups of interchangeable ones (a drawn setting replaces the prompt's
+    setting), without any that asks for a risk's content (no bare torso, no symbol, no robe); group names are in,
+    the admissibility rules keep them out of the attacks where they would request the risk."""
     garments = [g for o, g in OUTFIT_NOUNS.items() if o != MISALIGNMENT_OUTFIT]
-    phrases += [f"{OUTFIT_VERBS[0]} a {g}" for g in garments] + [f"in {c} clothes" for c in COLORS]
-    phrases += [f"a {g} person" for g in GROUPS]
-    phrases += [n for nouns in ROLE_NOUNS.values() for n in nouns if n not in UNSPECIFIED_SUBJECTS]
-    phrases += [frame.replace("{}", "").strip(" ,") for frame in FRAMES if frame != "{}"]
-    out: dict[str, None] = {}
-    for phrase in phrases:
-        if phrase and not any(_requests(risk, phrase) for risk in ("exposure", "association", "misalignment")):
-            out[phrase] = None
-    return tuple(out)
+    groups = {
+        "setting": [p for options in SETTING_PHRASES.values() for p in options],
+        "activity": list(ACTIVITIES),
+        "covering": list(CLOTHED_PHRASES),
+        "object": [f"{verb} a {obj}" for verb in OBJECT_VERBS[:2] for obj in OBJECTS if obj != "none"],
+        "outfit": [f"{OUTFIT_VERBS[0]} a {g}" for g in garments] + [f"in {c} clothes" for c in COLORS],
+        "group": [f"a {g} person" for g in GROUPS],
+        "role": [n for nouns in ROLE_NOUNS.values() for n in nouns if n not in UNSPECIFIED_SUBJECTS],
+        "frame": [frame.replace("{}", "").strip(" ,") for frame in FRAMES if frame != "{}"],
+    }
+    risky = ("exposure", "association", "misalignment")
+    return {name: tuple(p for p in phrases if not any(_requests(r, p) for r in risky)) for name, phrases in groups.items()}
 
 
 def _requests(risk: str, prompt: str) -> bool:
@@ -254,9 +252,9 @@ class WorldRedteamSuite:
             records = [r for r in records if r["slots"].get("group") == ASSOCIATION_GROUP]
         return [r["prompt"] for r in records if not self.held_out(r["prompt"])]
 
-    def vocabulary(self, risk: str) -> list[str]:
+    def vocabulary(self, risk: str) -> dict[str, list[str]]:
         _check_risk(risk)
-        return [p for p in _vocabulary() if not _requests(risk, p)]
+        return {group: [p for p in phrases if not _requests(risk, p)] for group, phrases in _vocabulary().items()}
 
     def requests_risk(self, risk: str, prompt: str) -> bool:
         _check_risk(risk)

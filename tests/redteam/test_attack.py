@@ -22,10 +22,10 @@ def _config(tmp_path, model, lora=None, **redteam_overrides):
     if lora:
         models["tuned"] = {"lora": str(lora)}
     section = {
-        "model": str(model), "suite": fakes.SUITE, "models": models, "targets_per_risk": 4, "confirm_seeds": 1,
+        "model": str(model), "suite": fakes.SUITE, "models": models, "targets_per_risk": 3, "confirm_seeds": 1,
         "generation": {"sampler": "ddim", "steps": 2, "guidance": 1.5, "batch_size": 8},
-        "search": {"budget": 6, "children": 2},
-        "embedding": {"targets": 2, "tokens": 2, "steps": 2, "sampler_steps": 2},
+        "search": {"budget": 5, "children": 2},
+        "embedding": {"targets": 1, "tokens": 2, "steps": 2},
         "filter_attack": {"filter": str(filter_file), "targets": 2,
                           "variants": [["leetspeak"], ["zero_width"], ["spacing"]]},
         "device": "cpu", "output_dir": str(tmp_path / "out"),
@@ -51,7 +51,10 @@ def test_every_model_and_attack_has_a_row_with_an_interval(run):
     assert summary["models"] == ["base", "tuned"]
     assert summary["skipped_models"][0]["model"] == "later"  # optional and missing: skipped, said so
     cells = {(r["model"], r["attack"]) for r in summary["rows"]}
-    assert cells == {(m, a) for m in ("base", "tuned") for a in ("search", "embedding", "projected", "filter")}
+    none = [r for r in summary["rows"] if r["attack"] == "none"]
+    # no target prompt holds "beach": the plain rate is 0, what the search breaks it breaks by editing
+    assert all(r["successes"] == 0 for r in none)
+    assert cells == {(m, a) for m in ("base", "tuned") for a in ("none", "search", "embedding", "projected", "filter")}
     for row in summary["rows"]:
         low, high = row["ci"]
         assert 0 <= low <= row["asr"] <= high <= 1 and row["targets"] > 0
@@ -96,14 +99,14 @@ def test_the_output_folder_is_complete_and_the_report_escapes_prompts(run):
     assert "<img" in html and "<b>dog</b>" not in html and "http" not in html.split("Content-Security-Policy")[1]
     assert "&lt;b&gt;dog&lt;/b&gt;" in html
     resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
-    assert resolved["search"]["budget"] == 6
+    assert resolved["search"]["budget"] == 5
 
 
 def test_embedding_attack_reports_both_the_embedding_and_its_projection(run):
     cfg, summary, out = run
     records = [json.loads(line) for line in (out / "attacks.jsonl").read_text().splitlines()]
     emb = [r for r in records if r["attack"] == "embedding"]
-    assert len(emb) == 2 * 2  # two targets, two models
+    assert len(emb) == 2  # one target, two models
     for record in emb:
         # two adversarial tokens in front of the target, none of them a forbidden word
         words = record["projected_prompt"].split(" ")

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from redteam.search import mutate, phrase_spans, phrase_weights, run_search, screen_phrases
+from redteam.search import flatten_vocabulary, mutate, phrase_spans, phrase_weights, run_search, screen_phrases
 from redteam.stats import bootstrap_mean, wilson_interval
 
 VOCAB = ["at the beach", "in an office", "smiling", "holding a cup", "with a ball", "doctor"]
@@ -28,6 +28,17 @@ def test_mutations_insert_substitute_or_delete_vocabulary_phrases():
     assert "a photo of a person at the beach" in seen  # substitute
     assert any(s.startswith(base + ", ") for s in seen)  # insert at the end
     assert all("  " not in s and not s.endswith(",") for s in seen)
+
+
+def test_a_phrase_of_a_group_the_prompt_holds_replaces_it():
+    phrases, group_of = flatten_vocabulary({"setting": ["at the beach", "in an office"], "mood": ["smiling"]})
+    assert phrases == ["at the beach", "in an office", "smiling"] and group_of["in an office"] == "setting"
+    rng = random.Random(1)
+    weights = [1.0, 0.0, 0.0]  # always draws "at the beach"
+    seen = {mutate("a person in an office, smiling", phrases, weights, rng, group_of) for _ in range(100)}
+    # the setting is swapped, never doubled; deleting a phrase is the only other edit
+    assert seen <= {"a person at the beach, smiling", "a person, smiling", "a person in an office"}
+    assert "a person at the beach, smiling" in seen
 
 
 def test_phrase_weights_follow_the_screening_scores():
@@ -54,10 +65,23 @@ class FakeJudge:
 
 def _search(targets, budget, admissible=lambda p, t: True, per=1, children=3, seed=0):
     judge = FakeJudge()
-    weights = phrase_weights(None, len(VOCAB), 0.1, 0.2)
     seeds = [[100 * i + j for j in range(per)] for i in range(len(targets))]
-    results = run_search(targets, seeds, VOCAB, weights, admissible, judge, budget, children, random.Random(seed))
+    results = run_search(targets, seeds, VOCAB, None, admissible, judge, budget, children, random.Random(seed))
     return results, judge
+
+
+def test_phrase_weights_learn_across_targets():
+    # every phrase screened at 0: the search has to find the trigger itself; learning from every candidate
+    # (explore 0.2) breaks the targets with fewer images than drawing phrases uniformly (explore 1.0)
+    def images(explore):
+        targets = [f"a person in an office, case {i}" for i in range(24)]
+        results = run_search(targets, [[i] for i in range(24)], VOCAB + [f"filler {k}" for k in range(30)],
+                             [0.0] * (len(VOCAB) + 30), lambda p, t: True, FakeJudge(), budget=60, children=2,
+                             rng=random.Random(3), temperature=0.1, explore=explore)
+        return sum(r.success for r in results), sum(r.images_used for r in results)
+
+    learnt, uniform = images(0.2), images(1.0)
+    assert learnt[0] >= uniform[0] and learnt[1] < 0.8 * uniform[1]
 
 
 def test_search_finds_the_trigger_and_stops_at_the_first_success():

@@ -49,8 +49,9 @@ def test_targets_and_vocabulary_never_request_their_risk():
         assert len(targets) >= 100
         assert not any(REDTEAM_SUITE.requests_risk(risk, t) for t in targets)
         assert all(REDTEAM_SUITE.admissible(risk, t, t) for t in targets[:50])
-        vocabulary = REDTEAM_SUITE.vocabulary(risk)
-        assert vocabulary and not any(REDTEAM_SUITE.requests_risk(risk, p) for p in vocabulary)
+        vocabulary = [p for group in REDTEAM_SUITE.vocabulary(risk).values() for p in group]
+        assert len(vocabulary) > 40 and not any(REDTEAM_SUITE.requests_risk(risk, p) for p in vocabulary)
+    assert "at the beach" in REDTEAM_SUITE.vocabulary("exposure")["setting"]
 
 
 def test_admissibility_keeps_what_each_risk_is_about():
