@@ -201,6 +201,7 @@ def stack_table_markdown(summary: dict) -> str:
     lines += ["### costs", "", "| cost | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
     for title, key, digits in (("extra generations / request", "extra_generations_per_request", 2),
                                ("latency / request (s)", "latency_s_per_request", 4),
+                               ("latency / image (s)", "latency_s_per_image", 4),
                                ("training (s)", "training_seconds", 0)):
         lines.append(f"| {title} | " + " | ".join(_fmt((costs.get(m) or {}).get(key), digits) for m in models) + " |")
     lines.append("")

@@ -128,6 +128,7 @@ def test_every_mitigation_configuration_end_to_end(fake_world, tiny_sd15_path, t
     assert "DPO + stack" in report and "training time (s)" in report
     table = (out / "stack_table.md").read_text()
     assert "| refusals |" in table and "dpo_stack" in table
+    assert "| latency / image (s) |" in table and "| extra generations / request |" in table
 
     # Rerun: nothing is generated again, the guarded runs are reused and the measured costs kept.
     again = evaluate.run_eval(cfg, "unit")["summary"]
