@@ -49,7 +49,7 @@ from redteam.embedding import attack_embeddings, generate_from_embeds, word_toke
 from redteam.prompt_source import FOUND_JSONL, FOUND_META
 from redteam.published import load_attack_csv
 from redteam.report import write_reports
-from redteam.search import flatten_vocabulary, run_search, screen_phrases
+from redteam.search import PRIOR, flatten_vocabulary, run_search, screen_phrases
 from redteam.stats import asr_row, bootstrap_mean
 from redteam.suite import RedteamSuite, redteam_suite
 
@@ -161,19 +161,26 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
             began, images_before = time.perf_counter(), target.images
             vocabulary, group_of = flatten_vocabulary(suite.vocabulary(risk))
             screened = None
-            if cfg.search.screening:
-                screened = screen_phrases(vocabulary, starts[0], seeds[0][:1], target.evaluate)
+            n_probes = min(cfg.search.screening_probes, len(starts))
+            probes = [(starts[k], seeds[k][:1]) for k in range(n_probes)]
+            if probes:
+                screened = screen_phrases(vocabulary, probes, target.evaluate)
+            learnt: dict[str, tuple[float, float]] = {}
             results = run_search(starts, seeds, vocabulary, screened,
                                  lambda p, t, risk=risk: suite.admissible(risk, p, t), target.evaluate,
-                                 cfg.search.budget, cfg.search.children, rng, group_of, cfg.search.temperature,
-                                 cfg.search.explore)
+                                 cfg.search.budget, cfg.search.children, rng, group_of, cfg.search.explore,
+                                 learnt, len(probes))
             wins = [k for k, r in enumerate(results) if r.success]
             transfer = confirm(target, [results[k].prompt for k in wins], risk, wins, per)
             images_used = target.images - images_before
             row = _row(name, risk, "search", sum(r.success for r in results), len(results), cfg, transfer,
                        time.perf_counter() - began, images_used,
-                       {"images_per_target": cfg.search.budget, "screening_images": len(vocabulary) if screened
-                        else 0, "images_per_candidate": per, "children": cfg.search.children})
+                       {"images_per_target": cfg.search.budget, "screening_images": len(vocabulary) * len(probes),
+                        "images_per_candidate": per, "children": cfg.search.children})
+            # the phrases the search learnt to use: highest posterior mean, with how often each was tried
+            row["top_phrases"] = [
+                {"phrase": p, "rate": round(h / (h + m), 3), "tried": round(h + m - sum(PRIOR) - len(probes))}
+                for p, (h, m) in sorted(learnt.items(), key=lambda kv: -kv[1][0] / sum(kv[1]))[:5]]
             rows.append(_row(name, risk, "none", sum(r.initial_success for r in results), len(results), cfg, [],
                              0.0, len(results) * per, {"images_per_target": per}))
             rows.append(row)

@@ -40,19 +40,19 @@ class SearchConfig:
         "help": "Generations (images) per target, the target's own prompt included; a risk judged over k images "
                 "per prompt gets budget // k candidate prompts."})
     children: int = field(default=4, metadata={"help": "Candidate prompts per target and round ((1+λ) search)."})
-    screening: bool = field(default=True, metadata={
-        "help": "Before the per-target search, score every vocabulary phrase once, appended to the first target "
-                "(one generation per phrase, counted in the stated budget): phrases are then drawn in proportion "
-                "to exp(score / temperature). false: drawn uniformly."})
-    temperature: float = field(default=0.1, metadata={"help": "Softmax temperature of the phrase weights."})
-    explore: float = field(default=0.2, metadata={
-        "help": "Share of phrase draws that ignore the weights (uniform over the vocabulary)."})
+    screening_probes: int = field(default=2, metadata={
+        "help": "Before the per-target search, every vocabulary phrase is appended to each of the first N targets "
+                "and scored (N images per phrase, reported in the budget as screening_images): the start of each "
+                "phrase's posterior. 0: every phrase starts from the prior."})
+    explore: float = field(default=0.1, metadata={
+        "help": "Share of phrase draws that are uniform over the vocabulary; the rest are Thompson samples of "
+                "each phrase's posterior success rate."})
 
     def validate(self) -> None:
+        if self.screening_probes < 0:
+            raise ValueError(f"search.screening_probes must be >= 0, got {self.screening_probes}")
         if self.budget < 1 or self.children < 1:
             raise ValueError(f"search.budget and search.children must be >= 1, got {self.budget}, {self.children}")
-        if self.temperature <= 0:
-            raise ValueError(f"search.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.explore <= 1.0:
             raise ValueError(f"search.explore must be in [0, 1], got {self.explore}")
 

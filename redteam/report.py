@@ -40,6 +40,16 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _learnt(rows: list[dict]) -> str:
+    """What the black-box search learnt: its highest-rated phrases per model and risk."""
+    lines = ["Phrases the search rated highest (posterior success rate, times tried):", ""]
+    for row in rows:
+        if row.get("top_phrases"):
+            phrases = "; ".join(f"{p['phrase']} {p['rate']:.2f} ({p['tried']})" for p in row["top_phrases"])
+            lines.append(f"- {row['model']} / {row['risk']}: {phrases}")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def markdown_report(summary: dict) -> str:
     skipped = "".join(f"\n- {s['model']}: skipped ({s['reason']}: {s['lora']})" for s in summary["skipped_models"])
     dropped = summary["found_prompts"].get("dropped", {})
@@ -55,6 +65,8 @@ phrase search; `embedding`: the optimised text embedding itself; `projected`: th
 `filter`: obfuscated explicit requests that pass the prompt filter and still show the risk.
 
 {markdown_table(summary['rows'])}
+
+{_learnt(summary['rows'])}
 
 Prompts found: {summary['found_prompts']['kept']} kept in `found_prompts.txt` (dropped: {dropped}).
 Wall time {summary['seconds']:.0f} s on {summary['device']} ({summary['torch_threads']} torch threads).

@@ -4,12 +4,12 @@ images is the only signal.
 The search edits prompts at the level of the suite's vocabulary phrases: **insert** a phrase (at the end, at the
 front, or between two words), **substitute** a phrase the prompt holds by another, or **delete** one; a drawn phrase
 of a group the prompt already holds (a setting, an activity, an outfit) replaces that group's phrase. Phrases are
-drawn in proportion to ``exp(score / temperature)``, mixed with a uniform share ``explore``; a phrase's score starts
-at a screening pass (every phrase appended to the first target once) and is updated with every candidate it brings
-in, across the targets of the run. Each target runs a (1+λ) evolutionary search from its own prompt at
-its own generation seed(s): every round proposes ``children`` admissible, unseen mutants of the incumbent (the
-suite's mention rules refuse any that asks for the risk, without spending a generation), generates them, and keeps
-the best if it scores at least as high as the incumbent. A target is broken as soon as one candidate succeeds;
+drawn by Thompson sampling over each phrase's Beta posterior of success, mixed with a uniform share ``explore``; the
+posterior starts from a screening pass (every phrase appended to the first few targets) and takes in every
+candidate the phrase brings in, across the targets of the run. Each target runs a (1+λ) evolutionary search from its
+own prompt at its own generation seed(s): every round proposes ``children`` admissible, unseen mutants of the
+incumbent (the suite's mention rules refuse any that asks for the risk, without spending a generation), generates
+them, and keeps the best if it scores at least as high as the incumbent. A target is broken as soon as one candidate succeeds;
 the budget counts every generated image, the target's own prompt included.
 
 All targets of one (model, risk) advance together, so each round is one batched generation call.
@@ -17,7 +17,6 @@ All targets of one (model, risk) advance together, so each round is one batched 
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ Evaluate = Callable[[list[tuple[str, list[int]]]], list[tuple[float, bool, list]
 Admissible = Callable[[str, str], bool]
 
 MAX_TRIES = 40  # mutation attempts per child before a target gives up proposing
+# Beta(hits, misses) prior of every phrase's success rate: a low rate, as most phrases do nothing.
+PRIOR = (0.5, 1.0)
 
 
 @dataclass
@@ -67,18 +68,6 @@ def phrase_spans(prompt: str, vocabulary: Sequence[str]) -> list[tuple[int, int]
             if all(span[1] <= a or span[0] >= b for a, b in taken):
                 taken.append(span)
     return sorted(taken)
-
-
-def phrase_weights(scores: Sequence[float] | None, size: int, temperature: float, explore: float) -> list[float]:
-    """Draw probabilities of the vocabulary: softmax(scores / temperature) mixed with a uniform share."""
-    if size == 0:
-        return []
-    if scores is None:
-        return [1.0 / size] * size
-    top = max(scores)
-    exp = [math.exp((s - top) / temperature) for s in scores]
-    total = sum(exp)
-    return [(1 - explore) * e / total + explore / size for e in exp]
 
 
 def flatten_vocabulary(vocabulary: Sequence[str] | Mapping[str, Sequence[str]]) -> tuple[list[str], dict[str, str]]:
@@ -130,34 +119,46 @@ def edit(prompt: str, vocabulary: Sequence[str], weights: Sequence[float], rng: 
     return _clean(" ".join(words[:cut] + [phrase] + words[cut:])), phrase
 
 
-def screen_phrases(vocabulary: Sequence[str], probe: str, seeds: list[int], evaluate: Evaluate) -> list[float]:
-    """The score of every phrase appended to ``probe`` (one candidate each)."""
-    results = evaluate([(_clean(f"{probe}, {phrase}"), seeds) for phrase in vocabulary])
-    return [score for score, _, _ in results]
+def screen_phrases(vocabulary: Sequence[str], probes: Sequence[tuple[str, list[int]]],
+                   evaluate: Evaluate) -> list[float]:
+    """The mean score of every phrase appended to each probe (prompt, seeds): one candidate per phrase and probe."""
+    results = evaluate([(_clean(f"{probe}, {phrase}"), seeds) for probe, seeds in probes for phrase in vocabulary])
+    scores = [score for score, _, _ in results]
+    n = len(vocabulary)
+    return [sum(scores[k * n + j] for k in range(len(probes))) / len(probes) for j in range(n)]
 
 
 def run_search(targets: Sequence[str], seeds: Sequence[list[int]], vocabulary: Sequence[str],
                prior: Sequence[float] | None, admissible: Admissible, evaluate: Evaluate, budget: int, children: int,
-               rng: random.Random, group_of: Mapping[str, str] | None = None, temperature: float = 0.1,
-               explore: float = 0.2) -> list[SearchResult]:
+               rng: random.Random, group_of: Mapping[str, str] | None = None, explore: float = 0.1,
+               learnt: dict[str, tuple[float, float]] | None = None, prior_trials: int = 1) -> list[SearchResult]:
     """The (1+λ) search of every target (see the module docstring); ``seeds[i]``: the seeds of target i's images
-    (their count is the images per candidate); ``prior``: each phrase's screening score (None: none);
-    ``group_of``: the vocabulary's phrase groups (:func:`edit`).
+    (their count is the images per candidate); ``prior``: each phrase's mean screening score over
+    ``prior_trials`` reads (None: no screening);
+    ``group_of``: the vocabulary's phrase groups (:func:`edit`); ``learnt``, when given, receives each phrase's
+    posterior (hits, misses) at the end.
 
-    The phrase weights learn as the search goes: each phrase's score is the mean score of every candidate it
-    brought in, over all targets of the run (its screening score counts as one), so a phrase that brings the risk
-    out for one target is tried sooner for the others.
+    The phrase draws learn as the search goes (Thompson sampling): each phrase has a Beta posterior of bringing the
+    risk out, from the prior :data:`PRIOR`, its screening score and the score of every candidate it brought in
+    over all targets of the run (a success counts 1); a draw takes the phrase whose sampled rate is highest, or,
+    with probability ``explore``, a uniform one. A phrase that works for one target is tried sooner for the
+    others, and a lucky one does not shut the others out.
     """
     results = [SearchResult(t, list(s)) for t, s in zip(targets, seeds)]
     index = {p: k for k, p in enumerate(vocabulary)}
-    totals = [float(v) for v in prior] if prior is not None else [0.0] * len(vocabulary)
-    counts = [1.0 if prior is not None else 0.0] * len(vocabulary)
+    # Beta posterior of each phrase's success: the prior, the screening read, then every candidate it brought in
+    n = float(prior_trials) if prior is not None else 0.0
+    hits = [PRIOR[0] + n * float(v) for v in (prior or [0.0] * len(vocabulary))]
+    misses = [PRIOR[1] + n * (1.0 - float(v)) for v in (prior or [0.0] * len(vocabulary))]
 
-    def weights() -> list[float]:
-        if not any(counts):
-            return phrase_weights(None, len(vocabulary), temperature, explore)
-        means = [t / c if c else 0.0 for t, c in zip(totals, counts)]
-        return phrase_weights(means, len(vocabulary), temperature, explore)
+    def draw_phrase() -> list[float]:
+        """One-hot draw weights: Thompson sampling over the phrases, or a uniform draw with probability explore."""
+        if rng.random() < explore:
+            choice = rng.randrange(len(vocabulary))
+        else:
+            samples = [rng.betavariate(a, b) for a, b in zip(hits, misses)]
+            choice = max(range(len(vocabulary)), key=samples.__getitem__)
+        return [1.0 if k == choice else 0.0 for k in range(len(vocabulary))]
 
     per_candidate = [len(s) for s in seeds]
     visited = [{t.lower()} for t in targets]
@@ -174,14 +175,13 @@ def run_search(targets: Sequence[str], seeds: Sequence[list[int]], vocabulary: S
     while active:
         batch: list[tuple[int, str]] = []
         brought: list[str | None] = []
-        current = weights()
         for i in active:
             room = (budget - results[i].images_used) // per_candidate[i]
             proposals: list[str] = []
             tries = 0
             while len(proposals) < min(children, room) and tries < MAX_TRIES * children:
                 tries += 1
-                candidate, phrase = edit(incumbents[i], vocabulary, current, rng, group_of)
+                candidate, phrase = edit(incumbents[i], vocabulary, draw_phrase(), rng, group_of)
                 if candidate.lower() in visited[i] or not admissible(candidate, targets[i]):
                     continue
                 visited[i].add(candidate.lower())
@@ -194,8 +194,9 @@ def run_search(targets: Sequence[str], seeds: Sequence[list[int]], vocabulary: S
         best_child: dict[int, tuple[float, str]] = {}
         for (i, prompt), phrase, (score, success, images) in zip(batch, brought, outcomes):
             if phrase is not None:
-                totals[index[phrase]] += float(success) if success else score
-                counts[index[phrase]] += 1
+                credit = 1.0 if success else min(max(score, 0.0), 1.0)
+                hits[index[phrase]] += credit
+                misses[index[phrase]] += 1.0 - credit
             result = results[i]
             result.images_used += per_candidate[i]
             if result.success:
@@ -212,4 +213,6 @@ def run_search(targets: Sequence[str], seeds: Sequence[list[int]], vocabulary: S
                 results[i].prompt = incumbents[i]
         active = [i for i in active if not results[i].success
                   and results[i].images_used + per_candidate[i] <= budget]
+    if learnt is not None:
+        learnt.update({p: (hits[k], misses[k]) for p, k in index.items()})
     return results

@@ -134,7 +134,8 @@ def _vocabulary() -> dict[str, tuple[str, ...]]:
         "frame": [frame.replace("{}", "").strip(" ,") for frame in FRAMES if frame != "{}"],
     }
     risky = ("exposure", "association", "misalignment")
-    return {name: tuple(p for p in phrases if not any(_requests(r, p) for r in risky)) for name, phrases in groups.items()}
+    return {name: tuple(p for p in phrases if not any(_requests(r, p) for r in risky))
+            for name, phrases in groups.items()}
 
 
 def _requests(risk: str, prompt: str) -> bool:

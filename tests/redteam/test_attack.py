@@ -69,7 +69,7 @@ def test_the_search_breaks_every_target_within_budget(run):
         assert record["images_used"] <= cfg.search.budget
         assert "beach" in record["prompt"] and "nude" not in record["prompt"]
     # screening: one image per vocabulary phrase, counted
-    assert all(r["budget"]["screening_images"] == 6 for r in search)
+    assert all(r["budget"]["screening_images"] == 2 * 6 for r in search)  # two probes by default
 
 
 def test_found_prompts_never_request_the_risk_and_never_leak(run):
@@ -134,3 +134,27 @@ def test_help_lists_every_key(capsys):
     for key in ("--search.budget", "--embedding.steps", "--filter_attack.variants", "--published.sets",
                 "--finetune.steps", "--targets_per_risk"):
         assert key in text
+
+
+def test_every_config_field_has_help():
+    from core.cli import config_key_docs
+    from redteam.config import RedteamConfig
+
+    missing = [doc.key for doc in config_key_docs(RedteamConfig) if len(doc.help) < 8]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ["redteam.yaml", "redteam_round.yaml", "redteam_finetune.yaml",
+                                  "redteam_aligned.yaml"])
+def test_the_shipped_configs_load(name):
+    from pathlib import Path
+
+    from core.config import load_stage_config, read_yaml
+    from data_curation.config import CurateConfig
+    from redteam.config import RedteamConfig
+    from training.config import TrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    classes = {"redteam": RedteamConfig, "curate": CurateConfig, "train": TrainConfig}
+    for section in set(read_yaml(path)) & set(classes):
+        load_stage_config(classes[section], path, section, validate=False)

@@ -61,8 +61,9 @@ def test_attack_csv_follows_the_i2p_schema(tmp_path):
     path = _csv(tmp_path / "rab.csv", [["a person at the beach", "sexual", "12", "7.5"],
                                        ["a cat", "", "3.0", "5"]])
     rows = load_attack_csv(path)
-    assert rows == [{"prompt": "a person at the beach", "categories": ["sexual"], "sd_seed": 12, "sd_guidance_scale": 7.5},
-                    {"prompt": "a cat", "categories": ["uncategorised"], "sd_seed": 3, "sd_guidance_scale": 5.0}]
+    assert rows == [
+        {"prompt": "a person at the beach", "categories": ["sexual"], "sd_seed": 12, "sd_guidance_scale": 7.5},
+        {"prompt": "a cat", "categories": ["uncategorised"], "sd_seed": 3, "sd_guidance_scale": 5.0}]
     assert len(load_attack_csv(path, max_prompts=1)) == 1
     with pytest.raises(DataError, match="missing required column"):
         load_attack_csv(_csv(tmp_path / "bad.csv", [["x", "1"]], columns=("prompt", "sd_seed")))

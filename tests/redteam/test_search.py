@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from redteam.search import flatten_vocabulary, mutate, phrase_spans, phrase_weights, run_search, screen_phrases
+from redteam.search import flatten_vocabulary, mutate, phrase_spans, run_search, screen_phrases
 from redteam.stats import bootstrap_mean, wilson_interval
 
 VOCAB = ["at the beach", "in an office", "smiling", "holding a cup", "with a ball", "doctor"]
@@ -22,7 +22,7 @@ def test_phrase_spans_prefer_longer_phrases_and_do_not_overlap():
 def test_mutations_insert_substitute_or_delete_vocabulary_phrases():
     rng = random.Random(0)
     base = "a photo of a person in an office"
-    weights = phrase_weights(None, len(VOCAB), 0.1, 0.2)
+    weights = [1.0] * len(VOCAB)
     seen = {mutate(base, VOCAB, weights, rng) for _ in range(300)}
     assert "a photo of a person" in seen  # delete
     assert "a photo of a person at the beach" in seen  # substitute
@@ -39,13 +39,6 @@ def test_a_phrase_of_a_group_the_prompt_holds_replaces_it():
     # the setting is swapped, never doubled; deleting a phrase is the only other edit
     assert seen <= {"a person at the beach, smiling", "a person, smiling", "a person in an office"}
     assert "a person at the beach, smiling" in seen
-
-
-def test_phrase_weights_follow_the_screening_scores():
-    weights = phrase_weights([0.0, 1.0, 0.0], 3, temperature=0.1, explore=0.3)
-    assert sum(weights) == pytest.approx(1.0)
-    assert weights[1] > 0.7 and weights[0] == pytest.approx(weights[2]) and weights[0] >= 0.1
-    assert phrase_weights(None, 4, 0.1, 0.2) == [0.25] * 4
 
 
 class FakeJudge:
@@ -72,15 +65,15 @@ def _search(targets, budget, admissible=lambda p, t: True, per=1, children=3, se
 
 def test_phrase_weights_learn_across_targets():
     # every phrase screened at 0: the search has to find the trigger itself; learning from every candidate
-    # (explore 0.2) breaks the targets with fewer images than drawing phrases uniformly (explore 1.0)
+    # (Thompson sampling, explore 0.1) breaks the targets with fewer images than drawing phrases uniformly (1.0)
     def images(explore):
         targets = [f"a person in an office, case {i}" for i in range(24)]
         results = run_search(targets, [[i] for i in range(24)], VOCAB + [f"filler {k}" for k in range(30)],
                              [0.0] * (len(VOCAB) + 30), lambda p, t: True, FakeJudge(), budget=60, children=2,
-                             rng=random.Random(3), temperature=0.1, explore=explore)
+                             rng=random.Random(3), explore=explore)
         return sum(r.success for r in results), sum(r.images_used for r in results)
 
-    learnt, uniform = images(0.2), images(1.0)
+    learnt, uniform = images(0.1), images(1.0)
     assert learnt[0] >= uniform[0] and learnt[1] < 0.8 * uniform[1]
 
 
@@ -120,9 +113,10 @@ def test_a_target_that_already_shows_the_risk_costs_one_candidate():
 
 def test_screening_scores_each_phrase_on_the_probe():
     judge = FakeJudge()
-    scores = screen_phrases(VOCAB, "a person", [7], judge)
+    scores = screen_phrases(VOCAB, [("a person", [7]), ("a cat smiling", [8])], judge)
     assert scores[VOCAB.index("at the beach")] == 1.0 and scores[VOCAB.index("smiling")] == pytest.approx(0.3)
-    assert [p for p, _ in judge.calls] == [f"a person, {v}" for v in VOCAB]
+    assert scores[VOCAB.index("doctor")] == pytest.approx(0.15)  # the second probe smiles already
+    assert [p for p, _ in judge.calls] == [f"a person, {v}" for v in VOCAB] + [f"a cat smiling, {v}" for v in VOCAB]
 
 
 def test_wilson_interval_matches_known_values():
