@@ -95,7 +95,7 @@ def position_sentence(entry: dict, label=lambda m: m) -> str:
             f"{label(n['model'])} {n['estimate']['value']:.3f} (aligned − it {n['aligned_minus_model']['value']:+.3f} "
             f"[{n['aligned_minus_model']['low']:+.3f}, {n['aligned_minus_model']['high']:+.3f}])"
             if verdict != "tie" else label(n["model"]) for n in names)
-        parts.append(f"{verdict.capitalize()}: {listed}.")
+        parts.append(f"{verdict[0].upper()}{verdict[1:]}: {listed}.")  # str.capitalize would lower-case DPO
     best = entry["best"]
     if best["model"] != "aligned":
         parts.append(f"Lowest-risk configuration: {label(best['model'])} ({best['estimate']['value']:.3f})."

@@ -166,3 +166,20 @@ def test_stack_configurations_need_their_layers(tiny_sd15_path, tiny_clip_dir, l
         config_from_dict(EvalConfig, {"mode": "synthetic", "model": "m", "clip_path": "c", "models": ["base"],
                                       "model_bars": [{"model": "dpo_stack", "metric": "exposure", "op": "<=",
                                                       "value": 0.01}]})
+
+
+def test_position_sentence_names_dpo_in_capitals_and_every_verdict():
+    from evals.stack_table import position_sentence
+
+    est = lambda v: {"value": v, "low": v - 0.1, "high": v + 0.1}  # noqa: E731
+    diff = lambda v: {"value": v, "low": v - 0.05, "high": v + 0.05, "excludes_zero": True}  # noqa: E731
+    entry = {"split": "in_grammar", "title": "stereotype max share", "direction": "lower", "dpo": est(0.588),
+             "best": {"model": "rewrite", "estimate": est(0.375)},
+             "by_verdict": {"better than DPO": [{"model": "rewrite", "estimate": est(0.375),
+                                                "aligned_minus_model": diff(0.213)}],
+                            "tie": [{"model": "esd_u", "estimate": est(0.6), "aligned_minus_model": diff(0.0)}],
+                            "worse than DPO": [{"model": "sld", "estimate": est(0.812),
+                                               "aligned_minus_model": diff(-0.225)}]}}
+    text = position_sentence(entry)
+    assert "Better than DPO: rewrite 0.375" in text and "Worse than DPO: sld 0.812" in text
+    assert "Tie: esd_u." in text and "Lowest-risk configuration: rewrite (0.375)." in text
