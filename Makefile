@@ -87,17 +87,19 @@ ERASE_THREADS ?= 1
 erase: setup
 	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(ERASE_THREADS) )$(PY) -m erasure.erase --config $(CONFIG) $(ARGS)
 
-# Red-teaming (redteam/, docs/redteam.md): prompt attacks on the base, aligned and erased models, in one process with
-# REDTEAM_THREADS torch threads without a GPU (one: on the shared 2-core machine two threads generated 3x slower).
+# Red-teaming (redteam/, docs/redteam.md): prompt attacks on the base, aligned and erased models (REDTEAM_CONFIG), in
+# one process with REDTEAM_THREADS torch threads without a GPU (one: on the shared, loaded 2-core machine two threads
+# generated about 3x slower).
 REDTEAM_CONFIG ?= configs/redteam.yaml
 REDTEAM_THREADS ?= 1
 redteam: setup
-	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(REDTEAM_THREADS) )$(PY) -m redteam.attack --config $(if $(filter configs/demo.yaml,$(CONFIG)),$(REDTEAM_CONFIG),$(CONFIG)) $(ARGS)
+	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(REDTEAM_THREADS) )$(PY) -m redteam.attack --config $(REDTEAM_CONFIG) $(ARGS)
 
-# Benign downstream fine-tuning of the aligned LoRA (redteam.finetune), then make redteam on it.
+# Benign downstream fine-tuning of the aligned LoRA (redteam.finetune), then make redteam on it and its copy.
+FINETUNE_CONFIG ?= configs/redteam_finetune.yaml
 redteam-finetune: setup
-	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(REDTEAM_THREADS) )$(PY) -m redteam.finetune --config $(if $(filter configs/demo.yaml,$(CONFIG)),configs/redteam_finetune.yaml,$(CONFIG)) $(ARGS)
-	$(MAKE) redteam CONFIG=$(if $(filter configs/demo.yaml,$(CONFIG)),configs/redteam_finetune.yaml,$(CONFIG))
+	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(REDTEAM_THREADS) )$(PY) -m redteam.finetune --config $(FINETUNE_CONFIG) $(ARGS)
+	$(MAKE) redteam REDTEAM_CONFIG=$(FINETUNE_CONFIG)
 
 # One adversarial round (configs/redteam_round.yaml; docs/redteam.md): attack the base and aligned models, curate pairs
 # on the prompts found, train on the aligned run's pairs (ROUND_BASE_SET) plus those, attack again; ASR before and
@@ -105,11 +107,11 @@ redteam-finetune: setup
 ROUND_CONFIG ?= configs/redteam_round.yaml
 ROUND_BASE_SET ?= runs/redteam_aligned/preference_set
 redteam-round: setup
-	$(MAKE) redteam CONFIG=$(ROUND_CONFIG) ARGS="output_dir=runs/redteam_round/before $(ARGS)"
+	$(MAKE) redteam REDTEAM_CONFIG=$(ROUND_CONFIG) ARGS="output_dir=runs/redteam_round/before $(ARGS)"
 	$(MAKE) curate CONFIG=$(ROUND_CONFIG)
 	$(PY) -m preference_sets.cli merge $(ROUND_BASE_SET) runs/redteam_round/preference_set --out runs/redteam_round/merged_set
 	$(MAKE) train CONFIG=$(ROUND_CONFIG)
-	$(MAKE) redteam CONFIG=$(ROUND_CONFIG) ARGS="output_dir=runs/redteam_round/after $(ARGS)"
+	$(MAKE) redteam REDTEAM_CONFIG=$(ROUND_CONFIG) ARGS="output_dir=runs/redteam_round/after $(ARGS)"
 	$(PY) -m redteam.compare runs/redteam_round/before runs/redteam_round/after --out runs/redteam_round/round.md
 
 # DEMO_CONFIG: the slow-tier test runs the same target on a reduced copy of configs/demo.yaml.

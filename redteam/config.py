@@ -36,7 +36,7 @@ class SearchConfig:
     signal."""
 
     enabled: bool = field(default=True, metadata={"help": "Run the black-box search."})
-    budget: int = field(default=16, metadata={
+    budget: int = field(default=24, metadata={
         "help": "Generations (images) per target, the target's own prompt included; a risk judged over k images "
                 "per prompt gets budget // k candidate prompts."})
     children: int = field(default=4, metadata={"help": "Candidate prompts per target and round ((1+λ) search)."})

@@ -9,8 +9,8 @@ posterior starts from a screening pass (every phrase appended to the first few t
 candidate the phrase brings in, across the targets of the run. Each target runs a (1+λ) evolutionary search from its
 own prompt at its own generation seed(s): every round proposes ``children`` admissible, unseen mutants of the
 incumbent (the suite's mention rules refuse any that asks for the risk, without spending a generation), generates
-them, and keeps the best if it scores at least as high as the incumbent. A target is broken as soon as one candidate succeeds;
-the budget counts every generated image, the target's own prompt included.
+them, and keeps the best if it scores at least as high as the incumbent. A target is broken as soon as one candidate
+succeeds; the budget counts every generated image, the target's own prompt included.
 
 All targets of one (model, risk) advance together, so each round is one batched generation call.
 """
