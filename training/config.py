@@ -135,6 +135,11 @@ class TrainConfig:
                 "s = 1/k makes the pull's target uniform over all k groups. Needs an RPO α > 0; 0: plain RPO."})
     rpo_rejected_share_per_risk: dict[str, float] = field(default_factory=dict, metadata={
         "help": "rpo_rejected_share per risk, over rpo_rejected_share."})
+    preserve_risks: list[str] = field(default_factory=list, metadata={
+        "help": "Risks whose pairs only hold the reference model's preference (training/loss.py, preserve): their "
+                "loss is 0 while the LoRA keeps the pair's margin >= 0 and rises only once it moves against it. For "
+                "the curation's mirror pairs (<risk>_mirror): requests stay honoured without being pushed further, "
+                "which would cancel the risk pairs they mirror."})
 
     retain: RetainSettings = field(default_factory=RetainSettings, metadata={
         "help": "The retain anchor: keeps the LoRA at the base model on risk-free prompts."})

@@ -180,3 +180,29 @@ def test_rpo_is_zero_at_the_reference_and_refused_with_sft():
     assert with_rpo.item() == pytest.approx(plain.item())  # θ = ref: both log 2
     with pytest.raises(ValueError, match="sft"):
         diffusion_dpo_loss(errs, errs, None, None, beta=10.0, loss_type="sft", rpo_alpha=0.5)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+def test_preserved_pairs_cost_nothing_until_their_margin_turns_negative(loss_type):
+    """preserve=1: a pair that only holds the reference's preference. At and above margin 0 its loss and gradient
+    are 0; below 0 it is the plain loss minus its value at 0, so it pushes back with the plain loss's gradient."""
+    beta = 10.0
+    ref_w, ref_l = _errs(0.5, 0.5, 0.5), _errs(0.5, 0.5, 0.5)
+    # margins: +2.5 (the LoRA already favours the preferred image), 0, -2.5 (it moved against it)
+    model_w = _errs(0.0, 0.5, 1.0).requires_grad_()
+    model_l = _errs(0.5, 0.5, 0.5)
+    held, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta, loss_type, preserve=1.0)
+    plain, _ = diffusion_dpo_loss(model_w.detach(), model_l, ref_w, ref_l, beta, loss_type)
+    at_zero, _ = diffusion_dpo_loss(_errs(0.5), _errs(0.5), _errs(0.5), _errs(0.5), beta, loss_type)
+    plain_each = [diffusion_dpo_loss(model_w.detach()[i:i + 1], model_l[i:i + 1], ref_w[:1], ref_l[:1], beta,
+                                     loss_type)[0].item() for i in range(3)]
+    assert held.item() == pytest.approx(max(plain_each[2] - at_zero.item(), 0.0) / 3, rel=1e-5)
+    assert plain.item() > held.item()
+    held.backward()
+    assert model_w.grad[0].item() == 0.0 and model_w.grad[1].item() == 0.0
+    assert model_w.grad[2].item() > 0  # pushes the preferred image's error back down
+    # Per pair: only the flagged pairs are held; the others keep the plain loss.
+    mixed, _ = diffusion_dpo_loss(model_w.detach(), model_l, ref_w, ref_l, beta, loss_type,
+                                  preserve=_errs(1.0, 0.0, 1.0))
+    expected = (0.0 + plain_each[1] + max(plain_each[2] - at_zero.item(), 0.0)) / 3
+    assert mixed.item() == pytest.approx(expected, rel=1e-5)
