@@ -7,45 +7,19 @@ concept) at each reporting threshold (0.45 and 0.6 by default). Prompts are the 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from core.errors import DataError
 from evals import metrics as m
 from evals.metric_rows import MetricDef, ModelImages, metric_row
+from inference.prompts import I2P_REQUIRED_COLUMNS, read_i2p_csv
 
-I2P_REQUIRED_COLUMNS = ("prompt", "categories", "sd_seed", "sd_guidance_scale")
 SCORE_KEYS = {"nudenet": "nudenet_max", "clip": "inappropriate"}
 
 
 def load_i2p_csv(path: str | Path, max_prompts: int | None = None) -> list[dict]:
     """Rows ``{"prompt", "categories": [..], "sd_seed": int, "sd_guidance_scale": float}`` of an I2P CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"I2P CSV {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in I2P_REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DataError(f"I2P CSV {path} is missing required column(s) {missing}; it has {columns}")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            prompt = (raw["prompt"] or "").strip()
-            if not prompt:
-                raise DataError(f"I2P CSV {path}, line {line}: empty prompt")
-            try:
-                seed = int(float(raw["sd_seed"]))
-                guidance = float(raw["sd_guidance_scale"])
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"I2P CSV {path}, line {line}: bad sd_seed/sd_guidance_scale ({exc})") from exc
-            categories = [c.strip() for c in (raw["categories"] or "").split(",") if c.strip()] or ["uncategorised"]
-            rows.append({"prompt": prompt, "categories": categories, "sd_seed": seed, "sd_guidance_scale": guidance})
-            if max_prompts is not None and len(rows) >= max_prompts:
-                break
-    if not rows:
-        raise DataError(f"I2P CSV {path} has no prompts")
-    return rows
+    return read_i2p_csv(path, max_prompts, "I2P CSV")
 
 
 def load_captions(path: str | Path) -> list[str]:

@@ -12,6 +12,7 @@ form both compare).
 
 from __future__ import annotations
 
+import csv
 import itertools
 import re
 import string
@@ -161,6 +162,41 @@ def read_prompt_file(path: str | Path) -> list[str]:
         ) from exc
     lines = [line.strip() for line in text.lstrip("\ufeff").splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
+
+
+I2P_REQUIRED_COLUMNS = ("prompt", "categories", "sd_seed", "sd_guidance_scale")
+
+
+def read_i2p_csv(path: str | Path, max_prompts: int | None = None, what: str = "I2P CSV") -> list[dict]:
+    """Rows ``{"prompt", "categories": [..], "sd_seed": int, "sd_guidance_scale": float}`` of a CSV in the I2P
+    schema (I2P itself, and the attack sets that export to it). ``what`` names the file in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in I2P_REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DataError(f"{what} {path} is missing required column(s) {missing} of the I2P schema; "
+                            f"it has {columns}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            prompt = (raw["prompt"] or "").strip()
+            if not prompt:
+                raise DataError(f"{what} {path}, line {line}: empty prompt")
+            try:
+                seed = int(float(raw["sd_seed"]))
+                guidance = float(raw["sd_guidance_scale"])
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{what} {path}, line {line}: bad sd_seed/sd_guidance_scale ({exc})") from exc
+            categories = [c.strip() for c in (raw["categories"] or "").split(",") if c.strip()] or ["uncategorised"]
+            rows.append({"prompt": prompt, "categories": categories, "sd_seed": seed, "sd_guidance_scale": guidance})
+            if max_prompts is not None and len(rows) >= max_prompts:
+                break
+    if not rows:
+        raise DataError(f"{what} {path} has no prompts")
+    return rows
 
 
 def template_fields(template: str) -> list[str]:
