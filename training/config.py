@@ -140,6 +140,9 @@ class TrainConfig:
                 "loss is 0 while the LoRA keeps the pair's margin >= 0 and rises only once it moves against it. For "
                 "the curation's mirror pairs (<risk>_mirror): requests stay honoured without being pushed further, "
                 "which would cancel the risk pairs they mirror."})
+    loss_weight_per_risk: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "Each risk's pairs' weight in the loss (>= 0; default 1), e.g. {exposure_mirror: 0.5}: the pairs "
+                "are still drawn as often, each pulls with this share of its loss."})
 
     retain: RetainSettings = field(default_factory=RetainSettings, metadata={
         "help": "The retain anchor: keeps the LoRA at the base model on risk-free prompts."})
@@ -278,6 +281,9 @@ class TrainConfig:
             if share > 0 and self.rpo_alpha_per_risk.get(risk, self.rpo_alpha) <= 0:
                 raise ValueError(f"rpo_rejected_share_per_risk.{risk} = {share} needs an RPO α > 0 for {risk!r} "
                                  f"(rpo_alpha_per_risk.{risk} or rpo_alpha)")
+        for risk, weight in self.loss_weight_per_risk.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < float("inf"):
+                raise ValueError(f"loss_weight_per_risk.{risk} must be a number >= 0, got {weight!r}")
         if self.loss_type == "sft" and self.uses_rpo():
             raise ValueError("rpo_alpha does not apply to loss_type sft (the sft loss is the RPO term alone)")
         if self.max_pairs is not None and self.max_pairs < 1:

@@ -89,6 +89,7 @@ class PairOptions:
     rpo_alpha: torch.Tensor | float = 0.0
     rpo_rejected_share: torch.Tensor | float = 0.0
     preserve: torch.Tensor | float = 0.0
+    weight: torch.Tensor | float = 1.0
 
 
 def diffusion_dpo_loss(
@@ -109,9 +110,12 @@ def diffusion_dpo_loss(
     pair that only holds the reference's preference (a float or a (B,) tensor of 0/1): its loss is the loss's
     excess over its value at margin 0, floored at 0, so it is 0 while the LoRA leaves the pair's margin >= 0 and
     pushes back only once the pair has moved against its preference (mirror pairs: a request stays honoured
-    without being pushed beyond the base model).
+    without being pushed beyond the base model). ``weight``: each pair's share of the batch mean, a float or a (B,)
+    tensor >= 0 (1: every pair alike); the mean stays over all B pairs, so a weight < 1 lowers a pair's pull
+    without raising the others'.
     """
     rpo_alpha, rpo_rejected_share, preserve = options.rpo_alpha, options.rpo_rejected_share, options.preserve
+    weight = options.weight
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
@@ -161,6 +165,8 @@ def diffusion_dpo_loss(
         metrics["loss/dpo"] = losses.mean().detach()
         metrics["loss/rpo"] = rpo.mean().detach()
         losses = losses + rpo
+    if isinstance(weight, torch.Tensor) or weight != 1.0:
+        losses = losses * torch.as_tensor(weight, dtype=margin.dtype, device=margin.device)
     loss = losses.mean()
 
     metrics.update(

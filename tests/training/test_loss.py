@@ -206,3 +206,21 @@ def test_preserved_pairs_cost_nothing_until_their_margin_turns_negative(loss_typ
                                   options=PairOptions(preserve=_errs(1.0, 0.0, 1.0)))
     expected = (0.0 + plain_each[1] + max(plain_each[2] - at_zero.item(), 0.0)) / 3
     assert mixed.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pair_weights_scale_each_pairs_share_of_the_mean():
+    """weight: pair i contributes w_i·loss_i to the mean over all B pairs; weight 0 removes its gradient, and a
+    uniform weight 1 is the plain loss."""
+    beta = 10.0
+    ref = _errs(0.5, 0.5, 0.5)
+    model_w = _errs(0.2, 0.5, 0.9).requires_grad_()
+    model_l = _errs(0.5, 0.4, 0.3)
+    plain_each = [diffusion_dpo_loss(model_w.detach()[i:i + 1], model_l[i:i + 1], ref[:1], ref[:1], beta)[0].item()
+                  for i in range(3)]
+    weighted, _ = diffusion_dpo_loss(model_w, model_l, ref, ref, beta,
+                                     options=PairOptions(weight=_errs(1.0, 0.5, 0.0)))
+    assert weighted.item() == pytest.approx((plain_each[0] + 0.5 * plain_each[1]) / 3, rel=1e-5)
+    weighted.backward()
+    assert model_w.grad[2].item() == 0.0 and model_w.grad[0].item() != 0.0
+    unit, _ = diffusion_dpo_loss(model_w.detach(), model_l, ref, ref, beta, options=PairOptions(weight=1.0))
+    assert unit.item() == pytest.approx(sum(plain_each) / 3, rel=1e-5)
