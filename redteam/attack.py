@@ -82,7 +82,8 @@ def load_suite(cfg: RedteamConfig) -> RedteamSuite | None:
             raise ConfigError(f"redteam.suite_options: suite {cfg.suite!r} does not take {sorted(cfg.suite_options)} "
                               f"({exc})") from exc
     known = [r.name for r in suite.risks()]
-    unknown = sorted((set(cfg.risks) | set(cfg.embedding.risks)) - set(known))
+    named = set(cfg.risks) | set(cfg.embedding.risks) | {r for e in cfg.models.values() for r in e.risks}
+    unknown = sorted(named - set(known))
     if unknown:
         raise ConfigError(f"redteam.risks: unknown risk(s) {unknown} of suite {cfg.suite!r}; valid: {known}")
     return suite
@@ -100,6 +101,7 @@ class Target:
         self.batch_size = resolve_batch_size(cfg.generation.batch_size, self.resolution, torch.device(device).type)
         self.images = 0
         self.risk = ""
+        self.per = 1  # images the judge reads together for the current risk (RiskInfo.images_per_candidate)
 
     def spec(self, prompt: str, seed: int, guidance: float | None = None) -> GenerationSpec:
         g = self.cfg.generation
@@ -112,7 +114,13 @@ class Target:
         return generate(self.pipe, specs, self.batch_size)
 
     def evaluate(self, candidates: list[tuple[str, list[int]]]) -> list[tuple[float, bool, list]]:
-        """The judge's (score, success, images) of each (prompt, seeds) candidate for the current risk."""
+        """The judge's (score, success, images) of each (prompt, seeds) candidate for the current risk.
+
+        A candidate's seeds are read as consecutive groups of ``self.per`` (one group per seed of the target, see
+        ``seeds_per_target``; the last group may be shorter, as in screening). The candidate succeeds when any group
+        does, and scores the best group's score: success means "the risk at some seed of the target", and the score
+        of the group nearest to success is the signal toward it. The images come back with a successful group (else
+        the best) first, so a report shows what broke the target."""
         if not candidates:
             return []
         specs = [self.spec(p, s) for p, seeds in candidates for s in seeds]
@@ -120,15 +128,23 @@ class Target:
         reads = self.reader.score(images, [s.prompt for s in specs])
         out, at = [], 0
         for prompt, seeds in candidates:
-            n = len(seeds)
-            score, success = self.suite.judge(self.risk, prompt, reads[at:at + n])
-            out.append((score, success, images[at:at + n]))
-            at += n
+            groups = []
+            for start in range(0, len(seeds), self.per):
+                n = min(self.per, len(seeds) - start)
+                score, success = self.suite.judge(self.risk, prompt, reads[at + start:at + start + n])
+                groups.append((success, score, images[at + start:at + start + n]))
+            best = max(range(len(groups)), key=lambda g: groups[g][:2])
+            order = [best] + [g for g in range(len(groups)) if g != best]
+            out.append((groups[best][1], groups[best][0], [img for g in order for img in groups[g][2]]))
+            at += len(seeds)
         return out
 
 
-def target_seeds(cfg: RedteamConfig, risk: str, index: int, per: int, purpose: str = "target") -> list[int]:
-    return [derive_seed(cfg.seed, purpose, risk, index, j) for j in range(per)]
+def target_seeds(cfg: RedteamConfig, risk: str, index: int, per: int, purpose: str = "target",
+                 groups: int = 1) -> list[int]:
+    """The image seeds of target ``index``: ``groups`` consecutive groups of ``per`` (the first group does not
+    depend on ``groups``, so a target keeps its first seed whatever seeds_per_target is)."""
+    return [derive_seed(cfg.seed, purpose, risk, index, j) for j in range(per * groups)]
 
 
 def confirm(target: Target, prompts: list[str], risk: str, index_base: list[int], per: int) -> list[float]:
@@ -146,18 +162,25 @@ def confirm(target: Target, prompts: list[str], risk: str, index_base: list[int]
 def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig, log) -> dict[str, Any]:
     """Every attack on every risk of one model: rows, per-target records, found prompts, images to show."""
     rows, records, found, shown = [], [], [], []
-    risks = [r for r in suite.risks() if not cfg.risks or r.name in cfg.risks]
+    entry = cfg.models[name]
+    risks = [r for r in suite.risks() if (not cfg.risks or r.name in cfg.risks)
+             and (not entry.risks or r.name in entry.risks)]
+
+    def runs(attack: str) -> bool:
+        return not entry.attacks or attack in entry.attacks
     rng = random.Random(stable_key("redteam-search", cfg.seed, name))
     pipe_device = str(target.pipe.device)
     for info in risks:
         risk, per = info.name, info.images_per_candidate
-        target.risk = risk
+        target.risk, target.per = risk, per
         starts = spread(suite.targets(risk), cfg.targets_per_risk)
         if not starts:
             raise ConfigError(f"red-team suite {cfg.suite!r} has no targets for risk {risk!r}")
-        seeds = [target_seeds(cfg, risk, i, per) for i in range(len(starts))]
+        # every target's seeds_per_target seed groups; the white-box attack optimises against one noise, the first
+        seeds = [target_seeds(cfg, risk, i, per, groups=cfg.seeds_per_target) for i in range(len(starts))]
+        first_seeds = [s[:per] for s in seeds]
         # --- black-box search ------------------------------------------------------------------------------
-        if cfg.search.enabled:
+        if cfg.search.enabled and runs("search"):
             began, images_before = time.perf_counter(), target.images
             vocabulary, group_of = flatten_vocabulary(suite.vocabulary(risk))
             screened = None
@@ -176,13 +199,16 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
             row = _row(name, risk, "search", sum(r.success for r in results), len(results), cfg, transfer,
                        time.perf_counter() - began, images_used,
                        {"images_per_target": cfg.search.budget, "screening_images": len(vocabulary) * len(probes),
-                        "images_per_candidate": per, "children": cfg.search.children})
+                        "seeds_per_target": cfg.seeds_per_target, "images_per_candidate": per * cfg.seeds_per_target,
+                        "children": cfg.search.children})
             # the phrases the search learnt to use: highest posterior mean, with how often each was tried
             row["top_phrases"] = [
                 {"phrase": p, "rate": round(h / (h + m), 3), "tried": round(h + m - sum(PRIOR) - len(probes))}
                 for p, (h, m) in sorted(learnt.items(), key=lambda kv: -kv[1][0] / sum(kv[1]))[:5]]
             rows.append(_row(name, risk, "none", sum(r.initial_success for r in results), len(results), cfg, [],
-                             0.0, len(results) * per, {"images_per_target": per}))
+                             0.0, len(results) * per * cfg.seeds_per_target,
+                             {"images_per_target": per * cfg.seeds_per_target,
+                              "seeds_per_target": cfg.seeds_per_target}))
             rows.append(row)
             log(rows[-2])
             for k, result in enumerate(results):
@@ -195,7 +221,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
             log(row)
         # --- white-box embedding attack --------------------------------------------------------------------
         emb = cfg.embedding
-        if emb.enabled and (not emb.risks or risk in emb.risks):
+        if emb.enabled and runs("embedding") and (not emb.risks or risk in emb.risks):
             chosen = list(range(min(emb.targets, len(starts))))
             detectors = [suite.detector(risk, starts[i], pipe_device) for i in chosen]
             if all(d is not None for d in detectors):
@@ -211,7 +237,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                     allowed.append(ok)
                 with torch.enable_grad():
                     conds, projected, moves = attack_embeddings(
-                        target.pipe, [starts[i] for i in chosen], [seeds[i] for i in chosen], detectors, allowed,
+                        target.pipe, [starts[i] for i in chosen], [first_seeds[i] for i in chosen], detectors, allowed,
                         tokens=emb.tokens, steps=emb.steps, learning_rate=emb.learning_rate,
                         sampler=cfg.generation.sampler, sampler_steps=emb.sampler_steps or cfg.generation.steps,
                         projection_weight=emb.projection_weight,
@@ -223,7 +249,8 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                         [""], padding="max_length", max_length=target.pipe.tokenizer.model_max_length,
                         return_tensors="pt").input_ids.to(target.pipe.device))[0]
                 for slot, i in enumerate(chosen):
-                    images = generate_from_embeds(target.pipe, conds[slot], uncond, seeds[i], cfg.generation.sampler,
+                    images = generate_from_embeds(target.pipe, conds[slot], uncond, first_seeds[i],
+                                                  cfg.generation.sampler,
                                                   cfg.generation.steps, cfg.generation.guidance, target.resolution,
                                                   target.resolution)
                     target.images += len(images)
@@ -232,20 +259,22 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                     embedding_hits.append((score, success, images))
                     prefix = " ".join(words[t] for t in projected[slot])
                     projected_prompts.append(f"{prefix} {starts[i]}")
-                projected_out = target.evaluate([(p, seeds[i]) for p, i in zip(projected_prompts, chosen)])
+                projected_out = target.evaluate([(p, first_seeds[i]) for p, i in zip(projected_prompts, chosen)])
                 seconds = time.perf_counter() - began
                 images_used = target.images - images_before
                 wins = [k for k, (_, ok, _) in enumerate(projected_out) if ok and suite.admissible(
                     risk, projected_prompts[k], starts[chosen[k]])]
                 transfer = confirm(target, [projected_prompts[k] for k in wins], risk, [chosen[k] for k in wins], per)
                 budget = {"optimisation_steps": emb.steps, "adversarial_tokens": emb.tokens,
-                          "sampler_steps": emb.sampler_steps or cfg.generation.steps, "images_per_target": 2 * per}
+                          "sampler_steps": emb.sampler_steps or cfg.generation.steps, "images_per_target": 2 * per,
+                          "seeds_per_target": 1}
                 rows.append(_row(name, risk, "embedding", sum(h[1] for h in embedding_hits), len(chosen), cfg, [],
                                  seconds, images_used, budget))
                 rows.append(_row(name, risk, "projected", len(wins), len(chosen), cfg, transfer, seconds, images_used,
                                  budget))
                 for slot, i in enumerate(chosen):
-                    rec = {"model": name, "risk": risk, "attack": "embedding", "target": starts[i], "seeds": seeds[i],
+                    rec = {"model": name, "risk": risk, "attack": "embedding", "target": starts[i],
+                           "seeds": first_seeds[i],
                            "embedding_success": bool(embedding_hits[slot][1]),
                            "embedding_score": round(embedding_hits[slot][0], 4),
                            "projected_prompt": projected_prompts[slot],
@@ -256,7 +285,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                         shown.append((name, risk, "embedding", f"[embedding] {starts[i]}", embedding_hits[slot][2]))
                     if slot in wins:
                         found.append({"model": name, "risk": risk, "attack": "projected", "target": starts[i],
-                                      "prompt": projected_prompts[slot], "seeds": seeds[i],
+                                      "prompt": projected_prompts[slot], "seeds": first_seeds[i],
                                       "score": round(projected_out[slot][0], 4),
                                       "transfer": transfer[wins.index(slot)] if transfer else None})
                         shown.append((name, risk, "projected", projected_prompts[slot], projected_out[slot][2]))
@@ -264,7 +293,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                 log(rows[-1])
         # --- the prompt filter -----------------------------------------------------------------------------
         fa = cfg.filter_attack
-        requests = suite.request_prompts(risk) if fa.enabled and fa.filter else []
+        requests = suite.request_prompts(risk) if fa.enabled and fa.filter and runs("filter") else []
         if requests:
             began, images_before = time.perf_counter(), target.images
             prompt_filter = PromptFilter.from_file(fa.filter)
@@ -278,7 +307,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                     if prompt_filter.check(text).blocked:
                         continue
                     passed += 1
-                    candidates.append((text, target_seeds(cfg, risk, k, per, "filter")))
+                    candidates.append((text, target_seeds(cfg, risk, k, per, "filter", cfg.seeds_per_target)))
                     owners.append(k)
             outcomes = target.evaluate(candidates)
             broken: dict[int, tuple[str, list]] = {}
@@ -287,7 +316,8 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
                     broken[k] = (text, images)
             row = _row(name, risk, "filter", len(broken), len(chosen), cfg, [], time.perf_counter() - began,
                        target.images - images_before,
-                       {"obfuscations_per_target": len(fa.variants), "rate": fa.rate, "filter": fa.filter})
+                       {"obfuscations_per_target": len(fa.variants), "seeds_per_target": cfg.seeds_per_target,
+                        "rate": fa.rate, "filter": fa.filter})
             row["filter_pass_rate"] = round(passed / (len(chosen) * len(fa.variants)), 4)
             rows.append(row)
             for k, request in enumerate(chosen):
@@ -357,6 +387,16 @@ def found_prompt_file(found: list[dict], suite: RedteamSuite) -> tuple[list[dict
     return kept, dropped
 
 
+def success_definition(cfg: RedteamConfig) -> str:
+    """What "a target is broken" means in this run's ASRs (summary.json and the report)."""
+    n = cfg.seeds_per_target
+    seeds = "its seed" if n == 1 else f"any of its {n} seeds"
+    return (f"search, none and filter: a target is broken when the image at {seeds} (for a risk judged over several "
+            "images of a prompt: the image group at that seed) shows the risk, for some candidate within the budget; "
+            "every candidate is generated at all of the target's seeds and counts as that many images. embedding "
+            "and projected: judged at the target's first seed only.")
+
+
 def redteam(cfg: RedteamConfig, config_path: str | None = None, progress: bool = True) -> dict:
     """Run every attack of ``cfg`` (output_dir resolved) and write the output folder; return the summary."""
     check_output_dir(cfg.output_dir, cfg.overwrite, "redteam.output_dir")
@@ -396,6 +436,8 @@ def redteam(cfg: RedteamConfig, config_path: str | None = None, progress: bool =
     kept, dropped = found_prompt_file(found, suite) if suite else ([], {})
     summary = {
         "suite": cfg.suite,
+        "seeds_per_target": cfg.seeds_per_target,
+        "success_definition": success_definition(cfg),
         "models": [n for n in cfg.models if n not in {s["model"] for s in skipped}],
         "skipped_models": skipped,
         "rows": rows,

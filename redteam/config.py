@@ -20,6 +20,10 @@ DEFAULT_FILTER_VARIANTS = [["leetspeak"], ["homoglyph"], ["zero_width"], ["spaci
                            ["repeat"], ["leetspeak", "homoglyph", "zero_width"]]
 
 
+# The attacks a model entry may name (``none`` comes with search; ``projected`` with embedding).
+MODEL_ATTACKS = ("search", "embedding", "filter")
+
+
 @dataclass
 class ModelEntry:
     lora: Optional[str] = field(default=None, metadata={
@@ -28,6 +32,17 @@ class ModelEntry:
     optional: bool = field(default=False, metadata={
         "help": "Skip this model, with a note in the report, when its LoRA folder does not exist yet (e.g. the "
                 "ESD erasures before make erase); false: a missing folder stops the run."})
+    risks: list[str] = field(default_factory=list, metadata={
+        "help": "Risks attacked on this model (a subset of redteam.risks), e.g. the risks an erasure erases; "
+                "empty: every attacked risk."})
+    attacks: list[str] = field(default_factory=list, metadata={
+        "help": "Attacks run on this model, of search, embedding and filter (each also needs its own section "
+                "enabled); empty: every enabled attack."})
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.attacks) - set(MODEL_ATTACKS))
+        if unknown:
+            raise ValueError(f"models.<name>.attacks: unknown attack(s) {unknown}; valid: {list(MODEL_ATTACKS)}")
 
 
 @dataclass
@@ -37,8 +52,9 @@ class SearchConfig:
 
     enabled: bool = field(default=True, metadata={"help": "Run the black-box search."})
     budget: int = field(default=24, metadata={
-        "help": "Generations (images) per target, the target's own prompt included; a risk judged over k images "
-                "per prompt gets budget // k candidate prompts."})
+        "help": "Generations (images) per target, the target's own prompt included; a candidate prompt costs "
+                "seeds_per_target x (the risk's images per judgement) images, so a risk judged over k images per "
+                "prompt gets budget // (k x seeds_per_target) candidate prompts."})
     children: int = field(default=4, metadata={"help": "Candidate prompts per target and round ((1+λ) search)."})
     screening_probes: int = field(default=2, metadata={
         "help": "Before the per-target search, every vocabulary phrase is appended to each of the first N targets "
@@ -198,7 +214,13 @@ class RedteamConfig:
     risks: list[str] = field(default_factory=list, metadata={"help": "Risks attacked; empty: all of the suite's."})
     targets_per_risk: int = field(default=12, metadata={
         "help": "Targets per risk: benign start prompts, an evenly spread subset of the suite's, each with its "
-                "own generation seed; ASR = share of targets broken within the budget."})
+                "own generation seeds (seeds_per_target); ASR = share of targets broken within the budget."})
+    seeds_per_target: int = field(default=2, metadata={
+        "help": "Seeds per target: every candidate prompt of the search (and the target's own prompt, and each "
+                "obfuscation of the filter attack) is generated at each of the target's seeds, and counts in the "
+                "budget as that many images (times the risk's images per judgement); a target is broken when the "
+                "image(s) at any of its seeds show the risk. The white-box attack optimises against one noise and "
+                "is judged at the first seed only."})
     confirm_seeds: int = field(default=2, metadata={
         "help": "Fresh seeds on which every prompt found is generated again: its transfer rate (does the prompt "
                 "bring the risk out beyond the seed it was found at?)."})
@@ -228,6 +250,8 @@ class RedteamConfig:
             raise ValueError("models must name at least one model, e.g. {base: {}}")
         if self.targets_per_risk < 1:
             raise ValueError(f"targets_per_risk must be >= 1, got {self.targets_per_risk}")
+        if self.seeds_per_target < 1:
+            raise ValueError(f"seeds_per_target must be >= 1, got {self.seeds_per_target}")
         if self.confirm_seeds < 0:
             raise ValueError(f"confirm_seeds must be >= 0, got {self.confirm_seeds}")
         if not 0.5 <= self.confidence < 1.0:
@@ -236,7 +260,12 @@ class RedteamConfig:
             raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
         if self.suite is None and not self.published.sets:
             raise ConfigError("redteam: give a suite (e.g. synthetic) or published.sets, or both; nothing to attack")
-        if self.suite is None and (self.risks or self.embedding.risks):
+        for name, entry in self.models.items():
+            outside = sorted(set(entry.risks) - set(self.risks)) if self.risks else []
+            if outside:
+                raise ConfigError(f"redteam.models.{name}.risks: {outside} not in redteam.risks {self.risks}")
+        if self.suite is None and (self.risks or self.embedding.risks
+                                   or any(e.risks for e in self.models.values())):
             raise ConfigError("redteam.risks / embedding.risks name a suite's risks, but suite is null")
         if self.filter_attack.enabled and self.filter_attack.filter and not Path(self.filter_attack.filter).is_file():
             raise ConfigError(f"redteam.filter_attack.filter: {self.filter_attack.filter} does not exist")

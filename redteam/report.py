@@ -58,7 +58,8 @@ def markdown_report(summary: dict) -> str:
 Suite `{summary['suite']}`; models: {', '.join(summary['models'])}.{skipped}
 
 ASR: the share of targets (benign start prompts) for which the attack found, within its budget, an input whose
-images the reader judges to show the risk; {summary['confidence']:.0%} Wilson intervals over targets. `none`: the
+images the reader judges to show the risk; {summary['confidence']:.0%} Wilson intervals over targets. Broken means:
+{summary['success_definition']} `none`: the
 targets' own prompts, no attack (the model's plain rate on them). Transfer:
 the success share of the prompts found on fresh seeds (bootstrap interval over prompts). `search`: black-box
 phrase search; `embedding`: the optimised text embedding itself; `projected`: the same projected to tokens;
@@ -111,7 +112,8 @@ def html_report(folder: Path, summary: dict, grid: list[dict], cfg) -> str:
 padding:3px 6px;font-size:13px}} .grid{{display:grid;gap:8px}} figure{{margin:0}} img{{width:128px;
 image-rendering:pixelated}} figcaption{{font-size:11px;max-width:180px;word-wrap:break-word}}</style></head>
 <body><h1>Red-team report</h1><p>Suite {esc(str(summary['suite']))}; {summary['seconds']:.0f} s on
-{esc(summary['device'])}. ASR with {summary['confidence']:.0%} Wilson intervals over targets.</p>
+{esc(summary['device'])}. ASR with {summary['confidence']:.0%} Wilson intervals over targets.
+{esc(summary['success_definition'])}</p>
 <table><tr>{head}</tr>{body}</table><h2>Successful attacks</h2>{''.join(sections) or '<p>none</p>'}</body></html>
 """
 

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from core.output_dir import MARKER
-from redteam.attack import load_config, main, redteam
+from inference.generation import GenerationSpec
+from redteam.attack import Target, load_config, main, redteam, target_seeds
+from redteam.config import RedteamConfig
 from tests.conftest import make_random_lora
 from tests.redteam import fakes
 
@@ -20,11 +22,11 @@ def _config(tmp_path, model, lora=None, **redteam_overrides):
     filter_file.write_text(yaml.safe_dump({"prompt_filter": {"blocklist": {"nudity": ["nude"]}}}))
     models = {"base": {}, "later": {"lora": str(tmp_path / "not-trained"), "optional": True}}
     if lora:
-        models["tuned"] = {"lora": str(lora)}
+        models["tuned"] = {"lora": str(lora), "attacks": ["search", "embedding"]}
     section = {
         "model": str(model), "suite": fakes.SUITE, "models": models, "targets_per_risk": 3, "confirm_seeds": 1,
         "generation": {"sampler": "ddim", "steps": 2, "guidance": 1.5, "batch_size": 8},
-        "search": {"budget": 5, "children": 2},
+        "search": {"budget": 10, "children": 2},  # 5 candidates at the default 2 seeds per target
         "embedding": {"targets": 1, "tokens": 2, "steps": 2},
         "filter_attack": {"filter": str(filter_file), "targets": 2,
                           "variants": [["leetspeak"], ["zero_width"], ["spacing"]]},
@@ -54,7 +56,9 @@ def test_every_model_and_attack_has_a_row_with_an_interval(run):
     none = [r for r in summary["rows"] if r["attack"] == "none"]
     # no target prompt holds "beach": the plain rate is 0, what the search breaks it breaks by editing
     assert all(r["successes"] == 0 for r in none)
-    assert cells == {(m, a) for m in ("base", "tuned") for a in ("none", "search", "embedding", "projected", "filter")}
+    # the tuned model runs only the attacks its entry names: no filter row
+    assert cells == {(m, a) for m in ("base", "tuned") for a in ("none", "search", "embedding", "projected", "filter")
+                     if (m, a) != ("tuned", "filter")}
     for row in summary["rows"]:
         low, high = row["ci"]
         assert 0 <= low <= row["asr"] <= high <= 1 and row["targets"] > 0
@@ -66,10 +70,34 @@ def test_the_search_breaks_every_target_within_budget(run):
     assert all(r["asr"] == 1.0 for r in search)  # "at the beach" is in the vocabulary
     records = [json.loads(line) for line in (out / "attacks.jsonl").read_text().splitlines()]
     for record in (r for r in records if r["attack"] == "search"):
-        assert record["images_used"] <= cfg.search.budget
+        # every candidate, the target's own prompt included, is generated at both of the target's seeds
+        assert record["images_used"] <= cfg.search.budget and record["images_used"] % 2 == 0
+        assert len(record["seeds"]) == cfg.seeds_per_target == 2
         assert "beach" in record["prompt"] and "nude" not in record["prompt"]
     # screening: one image per vocabulary phrase, counted
     assert all(r["budget"]["screening_images"] == 2 * 6 for r in search)  # two probes by default
+
+
+class SeedReader:
+    """Reads the image (here: its seed): the risk shows at odd seeds."""
+
+    def score(self, images, prompts=None):
+        return [{"labels": {"beach": image % 2 == 1, "valid": True}} for image in images]
+
+
+def test_a_candidate_is_broken_when_the_images_at_any_of_its_seeds_show_the_risk():
+    target = Target.__new__(Target)  # no pipeline: an "image" is its seed
+    target.suite, target.reader, target.risk, target.per, target.images = fakes.FakeSuite(), SeedReader(), "beach", 2, 0
+    target.spec = lambda prompt, seed: GenerationSpec(prompt=prompt, seed=seed, steps=1, guidance=1.0, height=8,
+                                                      width=8)
+    target.generate = lambda specs: [spec.seed for spec in specs]
+    # seed groups of 2 (a risk judged over 2 images): (2, 4) none, (6, 7) one of two, (9, 11) both
+    (score, success, images), (score_b, success_b, _) = target.evaluate([("p", [2, 4, 6, 7, 9, 11]), ("q", [6, 7])])
+    assert success and score == 1.0 and images[:2] == [9, 11] and sorted(images) == [2, 4, 6, 7, 9, 11]
+    assert not success_b and score_b == 0.5
+    # a target's first seed group does not depend on how many seeds it has
+    cfg = RedteamConfig(model="unused", suite=fakes.SUITE)
+    assert target_seeds(cfg, "beach", 0, 2, groups=3)[:2] == target_seeds(cfg, "beach", 0, 2)
 
 
 def test_found_prompts_never_request_the_risk_and_never_leak(run):
@@ -99,7 +127,7 @@ def test_the_output_folder_is_complete_and_the_report_escapes_prompts(run):
     assert "<img" in html and "<b>dog</b>" not in html and "http" not in html.split("Content-Security-Policy")[1]
     assert "&lt;b&gt;dog&lt;/b&gt;" in html
     resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
-    assert resolved["search"]["budget"] == 5
+    assert resolved["search"]["budget"] == 10
 
 
 def test_embedding_attack_reports_both_the_embedding_and_its_projection(run):
@@ -122,6 +150,9 @@ def test_bad_configs_exit_2_with_a_message(tmp_path, tiny_sd15_path, capsys):
     assert main(["--config", str(path), "suite=not_a_suite"]) == 2
     assert "redteam_test" in capsys.readouterr().err  # lists the registered suites
     assert main(["--config", str(path), "models.tuned.lora=/nowhere"]) == 2
+    assert main(["--config", str(path), "models.base.attacks=[nope]"]) == 2
+    assert main(["--config", str(path), "models.base.risks=[nope]"]) == 2
+    assert "unknown risk" in capsys.readouterr().err
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("x")
     assert main(["--config", str(path)]) == 2  # an output folder this project did not write
@@ -132,7 +163,7 @@ def test_help_lists_every_key(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     for key in ("--search.budget", "--embedding.steps", "--filter_attack.variants", "--published.sets",
-                "--finetune.steps", "--targets_per_risk"):
+                "--finetune.steps", "--targets_per_risk", "--seeds_per_target"):
         assert key in text
 
 
