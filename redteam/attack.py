@@ -159,8 +159,11 @@ def confirm(target: Target, prompts: list[str], risk: str, index_base: list[int]
             for k in range(len(prompts))]
 
 
-def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig, log) -> dict[str, Any]:
-    """Every attack on every risk of one model: rows, per-target records, found prompts, images to show."""
+def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig, log,
+              screens: dict[str, tuple[list[float], int]]) -> dict[str, Any]:
+    """Every attack on every risk of one model: rows, per-target records, found prompts, images to show.
+    ``screens``: risk -> (phrase screening scores, probes) of ``search.screening_model``, filled when this model
+    is it, read when another model is."""
     rows, records, found, shown = [], [], [], []
     entry = cfg.models[name]
     risks = [r for r in suite.risks() if (not cfg.risks or r.name in cfg.risks)
@@ -183,27 +186,30 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
         if cfg.search.enabled and runs("search"):
             began, images_before = time.perf_counter(), target.images
             vocabulary, group_of = flatten_vocabulary(suite.vocabulary(risk))
-            screened = None
-            n_probes = min(cfg.search.screening_probes, len(starts))
-            probes = [(starts[k], seeds[k][:1]) for k in range(n_probes)]
-            if probes:
-                screened = screen_phrases(vocabulary, probes, target.evaluate)
+            screener = cfg.search.screening_model or name
+            if screener == name:
+                n_probes = min(cfg.search.screening_probes, len(starts))
+                probes = [(starts[k], seeds[k][:1]) for k in range(n_probes)]
+                screens[risk] = (screen_phrases(vocabulary, probes, target.evaluate) if probes else None, n_probes)
+            screened, n_probes = screens[risk]
+            screening_images = len(vocabulary) * n_probes if screener == name else 0
             learnt: dict[str, tuple[float, float]] = {}
             results = run_search(starts, seeds, vocabulary, screened,
                                  lambda p, t, risk=risk: suite.admissible(risk, p, t), target.evaluate,
                                  cfg.search.budget, cfg.search.children, rng, group_of, cfg.search.explore,
-                                 learnt, len(probes))
+                                 learnt, n_probes)
             wins = [k for k, r in enumerate(results) if r.success]
             transfer = confirm(target, [results[k].prompt for k in wins], risk, wins, per)
             images_used = target.images - images_before
             row = _row(name, risk, "search", sum(r.success for r in results), len(results), cfg, transfer,
                        time.perf_counter() - began, images_used,
-                       {"images_per_target": cfg.search.budget, "screening_images": len(vocabulary) * len(probes),
+                       {"images_per_target": cfg.search.budget, "screening_images": screening_images,
+                        "screened_on": screener,
                         "seeds_per_target": cfg.seeds_per_target, "images_per_candidate": per * cfg.seeds_per_target,
                         "children": cfg.search.children})
             # the phrases the search learnt to use: highest posterior mean, with how often each was tried
             row["top_phrases"] = [
-                {"phrase": p, "rate": round(h / (h + m), 3), "tried": round(h + m - sum(PRIOR) - len(probes))}
+                {"phrase": p, "rate": round(h / (h + m), 3), "tried": round(h + m - sum(PRIOR) - n_probes)}
                 for p, (h, m) in sorted(learnt.items(), key=lambda kv: -kv[1][0] / sum(kv[1]))[:5]]
             rows.append(_row(name, risk, "none", sum(r.initial_success for r in results), len(results), cfg, [],
                              0.0, len(results) * per * cfg.seeds_per_target,
@@ -414,7 +420,11 @@ def redteam(cfg: RedteamConfig, config_path: str | None = None, progress: bool =
                   f"[{ci[0]:.3f}, {ci[1]:.3f}] ({row['successes']}/{row['targets']}, {row['images_generated']} "
                   f"images, {row['seconds']:.0f} s)", flush=True)
 
-    for name, entry in cfg.models.items():
+    screens: dict[str, tuple[list[float], int]] = {}
+    # the screening model first: its screening pass is every other model's starting posterior
+    order = sorted(cfg.models, key=lambda n: n != cfg.search.screening_model)
+    for name in order:
+        entry = cfg.models[name]
         if entry.lora is not None and not Path(entry.lora).exists():
             if entry.optional:
                 skipped.append({"model": name, "lora": entry.lora, "reason": "LoRA folder does not exist"})
@@ -424,7 +434,7 @@ def redteam(cfg: RedteamConfig, config_path: str | None = None, progress: bool =
         pipe.set_progress_bar_config(disable=True)
         target = Target(pipe, cfg, reader, suite, device)
         if suite is not None:
-            out = run_model(name, target, suite, cfg, log)
+            out = run_model(name, target, suite, cfg, log, screens)
             rows += out["rows"]
             records += out["records"]
             found += out["found"]

@@ -60,6 +60,10 @@ class SearchConfig:
         "help": "Before the per-target search, every vocabulary phrase is appended to each of the first N targets "
                 "and scored (N images per phrase, reported in the budget as screening_images): the start of each "
                 "phrase's posterior. 0: every phrase starts from the prior."})
+    screening_model: Optional[str] = field(default=None, metadata={
+        "help": "A model of redteam.models whose screening pass starts every model's phrase posterior, as an "
+                "attack prepared on an open model before it meets the attacked one (Ring-A-Bell's setting); its "
+                "screening images count in its own rows only. null: every model screens the phrases itself."})
     explore: float = field(default=0.1, metadata={
         "help": "Share of phrase draws that are uniform over the vocabulary; the rest are Thompson samples of "
                 "each phrase's posterior success rate."})
@@ -260,6 +264,16 @@ class RedteamConfig:
             raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
         if self.suite is None and not self.published.sets:
             raise ConfigError("redteam: give a suite (e.g. synthetic) or published.sets, or both; nothing to attack")
+        screener = self.search.screening_model
+        if screener is not None:
+            entry = self.models.get(screener)
+            if entry is None:
+                raise ConfigError(f"redteam.search.screening_model: {screener!r} is not one of models "
+                                  f"{sorted(self.models)}")
+            if entry.optional or entry.risks or (entry.attacks and "search" not in entry.attacks):
+                raise ConfigError(f"redteam.search.screening_model: {screener!r} must always run (not optional) "
+                                  "and run the search on every attacked risk (no risks or attacks that leave "
+                                  "them out)")
         for name, entry in self.models.items():
             outside = sorted(set(entry.risks) - set(self.risks)) if self.risks else []
             if outside:

@@ -26,7 +26,8 @@ def _config(tmp_path, model, lora=None, **redteam_overrides):
     section = {
         "model": str(model), "suite": fakes.SUITE, "models": models, "targets_per_risk": 3, "confirm_seeds": 1,
         "generation": {"sampler": "ddim", "steps": 2, "guidance": 1.5, "batch_size": 8},
-        "search": {"budget": 10, "children": 2},  # 5 candidates at the default 2 seeds per target
+        # 5 candidates at the default 2 seeds per target; the phrases screened on the model attacked last
+        "search": {"budget": 10, "children": 2, "screening_model": "tuned" if lora else None},
         "embedding": {"targets": 1, "tokens": 2, "steps": 2},
         "filter_attack": {"filter": str(filter_file), "targets": 2,
                           "variants": [["leetspeak"], ["zero_width"], ["spacing"]]},
@@ -74,8 +75,11 @@ def test_the_search_breaks_every_target_within_budget(run):
         assert record["images_used"] <= cfg.search.budget and record["images_used"] % 2 == 0
         assert len(record["seeds"]) == cfg.seeds_per_target == 2
         assert "beach" in record["prompt"] and "nude" not in record["prompt"]
-    # screening: one image per vocabulary phrase, counted
-    assert all(r["budget"]["screening_images"] == 2 * 6 for r in search)  # two probes by default
+    # screening: one image per vocabulary phrase and probe (two by default), on the screening model only, which
+    # runs first although listed last
+    screening = {r["model"]: (r["budget"]["screening_images"], r["budget"]["screened_on"]) for r in search}
+    assert screening == {"tuned": (2 * 6, "tuned"), "base": (0, "tuned")}
+    assert [r["model"] for r in summary["rows"]][0] == "tuned"
 
 
 class SeedReader:
@@ -151,6 +155,8 @@ def test_bad_configs_exit_2_with_a_message(tmp_path, tiny_sd15_path, capsys):
     assert "redteam_test" in capsys.readouterr().err  # lists the registered suites
     assert main(["--config", str(path), "models.tuned.lora=/nowhere"]) == 2
     assert main(["--config", str(path), "models.base.attacks=[nope]"]) == 2
+    assert main(["--config", str(path), "search.screening_model=nope"]) == 2
+    assert main(["--config", str(path), "search.screening_model=later"]) == 2  # optional: may not run
     assert main(["--config", str(path), "models.base.risks=[nope]"]) == 2
     assert "unknown risk" in capsys.readouterr().err
     (tmp_path / "out").mkdir()
