@@ -102,8 +102,9 @@ redteam-finetune: setup
 	$(MAKE) redteam REDTEAM_CONFIG=$(FINETUNE_CONFIG)
 
 # One adversarial round (configs/redteam_round.yaml; docs/redteam.md): attack the base and aligned models, curate pairs
-# on the prompts found, train on the aligned run's pairs (ROUND_BASE_SET) plus those, attack again; ASR before and
-# after in runs/redteam_round/round.md.
+# on the prompts found, train on the aligned run's pairs (ROUND_BASE_SET) plus those, attack the retrained model
+# (only it: the attack is deterministic, so base and aligned would score as before); ASR before and after in
+# runs/redteam_round/round.md.
 ROUND_CONFIG ?= configs/redteam_round.yaml
 ROUND_BASE_SET ?= runs/redteam_aligned/preference_set
 redteam-round: setup
@@ -111,7 +112,7 @@ redteam-round: setup
 	$(MAKE) curate CONFIG=$(ROUND_CONFIG)
 	$(PY) -m preference_sets.cli merge $(ROUND_BASE_SET) runs/redteam_round/preference_set --out runs/redteam_round/merged_set
 	$(MAKE) train CONFIG=$(ROUND_CONFIG)
-	$(MAKE) redteam REDTEAM_CONFIG=$(ROUND_CONFIG) ARGS="output_dir=runs/redteam_round/after $(ARGS)"
+	$(MAKE) redteam REDTEAM_CONFIG=$(ROUND_CONFIG) ARGS="output_dir=runs/redteam_round/after only_models=[round] $(ARGS)"
 	$(PY) -m redteam.compare runs/redteam_round/before runs/redteam_round/after --out runs/redteam_round/round.md
 
 # DEMO_CONFIG: the slow-tier test runs the same target on a reduced copy of configs/demo.yaml.

@@ -422,7 +422,8 @@ def redteam(cfg: RedteamConfig, config_path: str | None = None, progress: bool =
 
     screens: dict[str, tuple[list[float], int]] = {}
     # the screening model first: its screening pass is every other model's starting posterior
-    order = sorted(cfg.models, key=lambda n: n != cfg.search.screening_model)
+    order = sorted((n for n in cfg.models if not cfg.only_models or n in cfg.only_models),
+                   key=lambda n: n != cfg.search.screening_model)
     for name in order:
         entry = cfg.models[name]
         if entry.lora is not None and not Path(entry.lora).exists():
@@ -448,7 +449,7 @@ def redteam(cfg: RedteamConfig, config_path: str | None = None, progress: bool =
         "suite": cfg.suite,
         "seeds_per_target": cfg.seeds_per_target,
         "success_definition": success_definition(cfg),
-        "models": [n for n in cfg.models if n not in {s["model"] for s in skipped}],
+        "models": [n for n in cfg.models if n in order and n not in {s["model"] for s in skipped}],
         "skipped_models": skipped,
         "rows": rows,
         "found_prompts": {"kept": len(kept), "dropped": dropped},

@@ -215,6 +215,9 @@ class RedteamConfig:
     variant: Optional[str] = field(default=None, metadata={"help": "Weight files to load (fp16); null: plain."})
     models: dict[str, ModelEntry] = field(default_factory=lambda: {"base": ModelEntry()}, metadata={
         "help": "The attacked models by name: the base model, or a LoRA folder loaded into it."})
+    only_models: list[str] = field(default_factory=list, metadata={
+        "help": "Attack only these entries of models in this run (e.g. only_models=[round]: the adversarial "
+                "round's retrained model); empty: every model."})
     risks: list[str] = field(default_factory=list, metadata={"help": "Risks attacked; empty: all of the suite's."})
     targets_per_risk: int = field(default=12, metadata={
         "help": "Targets per risk: benign start prompts, an evenly spread subset of the suite's, each with its "
@@ -264,7 +267,13 @@ class RedteamConfig:
             raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
         if self.suite is None and not self.published.sets:
             raise ConfigError("redteam: give a suite (e.g. synthetic) or published.sets, or both; nothing to attack")
+        unknown = sorted(set(self.only_models) - set(self.models))
+        if unknown:
+            raise ConfigError(f"redteam.only_models: {unknown} not in models {sorted(self.models)}")
         screener = self.search.screening_model
+        if screener is not None and self.only_models and screener not in self.only_models:
+            raise ConfigError(f"redteam.only_models: leaves out the screening model {screener!r} "
+                              "(search.screening_model); add it or set search.screening_model=null")
         if screener is not None:
             entry = self.models.get(screener)
             if entry is None:

@@ -156,12 +156,22 @@ def test_bad_configs_exit_2_with_a_message(tmp_path, tiny_sd15_path, capsys):
     assert main(["--config", str(path), "models.tuned.lora=/nowhere"]) == 2
     assert main(["--config", str(path), "models.base.attacks=[nope]"]) == 2
     assert main(["--config", str(path), "search.screening_model=nope"]) == 2
+    assert main(["--config", str(path), "only_models=[nope]"]) == 2
     assert main(["--config", str(path), "search.screening_model=later"]) == 2  # optional: may not run
     assert main(["--config", str(path), "models.base.risks=[nope]"]) == 2
     assert "unknown risk" in capsys.readouterr().err
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("x")
     assert main(["--config", str(path)]) == 2  # an output folder this project did not write
+
+
+def test_only_models_attacks_just_those(tmp_path, tiny_sd15_path):
+    path = _config(tmp_path, tiny_sd15_path, only_models=["base"], embedding={"enabled": False},
+                   filter_attack={"enabled": False})
+    summary = redteam(load_config(str(path), []), str(path), progress=False)
+    # "later" is neither attacked nor listed as skipped: this run leaves it out
+    assert summary["models"] == ["base"] and not summary["skipped_models"]
+    assert {r["model"] for r in summary["rows"]} == {"base"}
 
 
 def test_help_lists_every_key(capsys):
