@@ -26,6 +26,7 @@ local diffusers checkout into the git-ignored ``benchmarks/stock/``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -196,6 +197,19 @@ def cache_env(root: Path) -> dict[str, str]:
             "HF_DATASETS_CACHE": str(root / "datasets"), "SAFE_DPO_COMPILE_CACHE": str(root / "torch_compile")}
 
 
+def wandb_stand_in(work_dir: Path) -> Path | None:
+    """A folder holding an empty ``wandb`` module, or None when wandb is installed. The stock script imports
+    wandb at its top although it reports to tensorboard here (it calls wandb only with ``--report_to wandb``), and
+    the GPU machine has no wandb wheel: the empty module lets it start without changing what it runs."""
+    if importlib.util.find_spec("wandb") is not None:
+        return None
+    folder = work_dir / "stand_ins"
+    (folder / "wandb").mkdir(parents=True, exist_ok=True)
+    (folder / "wandb" / "__init__.py").write_text('"""Empty stand-in: the stock script imports wandb but reports to '
+                                                  'tensorboard (benchmarks/time_to_lora.py)."""\n')
+    return folder
+
+
 def run_stock(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: Path, stock_set: Path,
               cache_root: Path) -> RunTiming:
     script = REPO / cfg.stock.script
@@ -216,6 +230,9 @@ def run_stock(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: P
                "--checkpointing_steps", str(10 * steps + 1), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
                "--seed", "0", "--report_to", "tensorboard", *cfg.stock.extra_args]
     env = {**os.environ, **cache_env(cache_root)}
+    stand_in = wandb_stand_in(Path(cfg.work_dir))
+    if stand_in is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(stand_in), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     log_path = Path(cfg.work_dir) / "logs" / f"stock-{job.name}-{caches}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     returncode, wall, first = stream_with_first_step(command, env, log_path, cfg.timeout_s, STOCK_STEP)

@@ -100,3 +100,23 @@ def test_missing_stock_script_names_the_fetch_script(tmp_path):
     cfg.stock.script = "benchmarks/stock/no_such_script.py"
     with pytest.raises(ConfigError, match="fetch_stock_example.sh"):
         run_stock(cfg, JobSettings(10), "cold", tmp_path, tmp_path, tmp_path)
+
+
+def test_the_stock_script_gets_an_empty_wandb_only_where_wandb_is_missing(tmp_path, monkeypatch):
+    """The stock example imports wandb at its top; where it is not installed the harness puts an empty module on
+    the stock run's path, and leaves an installed wandb alone."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from benchmarks import time_to_lora
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    folder = time_to_lora.wandb_stand_in(tmp_path)
+    assert folder is not None and folder.is_relative_to(tmp_path)
+    found = subprocess.run([sys.executable, "-c", "import wandb; print(wandb.__file__)"], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(folder)}, check=True).stdout
+    assert found.strip().startswith(str(folder))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert time_to_lora.wandb_stand_in(tmp_path / "other") is None
