@@ -6,6 +6,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 # the first stage of a timed run spends ~10 s compiling library sources (seen in a GPU profile).
 python3 -m compileall -q -j 0 /tmp/site >/dev/null 2>&1 || true
 # NVLink multicast off (it can take a shared host's GPUs out of service).
+# The wheels install the libraries, not this project: its plug-ins (the synthetic world, redteam's prompt source) are
+# named here instead of through the package's entry points.
+export SAFE_DIFFUSION_DPO_PLUGINS=${SAFE_DIFFUSION_DPO_PLUGINS:-synthetic_world.plugin,redteam.plugin}
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
   NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
