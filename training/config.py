@@ -85,7 +85,8 @@ class TrainConfig:
     # Removed keys (core/config.py): options measured and not adopted, and kernel choices of the benchmarks and
     # tests, which the trainer now takes as training/kernels.py's KernelOptions.
     REMOVED_KEYS: ClassVar[dict[str, str]] = {
-        **dict.fromkeys(["risk_repeats", "label_smoothing", "label_smoothing_per_risk", "timestep_range_per_risk"],
+        **dict.fromkeys(["risk_repeats", "label_smoothing", "label_smoothing_per_risk", "timestep_range_per_risk",
+                         "preserve_risks", "loss_weight_per_risk"],
                         "measured and not adopted; see docs/experiments.md"),
         **dict.fromkeys(["allow_tf32", "compile_backend", "compile_options"],
                         "a kernel choice of the benchmarks and tests, not of a recipe: they pass it to the trainer as "
@@ -135,14 +136,6 @@ class TrainConfig:
                 "s = 1/k makes the pull's target uniform over all k groups. Needs an RPO α > 0; 0: plain RPO."})
     rpo_rejected_share_per_risk: dict[str, float] = field(default_factory=dict, metadata={
         "help": "rpo_rejected_share per risk, over rpo_rejected_share."})
-    preserve_risks: list[str] = field(default_factory=list, metadata={
-        "help": "Risks whose pairs only hold the reference model's preference (training/loss.py, preserve): their "
-                "loss is 0 while the LoRA keeps the pair's margin >= 0 and rises only once it moves against it. For "
-                "the curation's mirror pairs (<risk>_mirror): requests stay honoured without being pushed further, "
-                "which would cancel the risk pairs they mirror."})
-    loss_weight_per_risk: dict[str, float] = field(default_factory=dict, metadata={
-        "help": "Each risk's pairs' weight in the loss (>= 0; default 1), e.g. {exposure_mirror: 0.5}: the pairs "
-                "are still drawn as often, each pulls with this share of its loss."})
 
     retain: RetainSettings = field(default_factory=RetainSettings, metadata={
         "help": "The retain anchor: keeps the LoRA at the base model on risk-free prompts."})
@@ -281,9 +274,6 @@ class TrainConfig:
             if share > 0 and self.rpo_alpha_per_risk.get(risk, self.rpo_alpha) <= 0:
                 raise ValueError(f"rpo_rejected_share_per_risk.{risk} = {share} needs an RPO α > 0 for {risk!r} "
                                  f"(rpo_alpha_per_risk.{risk} or rpo_alpha)")
-        for risk, weight in self.loss_weight_per_risk.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < float("inf"):
-                raise ValueError(f"loss_weight_per_risk.{risk} must be a number >= 0, got {weight!r}")
         if self.loss_type == "sft" and self.uses_rpo():
             raise ValueError("rpo_alpha does not apply to loss_type sft (the sft loss is the RPO term alone)")
         if self.max_pairs is not None and self.max_pairs < 1:

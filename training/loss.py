@@ -57,9 +57,7 @@ s may differ per pair (per risk).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
 from typing import Literal
 
 import torch
@@ -88,8 +86,6 @@ class PairOptions:
 
     rpo_alpha: torch.Tensor | float = 0.0
     rpo_rejected_share: torch.Tensor | float = 0.0
-    preserve: torch.Tensor | float = 0.0
-    weight: torch.Tensor | float = 1.0
 
 
 def diffusion_dpo_loss(
@@ -106,16 +102,9 @@ def diffusion_dpo_loss(
     All error inputs are (B,) per-pair mean squared errors (see :func:`per_sample_mse`). ``ref_err_*``
     may be ``None`` only for ``sft``. ``options`` (:class:`PairOptions`): ``rpo_alpha``: α of the RPO term, a float or a (B,)
     tensor >= 0 (not with ``sft``, which is that term alone). ``rpo_rejected_share``: s, the RPO pull's
-    weight on the rejected image, a float or a (B,) tensor in [0, 1) (module docstring). ``preserve``: 1 for a
-    pair that only holds the reference's preference (a float or a (B,) tensor of 0/1): its loss is the loss's
-    excess over its value at margin 0, floored at 0, so it is 0 while the LoRA leaves the pair's margin >= 0 and
-    pushes back only once the pair has moved against its preference (mirror pairs: a request stays honoured
-    without being pushed beyond the base model). ``weight``: each pair's share of the batch mean, a float or a (B,)
-    tensor >= 0 (1: every pair alike); the mean stays over all B pairs, so a weight < 1 lowers a pair's pull
-    without raising the others'.
+    weight on the rejected image, a float or a (B,) tensor in [0, 1) (module docstring).
     """
-    rpo_alpha, rpo_rejected_share, preserve = options.rpo_alpha, options.rpo_rejected_share, options.preserve
-    weight = options.weight
+    rpo_alpha, rpo_rejected_share = options.rpo_alpha, options.rpo_rejected_share
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {list(LOSS_TYPES)}")
     if beta <= 0:
@@ -150,11 +139,6 @@ def diffusion_dpo_loss(
         losses = torch.relu(1.0 - margin)
     else:  # ipo, on the un-scaled log-ratio z = h / β
         losses = (margin / beta - 1.0 / (2.0 * beta)).pow(2)
-    if _is_set(preserve):
-        at_zero_margin = {"sigmoid": math.log(2.0), "hinge": 1.0}.get(loss_type, (1.0 / (2.0 * beta)) ** 2)
-        held = torch.relu(losses - at_zero_margin) * (margin < 0)  # ipo's loss also rises above its target
-        keep = torch.as_tensor(preserve, dtype=margin.dtype, device=margin.device)
-        losses = keep * held + (1.0 - keep) * losses
     if _is_set(rpo_alpha):
         alpha = torch.as_tensor(rpo_alpha, dtype=margin.dtype, device=margin.device)
         pulled = chosen_rewards  # the pull's target: the preferred image (s = 0)
@@ -165,8 +149,6 @@ def diffusion_dpo_loss(
         metrics["loss/dpo"] = losses.mean().detach()
         metrics["loss/rpo"] = rpo.mean().detach()
         losses = losses + rpo
-    if isinstance(weight, torch.Tensor) or weight != 1.0:
-        losses = losses * torch.as_tensor(weight, dtype=margin.dtype, device=margin.device)
     loss = losses.mean()
 
     metrics.update(

@@ -138,8 +138,7 @@ def _check_risks_present(option: str, named: list[str], pairs, data: str) -> Non
 
 def per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
     """(N,) per-pair values of the options that may differ per risk, only those set anywhere:
-    ``rpo_alpha`` (α) and ``rpo_rejected_share`` (s), each its global value overridden per risk, and ``preserve``
-    (1 for the pairs of ``preserve_risks``), ``weight`` (``loss_weight_per_risk``, 1 elsewhere)."""
+    ``rpo_alpha`` (α) and ``rpo_rejected_share`` (s), each its global value overridden per risk."""
     options = {}
     for name, value, per_risk, used in [
         ("rpo_alpha", cfg.rpo_alpha, cfg.rpo_alpha_per_risk, cfg.uses_rpo()),
@@ -149,14 +148,6 @@ def per_pair_options(cfg: TrainConfig, pairs) -> dict[str, torch.Tensor]:
             continue
         _check_risks_present(f"{name}_per_risk", list(per_risk), pairs, cfg.data)
         options[name] = torch.tensor([per_risk.get(risk, value) for risk in pairs.risks()], dtype=torch.float32)
-    if cfg.preserve_risks:
-        _check_risks_present("preserve_risks", cfg.preserve_risks, pairs, cfg.data)
-        options["preserve"] = torch.tensor([float(risk in cfg.preserve_risks) for risk in pairs.risks()],
-                                           dtype=torch.float32)
-    if cfg.loss_weight_per_risk:
-        _check_risks_present("loss_weight_per_risk", list(cfg.loss_weight_per_risk), pairs, cfg.data)
-        options["weight"] = torch.tensor([float(cfg.loss_weight_per_risk.get(risk, 1.0)) for risk in pairs.risks()],
-                                         dtype=torch.float32)
     return options
 
 
