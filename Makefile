@@ -103,7 +103,7 @@ redteam-finetune: setup
 
 # One adversarial round (configs/redteam_round.yaml; docs/redteam.md): attack the base and aligned models, curate pairs
 # on the prompts found, train on the aligned run's pairs (ROUND_BASE_SET) plus those, attack the retrained model
-# (only it: the attack is deterministic, so base and aligned would score as before); ASR before and after in
+# (only it: the search is deterministic, so base and aligned would score as before); ASR before and after in
 # runs/redteam_round/round.md.
 ROUND_CONFIG ?= configs/redteam_round.yaml
 ROUND_BASE_SET ?= runs/redteam_aligned/preference_set

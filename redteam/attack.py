@@ -171,6 +171,7 @@ def run_model(name: str, target: Target, suite: RedteamSuite, cfg: RedteamConfig
 
     def runs(attack: str) -> bool:
         return not entry.attacks or attack in entry.attacks
+
     rng = random.Random(stable_key("redteam-search", cfg.seed, name))
     pipe_device = str(target.pipe.device)
     for info in risks:
