@@ -31,6 +31,9 @@ point() {  # name, then train overrides
   python3 -m benchmarks.print_bars "$name" runs/sweep/$name/eval/summary.json "$*" | tee -a "$OUT/sweep.txt"
 }
 if [ $# -gt 0 ]; then  # each argument: "NAME key=value ..."
+  for spec in "$@"; do  # an unquoted list would make every override a point of its own, trained without the rest
+    case "${spec%% *}" in *=*) echo "point '${spec%% *}': each point is one quoted argument \"NAME key=value ...\"" >&2; exit 2;; esac
+  done
   for spec in "$@"; do point $spec; done
   cat "$OUT/sweep.txt"; exit 0
 fi
