@@ -57,7 +57,6 @@ s may differ per pair (per risk).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -79,15 +78,6 @@ def _is_set(option: torch.Tensor | float) -> bool:
     return isinstance(option, torch.Tensor) or option != 0.0
 
 
-@dataclass(frozen=True)
-class PairOptions:
-    """The loss options that may differ per pair, each a float for every pair or a (B,) tensor (see
-    :func:`diffusion_dpo_loss`)."""
-
-    rpo_alpha: torch.Tensor | float = 0.0
-    rpo_rejected_share: torch.Tensor | float = 0.0
-
-
 def diffusion_dpo_loss(
     model_err_w: torch.Tensor,
     model_err_l: torch.Tensor,
@@ -95,16 +85,16 @@ def diffusion_dpo_loss(
     ref_err_l: torch.Tensor | None,
     beta: float,
     loss_type: LossType = "sigmoid",
-    options: PairOptions = PairOptions(),
+    rpo_alpha: torch.Tensor | float = 0.0,
+    rpo_rejected_share: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss over the batch and per-batch metric tensors (0-dim, still on device: no host sync).
 
     All error inputs are (B,) per-pair mean squared errors (see :func:`per_sample_mse`). ``ref_err_*``
-    may be ``None`` only for ``sft``. ``options`` (:class:`PairOptions`): ``rpo_alpha``: α of the RPO term, a float or a (B,)
+    may be ``None`` only for ``sft``. ``rpo_alpha``: α of the RPO term, a float or a (B,)
     tensor >= 0 (not with ``sft``, which is that term alone). ``rpo_rejected_share``: s, the RPO pull's
     weight on the rejected image, a float or a (B,) tensor in [0, 1) (module docstring).
     """
-    rpo_alpha, rpo_rejected_share = options.rpo_alpha, options.rpo_rejected_share
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {list(LOSS_TYPES)}")
     if beta <= 0:

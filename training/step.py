@@ -17,7 +17,7 @@ import torch
 
 from training.cache import PairBatch
 from training.lora import adapters_disabled
-from training.loss import PairOptions, diffusion_dpo_loss, per_sample_mse
+from training.loss import diffusion_dpo_loss, per_sample_mse
 from training.models import NoiseSchedule
 
 
@@ -293,8 +293,7 @@ def dpo_loss_on_batch(
     """
     *errors, retain_distance = pair_errors(model, batch, draws, objective.loss_type != "sft", retain,
                                            objective.retain_target)
-    options = PairOptions(**(pair_options or {}))
-    loss, metrics = diffusion_dpo_loss(*errors, objective.beta, objective.loss_type, options)
+    loss, metrics = diffusion_dpo_loss(*errors, objective.beta, objective.loss_type, **(pair_options or {}))
     if retain_distance is not None:
         loss = loss + objective.retain_weight * 0.5 * objective.beta * retain_distance
         metrics["retain/distance"] = retain_distance.detach()

@@ -10,7 +10,7 @@ import torch
 
 from core.errors import DataError
 from training.data import select_pairs
-from training.loss import PairOptions, diffusion_dpo_loss, per_sample_mse
+from training.loss import diffusion_dpo_loss, per_sample_mse
 from training.models import NoiseSchedule
 
 
@@ -119,7 +119,7 @@ def test_rpo_term_hand_computed_and_per_pair():
     softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
     for alpha in (0.3, torch.tensor([0.0, 1.0])):
         a = np.array([0.3, 0.3]) if isinstance(alpha, float) else alpha.numpy()
-        loss, metrics = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, options=PairOptions(rpo_alpha=alpha))
+        loss, metrics = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha)
         expected_rpo = a * beta / 2 * chosen_gap
         assert loss.item() == pytest.approx(np.mean(softplus(-h) + expected_rpo), rel=1e-3)
         assert metrics["loss/rpo"].item() == pytest.approx(np.mean(expected_rpo), rel=1e-3, abs=1e-6)
@@ -132,7 +132,7 @@ def test_rpo_gradient_is_the_dpo_gradient_plus_a_pull_on_the_winner():
     grads = {}
     for a in (0.0, alpha):
         model_w, model_l = _errs(0.101, 0.118).requires_grad_(), _errs(0.108, 0.093).requires_grad_()
-        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, options=PairOptions(rpo_alpha=a))
+        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=a)
         loss.backward()
         grads[a] = (model_w.grad.clone(), model_l.grad.clone())
     torch.testing.assert_close(grads[alpha][0] - grads[0.0][0], torch.full((2,), alpha * beta / 2 / 2))
@@ -148,11 +148,11 @@ def test_rpo_rejected_share_hand_computed():
     rejected_gap = np.array([0.0, 0.0996 - 0.1000])
     for share in (1 / 3, torch.tensor([0.0, 0.5])):
         s = np.full(2, share) if isinstance(share, float) else share.numpy()
-        _, metrics = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, options=PairOptions(rpo_alpha=alpha, rpo_rejected_share=share))
+        _, metrics = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha, rpo_rejected_share=share)
         expected = alpha * beta / 2 * ((1 - s) * chosen_gap + s * rejected_gap)
         assert metrics["loss/rpo"].item() == pytest.approx(np.mean(expected), rel=1e-3, abs=1e-7)
-    plain, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, options=PairOptions(rpo_alpha=alpha))
-    zero, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, options=PairOptions(rpo_alpha=alpha, rpo_rejected_share=0.0))
+    plain, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha)
+    zero, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha, rpo_rejected_share=0.0)
     assert zero.item() == plain.item()
 
 
@@ -163,20 +163,20 @@ def test_rpo_rejected_share_moves_part_of_the_pull_to_the_loser():
     grads = {}
     for s in (0.0, share):
         model_w, model_l = _errs(0.101, 0.118).requires_grad_(), _errs(0.108, 0.093).requires_grad_()
-        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, options=PairOptions(rpo_alpha=alpha, rpo_rejected_share=s))
+        loss, _ = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta=beta, rpo_alpha=alpha, rpo_rejected_share=s)
         loss.backward()
         grads[s] = (model_w.grad.clone(), model_l.grad.clone())
     step = share * alpha * beta / 2 / 2
     torch.testing.assert_close(grads[0.0][0] - grads[share][0], torch.full((2,), step))
     torch.testing.assert_close(grads[share][1] - grads[0.0][1], torch.full((2,), step))
     with pytest.raises(ValueError, match="rpo_alpha"):
-        diffusion_dpo_loss(*(_errs(0.1, 0.2),) * 4, beta=10.0, options=PairOptions(rpo_rejected_share=0.3))
+        diffusion_dpo_loss(*(_errs(0.1, 0.2),) * 4, beta=10.0, rpo_rejected_share=0.3)
 
 
 def test_rpo_is_zero_at_the_reference_and_refused_with_sft():
     errs = _errs(0.1, 0.2)
     plain, _ = diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0)
-    with_rpo, _ = diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0, options=PairOptions(rpo_alpha=0.5))
+    with_rpo, _ = diffusion_dpo_loss(errs, errs, errs, errs, beta=10.0, rpo_alpha=0.5)
     assert with_rpo.item() == pytest.approx(plain.item())  # θ = ref: both log 2
     with pytest.raises(ValueError, match="sft"):
-        diffusion_dpo_loss(errs, errs, None, None, beta=10.0, loss_type="sft", options=PairOptions(rpo_alpha=0.5))
+        diffusion_dpo_loss(errs, errs, None, None, beta=10.0, loss_type="sft", rpo_alpha=0.5)
