@@ -105,7 +105,7 @@ PEFT_WEIGHT_NAME = "adapter_model.safetensors"
 _PEFT_KEY_PREFIX = "base_model.model."
 
 
-def save_lora(folder: str | Path, unet, family: str) -> Path:
+def save_lora(folder: str | Path, unet, family: str, text_encoder=None) -> Path:
     """Write the LoRA in the two formats people load LoRAs with; return the diffusers file.
 
     * ``pytorch_lora_weights.safetensors`` for stock ``pipe.load_lora_weights(folder)``. The adapter config
@@ -114,6 +114,10 @@ def save_lora(folder: str | Path, unet, family: str) -> Path:
     * ``adapter_config.json`` + ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(unet,
       folder)``: peft reads its own key names and config file, not diffusers'. The weights are the same
       tensors (a few MB twice); diffusers picks its own file by name when both are present.
+    * ``text_encoder``: a trained text encoder's LoRA (anything with ``lora_state()``, peft key names, and
+      ``peft_config``, as the trainer's ``TextEncoderLora``), written into
+      the diffusers file under ``text_encoder.`` (stock ``load_lora_weights`` loads both parts) and, in peft's
+      format, as ``text_encoder/adapter_config.json`` + ``adapter_model.safetensors``.
     """
     peft_layers = {k: v.detach().float().cpu().contiguous() for k, v in lora_parameters(unet).items()}
     layers = convert_state_dict_to_diffusers(peft_layers)
@@ -125,13 +129,24 @@ def save_lora(folder: str | Path, unet, family: str) -> Path:
         layers = peft_layers
     config = unet.peft_config[ADAPTER_NAME]
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    text = {}
+    if text_encoder is not None:
+        text_layers = {k: v.detach().float().cpu().contiguous() for k, v in text_encoder.lora_state().items()}
+        text = {"text_encoder_lora_layers": convert_state_dict_to_diffusers(text_layers),
+                "text_encoder_lora_adapter_metadata": text_encoder.peft_config.to_dict()}
     pipeline_cls.save_lora_weights(
         save_directory=str(folder),
         unet_lora_layers=layers,
         safe_serialization=True,
         unet_lora_adapter_metadata=config.to_dict(),
+        **text,
     )
     config.save_pretrained(str(folder))
     save_file({_PEFT_KEY_PREFIX + k: v for k, v in peft_layers.items()}, str(Path(folder) / PEFT_WEIGHT_NAME),
               metadata={"format": "pt"})
+    if text_encoder is not None:
+        (Path(folder) / "text_encoder").mkdir(exist_ok=True)
+        text_encoder.peft_config.save_pretrained(str(Path(folder) / "text_encoder"))
+        save_file({_PEFT_KEY_PREFIX + k: v for k, v in text_layers.items()},
+                  str(Path(folder) / "text_encoder" / PEFT_WEIGHT_NAME), metadata={"format": "pt"})
     return Path(folder) / LORA_WEIGHT_NAME

@@ -28,9 +28,34 @@ CACHE_FORMAT = "dpo-pair-cache-v1"
 class PairBatch:
     latents_w: torch.Tensor  # (B, C, h, w) preferred image latents
     latents_l: torch.Tensor  # (B, C, h, w) rejected image latents
-    prompt_embeds: torch.Tensor  # (B, L, D)
+    prompt_embeds: torch.Tensor  # (B, L, D) the frozen encoder's states: the reference's, and the policy's too
     pooled_embeds: torch.Tensor | None  # (B, D2), SDXL
     time_ids: torch.Tensor | None  # (B, 6), SDXL
+    # (B, L) int64 caption token ids (the empty caption's where the prompt is dropped), given when the text encoder
+    # is trained (training/text_lora.py): the policy then encodes them itself.
+    input_ids: torch.Tensor | None = None
+    trains_text: torch.Tensor | None = None  # (B,) bool, with input_ids: rows whose policy reads the trained encoder
+
+
+@dataclass
+class CaptionTokens:
+    """Token ids of each item's caption, for a trained text encoder: ``ids`` (N, L) int64, ``empty`` (L,) the
+    empty caption's (prompt dropout), ``trains_text`` (N,) bool: whether the item's policy forward reads the
+    trained encoder's states (``train.lora.text_encoder_risks``) rather than the frozen ones."""
+
+    ids: torch.Tensor
+    empty: torch.Tensor
+    trains_text: torch.Tensor
+
+    def to(self, device) -> "CaptionTokens":
+        return CaptionTokens(self.ids.to(device), self.empty.to(device), self.trains_text.to(device))
+
+    def gather(self, indices: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids of items ``indices`` (on the ids' device), the empty caption's where ``drop`` (B,) is True."""
+        ids = self.ids[indices]
+        if drop is None:
+            return ids
+        return torch.where(drop.to(ids.device).view(-1, 1), self.empty.view(1, -1), ids)
 
 
 def apply_prompt_dropout(cond: TextConditioning, empty: TextConditioning, drop: torch.Tensor) -> TextConditioning:
@@ -47,9 +72,11 @@ def _time_ids(components: DiffusionComponents, batch: int, device) -> torch.Tens
     return sdxl_time_ids(components.resolution, batch, device) if components.family == "sdxl" else None
 
 
-def _make_batch(components: DiffusionComponents, latents_w, latents_l, cond: TextConditioning) -> PairBatch:
+def _make_batch(components: DiffusionComponents, latents_w, latents_l, cond: TextConditioning,
+                text: tuple[torch.Tensor, torch.Tensor] | None = None) -> PairBatch:
+    """``text``: (input_ids (B, L), trains_text (B,)) for a trained text encoder."""
     time_ids = _time_ids(components, latents_w.shape[0], latents_w.device)
-    return PairBatch(latents_w, latents_l, cond.prompt_embeds, cond.pooled_embeds, time_ids)
+    return PairBatch(latents_w, latents_l, cond.prompt_embeds, cond.pooled_embeds, time_ids, *(text or ()))
 
 
 class UncachedPairSource:
@@ -88,13 +115,15 @@ class CachedPairSource:
     otherwise in pinned host memory, gathered on the host and copied asynchronously.
     """
 
-    def __init__(self, components: DiffusionComponents, tensors: dict[str, torch.Tensor], device) -> None:
+    def __init__(self, components: DiffusionComponents, tensors: dict[str, torch.Tensor], device,
+                 tokens: CaptionTokens | None = None) -> None:
         self.components, self.device = components, torch.device(device)
         self.on_device = cache_fits_on_device(tensors, device)
         home = self.device if self.on_device else torch.device("cpu")
         self.tensors = {name: t.to(home) for name, t in tensors.items()}
         if not self.on_device:
             self.tensors = {name: t.pin_memory() for name, t in self.tensors.items()}
+        self.tokens = tokens.to(self.device) if tokens is not None else None
 
     def batch(self, draws) -> PairBatch:
         from training.step import to_device_async  # cycle: training.step imports PairBatch from this module
@@ -117,7 +146,10 @@ class CachedPairSource:
         cond = TextConditioning(g["prompt_embeds"], g.get("pooled_embeds"))
         empty = TextConditioning(g["empty_prompt_embeds"], g.get("empty_pooled_embeds"))
         cond = apply_prompt_dropout(cond, empty, draws.drop_prompt)
-        return _make_batch(self.components, g["latents_w"], g["latents_l"], cond)
+        text = None
+        if self.tokens is not None:
+            text = (self.tokens.gather(draws.indices, draws.drop_prompt), self.tokens.trains_text[draws.indices])
+        return _make_batch(self.components, g["latents_w"], g["latents_l"], cond, text)
 
 
 def encoder_fingerprint(model_path: str | Path) -> str:
@@ -306,14 +338,18 @@ class ImageBatch:
     prompt_embeds: torch.Tensor  # (R, L, D)
     pooled_embeds: torch.Tensor | None  # (R, D2), SDXL
     time_ids: torch.Tensor | None  # (R, 6), SDXL
+    input_ids: torch.Tensor | None = None  # (R, L) caption token ids, for a trained text encoder (as in PairBatch)
+    trains_text: torch.Tensor | None = None  # (R,) bool (as in PairBatch)
 
 
 class CachedRetainSource:
     """Gathers retain-set latents and caption embeddings for the anchoring term (no prompt dropout)."""
 
-    def __init__(self, components: DiffusionComponents, tensors: dict[str, torch.Tensor], device) -> None:
+    def __init__(self, components: DiffusionComponents, tensors: dict[str, torch.Tensor], device,
+                 tokens: CaptionTokens | None = None) -> None:
         self.components, self.device = components, torch.device(device)
         self.tensors = {name: t.to(self.device) for name, t in tensors.items()}
+        self.tokens = tokens.to(self.device) if tokens is not None else None
 
     def __len__(self) -> int:
         return int(self.tensors["latents"].shape[0])
@@ -322,5 +358,6 @@ class CachedRetainSource:
         t = self.tensors
         caption = t["caption_index"][draws.indices]
         pooled = t["pooled_embeds"][caption] if "pooled_embeds" in t else None
+        text = (self.tokens.gather(draws.indices), self.tokens.trains_text[draws.indices]) if self.tokens else ()
         return ImageBatch(t["latents"][draws.indices], t["prompt_embeds"][caption], pooled,
-                          _time_ids(self.components, len(caption), self.device))
+                          _time_ids(self.components, len(caption), self.device), *text)

@@ -28,6 +28,7 @@ from core.io import atomic_directory, atomic_write_json, stable_key
 from training.lora import lora_parameters, load_lora_parameters
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TEXT_ENCODER_LORA_FILE = "text_encoder_lora.safetensors"  # the trained text encoder's LoRA (peft key names)
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +50,7 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 _LATER_DEFAULTS = {"init_lora": None, "pairs_per_step": None, "rpo_alpha": 0.0, "rpo_alpha_per_risk": {},
                    "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}, "variant": None}
 _LATER_RETAIN_DEFAULTS = {"images_per_step": None}
+_LATER_LORA_DEFAULTS = {"text_encoder_modules": [], "text_encoder_risks": []}
 
 # Kernel choices that were TrainConfig fields and are now training/kernels.py's KernelOptions, at the values every
 # config had that never set them. The digest keeps them as these constants, so the digests of checkpoints written
@@ -68,6 +70,10 @@ def config_digest(cfg) -> str:
     for key, default in _LATER_RETAIN_DEFAULTS.items():
         if retain.get(key, default) == default:
             retain.pop(key, None)
+    lora = fields.get("lora", {})
+    for key, default in _LATER_LORA_DEFAULTS.items():
+        if lora.get(key, default) == default:
+            lora.pop(key, None)
     fields.update(_MOVED_TO_KERNEL_OPTIONS)
     return stable_key(fields)
 
@@ -94,11 +100,16 @@ def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"]}
 
 
-def save_checkpoint(root: str | Path, step: int, unet, optimizer, lr_scheduler, scaler, config_digest: str) -> Path:
-    """Write ``checkpoint-<step>`` atomically (all or nothing). Call on the main process only."""
+def save_checkpoint(root: str | Path, step: int, unet, optimizer, lr_scheduler, scaler, config_digest: str,
+                    text_encoder=None) -> Path:
+    """Write ``checkpoint-<step>`` atomically (all or nothing). Call on the main process only. ``text_encoder``: the
+    trained text encoder's LoRA (training/text_lora.py), if any."""
     target = checkpoint_dir(root, step)
     with atomic_directory(target, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in lora_parameters(unet).items()}, str(tmp / "lora.safetensors"))
+        if text_encoder is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in text_encoder.lora_state().items()},
+                      str(tmp / TEXT_ENCODER_LORA_FILE))
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_json(
@@ -138,7 +149,8 @@ def resolve_resume(resume: str | None, root: str | Path) -> Path | None:
     return folder
 
 
-def load_checkpoint(folder: str | Path, unet, optimizer, lr_scheduler, scaler, config_digest: str) -> int:
+def load_checkpoint(folder: str | Path, unet, optimizer, lr_scheduler, scaler, config_digest: str,
+                    text_encoder=None) -> int:
     """Restore everything saved by :func:`save_checkpoint` into live objects; return the step."""
     folder = Path(folder)
     state = json.loads((folder / "state.json").read_text())
@@ -148,6 +160,11 @@ def load_checkpoint(folder: str | Path, unet, optimizer, lr_scheduler, scaler, c
             "optimisation settings changed); start a fresh run or resume with the original config"
         )
     load_lora_parameters(unet, load_file(str(folder / "lora.safetensors")))
+    if text_encoder is not None:
+        if not (folder / TEXT_ENCODER_LORA_FILE).is_file():
+            raise ConfigError(f"checkpoint {folder} holds no text-encoder LoRA ({TEXT_ENCODER_LORA_FILE}), which "
+                              "train.lora.text_encoder_modules asks for")
+        text_encoder.load_lora_state(load_file(str(folder / TEXT_ENCODER_LORA_FILE)))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     per_param: dict[int, dict] = {}
     for key, value in tensors.items():

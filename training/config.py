@@ -30,6 +30,15 @@ class LoraSettings:
                 "projections."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input, in [0, 1)."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (peft's DoRA)."})
+    text_encoder_modules: list[str] = field(default_factory=list, metadata={
+        "help": "Text-encoder module names that also get a LoRA (same rank and alpha), e.g. [q_proj, k_proj, v_proj, "
+                "out_proj]; empty: the UNet only. Lets the LoRA move a benign phrasing's text states and leave an "
+                "explicit request's (training/text_lora.py). SD1.x/2.x; the LoRA file then holds text_encoder "
+                "layers, which stock load_lora_weights loads."})
+    text_encoder_risks: list[str] = field(default_factory=list, metadata={
+        "help": "With text_encoder_modules: the risks whose pairs train the text encoder (their policy forward "
+                "reads its states); the other risks' pairs read the frozen encoder's states and train the UNet's "
+                "LoRA alone. Retain images always go through it (the anchor holds it too). Empty: every risk."})
 
     def validate(self) -> None:
         if self.rank < 1:
@@ -40,6 +49,8 @@ class LoraSettings:
             raise ValueError("lora.target_modules must name at least one module")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.text_encoder_risks and not self.text_encoder_modules:
+            raise ValueError("lora.text_encoder_risks needs lora.text_encoder_modules (the text encoder's LoRA)")
 
 
 @dataclass

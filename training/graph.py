@@ -79,6 +79,8 @@ def graph_blockers(cfg, device_type: str, num_processes: int, mixed_precision: s
         reasons.append("lora.dropout > 0: random draws inside the graph are not verified")
     if cfg.lora.use_dora:
         reasons.append("lora.use_dora: DoRA's per-forward weight norm under capture is not verified")
+    if cfg.lora.text_encoder_modules:
+        reasons.append("lora.text_encoder_modules: the trained text encoder's forward under capture is not verified")
     return reasons
 
 

@@ -158,6 +158,9 @@ def _conditioning(batch, repeats: int) -> dict[str, torch.Tensor]:
     """UNet conditioning of a batch (text states; SDXL pooled text and time ids), each repeated
     ``repeats`` times along the batch (2 for winner + loser)."""
     cond = {"encoder_hidden_states": batch.prompt_embeds.repeat(repeats, 1, 1)}
+    if batch.input_ids is not None:
+        cond["input_ids"] = batch.input_ids.repeat(repeats, 1)
+        cond["trains_text"] = batch.trains_text.repeat(repeats)
     if batch.pooled_embeds is not None:
         cond["text_embeds"] = batch.pooled_embeds.repeat(repeats, 1)
         cond["time_ids"] = batch.time_ids.repeat(repeats, 1)
@@ -186,13 +189,16 @@ class StepModel:
     """The UNet as one DPO step runs it. ``unet`` is what the optimiser trains (possibly DDP-wrapped): the policy
     forward. ``unwrapped`` is the same module without the wrapper, used to switch the adapters off for the
     reference forward (no grad). ``autocast``: a zero-argument factory of the forward's autocast context
-    (``accelerator.autocast``); ``channels_last``: NHWC inputs (``train.channels_last``)."""
+    (``accelerator.autocast``); ``channels_last``: NHWC inputs (``train.channels_last``). ``text``: the trained
+    text encoder (training/text_lora.py, possibly DDP-wrapped) that encodes the policy's captions from their token
+    ids; None: the policy reads the cached states, as the reference always does."""
 
     unet: torch.nn.Module
     unwrapped: torch.nn.Module
     schedule: NoiseSchedule
     autocast: Callable[[], ContextManager]
     channels_last: bool = False
+    text: torch.nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -210,10 +216,16 @@ class DpoObjective:
         return cls(cfg.beta, cfg.loss_type, cfg.retain.weight, cfg.retain.target)
 
 
-def _unet_call(module, noisy, timesteps, cond, channels_last: bool) -> torch.Tensor:
+def _unet_call(module, noisy, timesteps, cond, channels_last: bool, text=None) -> torch.Tensor:
+    """One UNet forward; with ``text`` (the trained text encoder) the text states of the rows marked
+    ``cond["trains_text"]`` come from it, from their token ids ``cond["input_ids"]``, the others' from the cached
+    ``cond["encoder_hidden_states"]`` (the frozen encoder's)."""
     if channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
-    kwargs = {"encoder_hidden_states": cond["encoder_hidden_states"]}
+    states = cond["encoder_hidden_states"]
+    if text is not None:
+        states = torch.where(cond["trains_text"].view(-1, 1, 1), text(cond["input_ids"]).to(states.dtype), states)
+    kwargs = {"encoder_hidden_states": states}
     if "text_embeds" in cond:
         kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
     return module(noisy, timesteps, **kwargs).sample
@@ -259,7 +271,7 @@ def pair_errors(
     if (with_reference and cached is None) or retain is not None:
         ref_pred = _reference_prediction(model, noisy, timesteps, cond)
     with model.autocast():
-        model_pred = _unet_call(model.unet, noisy, timesteps, cond, model.channels_last)
+        model_pred = _unet_call(model.unet, noisy, timesteps, cond, model.channels_last, model.text)
 
     model_err_w, model_err_l = per_sample_mse(model_pred[:num_pair_rows], target).chunk(2)
     ref_err_w = ref_err_l = None

@@ -38,7 +38,7 @@ from core.io import atomic_directory, atomic_write_json, atomic_write_text
 from core.models import check_model_dir, model_fingerprint, resolve_model_path
 from core.output_dir import check_output_dir, write_marker
 from training.cache import (
-    CachedPairSource, CachedRetainSource, UncachedPairSource, load_or_build_cache,
+    CachedPairSource, CachedRetainSource, CaptionTokens, UncachedPairSource, load_or_build_cache,
     load_or_build_retain_cache,
 )
 from training.callbacks import (
@@ -61,6 +61,7 @@ from training.graph import (
 )
 from training.kernels import KernelOptions
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
+from training.text_lora import TextEncoderLora, caption_token_ids
 from training.metrics import MetricAccumulator, all_finite
 from training.models import NoiseSchedule, load_components
 from training.reference_cache import (
@@ -122,11 +123,31 @@ def check_inputs(cfg: TrainConfig) -> RunInputs:
     family = check_model_dir(cfg.model, cfg.variant)
     resolution = model_resolution(resolve_model_path(cfg.model))
     pairs = load_pairs(cfg.data, resolution, cfg.max_pairs)
+    check_text_lora(cfg, family, pairs)
     per_pair = per_pair_options(cfg, pairs)
     # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
     init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
     return RunInputs(family, pairs, per_pair, init_lora, retain)
+
+
+def check_text_lora(cfg: TrainConfig, family: str, pairs: PreferencePairs) -> None:
+    """What ``train.lora.text_encoder_modules`` does not cover yet fails before any weights load."""
+    if not cfg.lora.text_encoder_modules:
+        return
+    if family == "sdxl":
+        raise ConfigError("train.lora.text_encoder_modules: a text-encoder LoRA is trained for SD1.x/2.x models only; "
+                          "this model is SDXL (two encoders and pooled states); leave it empty")
+    _check_risks_present("lora.text_encoder_risks", cfg.lora.text_encoder_risks, pairs, cfg.data)
+    if cfg.init_lora:
+        raise ConfigError("train.init_lora with train.lora.text_encoder_modules: starting from a LoRA loads its UNet "
+                          "layers only; leave one of them unset")
+    if cfg.export_merged_unet:
+        raise ConfigError("train.export_merged_unet with train.lora.text_encoder_modules: a merged UNet alone would "
+                          "drop the text encoder's LoRA; load the LoRA folder with load_lora_weights instead")
+    if not cfg.cache_latents:
+        raise ConfigError("train.lora.text_encoder_modules needs cache_latents: true (the reference's text states "
+                          "come from the cache)")
 
 
 def _check_risks_present(option: str, named: list[str], pairs, data: str) -> None:
@@ -371,7 +392,7 @@ class Trainer:
                 tensors, self.latent_cache_file = load_or_build_cache(
                     components, self.inputs.pairs, cache_dir, device, self.is_main, self.show_progress,
                     cfg.latent_cache_precision(device.type))
-            self.source = CachedPairSource(components, tensors, device)
+            self.source = CachedPairSource(components, tensors, device, self._caption_tokens(self.inputs.pairs))
         else:
             self.source = UncachedPairSource(components, self.inputs.pairs, device)
         self.retain_source = None
@@ -379,7 +400,8 @@ class Trainer:
             with accelerator.main_process_first():
                 retain_tensors = load_or_build_retain_cache(components, self.inputs.retain, cache_dir, device,
                                                             self.is_main, self.show_progress)
-            self.retain_source = CachedRetainSource(components, retain_tensors, device)
+            self.retain_source = CachedRetainSource(components, retain_tensors, device,
+                                                    self._caption_tokens(self.inputs.retain))
         if cfg.cache_latents:
             self.graph_blockers += source_blockers(self.source)
         self.use_graph = resolve_cuda_graph(self.graph_setting, self.graph_blockers)
@@ -388,9 +410,24 @@ class Trainer:
                      else "not used: " + "; ".join(self.graph_blockers))
             accelerator.print(f"cuda_graph: {state}")
         if cfg.cache_latents:
-            # Training never touches the VAE or text encoders again: free their memory.
+            # Training never touches the VAE again, nor the text encoders unless one is trained: free their memory.
             components.vae = None
-            components.text_encoders = []
+            if not cfg.lora.text_encoder_modules:
+                components.text_encoders = []
+
+    def _caption_tokens(self, images) -> CaptionTokens | None:
+        """Token ids of the captions of ``images`` (pairs or retain images) for the trained text encoder; None
+        without one."""
+        if not self.cfg.lora.text_encoder_modules:
+            return None
+        tokenizer = self.components.tokenizers[0]
+        trained = self.cfg.lora.text_encoder_risks
+        if isinstance(images, PreferencePairs) and trained:
+            trains_text = torch.tensor([risk in trained for risk in images.risks()], dtype=torch.bool)
+        else:  # every risk's pairs, and retain images always
+            trains_text = torch.ones(len(images), dtype=torch.bool)
+        return CaptionTokens(caption_token_ids(tokenizer, images.captions()), caption_token_ids(tokenizer, [""])[0],
+                             trains_text)
 
     def build_model(self) -> None:
         """The trained UNet (frozen base weights in the run's precision, fp32 LoRA), its optimiser and LR schedule,
@@ -403,6 +440,11 @@ class Trainer:
             unet.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
         self.params = add_lora(unet, cfg.lora)
+        text = None
+        if cfg.lora.text_encoder_modules:
+            text = TextEncoderLora(self.components.text_encoders[0].to(device), rank=cfg.lora.rank,
+                                   alpha=cfg.lora.alpha, target_modules=cfg.lora.text_encoder_modules)
+            self.params += text.trainable_parameters()
         if self.inputs.init_lora is not None:
             init_lora_from(unet, self.inputs.init_lora, cfg.lora, cfg.init_lora)
         self.fused_lora_layers = install_fused_lora(unet) if self.run_cfg.use_fused_lora(device.type) else 0
@@ -413,11 +455,16 @@ class Trainer:
         compile_unet(unet, self.compile_mode, self.kernels.compile_backend, dict(self.kernels.compile_options))
         unet.train()
         self.optimizer, self.lr_scheduler = self._build_optimizer()
-        self.unet, self.optimizer = accelerator.prepare(unet, self.optimizer)
+        if text is None:
+            self.unet, self.optimizer = accelerator.prepare(unet, self.optimizer)
+            self.text_encoder = self.text_lora = None
+        else:
+            self.unet, self.text_encoder, self.optimizer = accelerator.prepare(unet, text, self.optimizer)
+            self.text_lora = accelerator.unwrap_model(self.text_encoder)
         flags = optimizer_flags(self.optimizer)
         self.per_pair = {name: values.to(device) for name, values in self.inputs.per_pair.items()}
         self.model = StepModel(self.unet, accelerator.unwrap_model(self.unet), self.schedule, accelerator.autocast,
-                               cfg.channels_last)
+                               cfg.channels_last, self.text_encoder)
         self.objective = DpoObjective.from_config(cfg)
         self.latent_shape = (int(self.model.unwrapped.config.in_channels), self.components.latent_size,
                              self.components.latent_size)
@@ -426,7 +473,7 @@ class Trainer:
         self.resume_from = resolve_resume(cfg.resume, self.checkpoint_root)
         if self.resume_from is not None:
             self.start_step = load_checkpoint(self.resume_from, self.model.unwrapped, self.optimizer,
-                                              self.lr_scheduler, accelerator.scaler, self.digest)
+                                              self.lr_scheduler, accelerator.scaler, self.digest, self.text_lora)
             restore_optimizer_flags(self.optimizer, flags)  # the checkpoint's may be another run's (graphed or eager)
             accelerator.print(f"resumed from {self.resume_from} at step {self.start_step}")
 
@@ -631,8 +678,11 @@ class Trainer:
                 retain_part = layout.retain_slice(retain_draws, micro_step)
                 retain = (self.retain_source.batch(retain_part), retain_part)
             # Gradients are all-reduced only on the last micro-step of an optimiser step.
-            sync = contextlib.nullcontext() if micro_step == accum - 1 else accelerator.no_sync(self.unet)
-            with sync:
+            with contextlib.ExitStack() as sync:
+                if micro_step < accum - 1:
+                    for module in (self.unet, self.text_encoder):
+                        if module is not None:
+                            sync.enter_context(accelerator.no_sync(module))
                 loss, metrics = dpo_loss_on_batch(
                     self.model, self.source.batch(part), part, self.objective, retain,
                     {name: values[part.indices] for name, values in self.per_pair.items()},
@@ -690,7 +740,7 @@ class Trainer:
     def save_checkpoint(self, done: int) -> None:
         if self.is_main:
             save_checkpoint(self.checkpoint_root, done, self.model.unwrapped, self.optimizer, self.lr_scheduler,
-                            self.accelerator.scaler, self.digest)
+                            self.accelerator.scaler, self.digest, self.text_lora)
             prune_checkpoints(self.checkpoint_root, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
@@ -742,7 +792,7 @@ class Trainer:
         """All or nothing: the output folder appears complete or not at all."""
         cfg, family, pairs = self.cfg, self.inputs.family, self.inputs.pairs
         with atomic_directory(cfg.output_dir, overwrite=True) as tmp:
-            save_lora(tmp, self.model.unwrapped, family)
+            save_lora(tmp, self.model.unwrapped, family, self.text_lora)
             write_marker(tmp, "lora")
             write_resolved_config(cfg, tmp)
             atomic_write_json(tmp / "training_summary.json", summary)

@@ -1,0 +1,134 @@
+"""The text-encoder LoRA (train.lora.text_encoder_modules): what it trains, how it is saved and loaded, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from core.errors import ConfigError
+from tests.training.conftest import tiny_config
+from training.text_lora import TextEncoderLora, caption_token_ids
+from training.train import train
+
+TEXT_MODULES = "lora.text_encoder_modules=[q_proj,k_proj,v_proj,out_proj]"
+
+
+def _text_lora_state(run_dir):
+    state = load_file(str(run_dir / "lora" / "text_encoder" / "adapter_model.safetensors"))
+    return {k[len("base_model.model."):]: v for k, v in state.items()}
+
+
+def test_text_encoder_lora_starts_at_the_frozen_encoder_and_gets_gradients(tiny_sd15_path):
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_path))
+    ids = caption_token_ids(pipe.tokenizer, ["a photo of a cat", "a dog in the park"])
+    frozen = pipe.text_encoder(ids)[0]
+    text = TextEncoderLora(copy.deepcopy(pipe.text_encoder), rank=4, alpha=4, target_modules=["q_proj", "v_proj"])
+    states = text(ids)
+    assert torch.equal(states, frozen)  # B = 0 at the start: the policy's states are the reference's
+    states.square().sum().backward()
+    grads = [p.grad for p in text.trainable_parameters()]
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert all(p.dtype == torch.float32 for p in text.trainable_parameters())
+    assert not any(p.requires_grad for n, p in text.named_parameters() if "lora_" not in n)
+
+
+def test_unknown_text_encoder_module_is_a_config_error(tiny_sd15_path):
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_path))
+    with pytest.raises(ConfigError, match="text_encoder_modules"):
+        TextEncoderLora(pipe.text_encoder, rank=4, alpha=4, target_modules=["no_such_proj"])
+
+
+def test_trained_text_lora_is_saved_and_loads_with_stock_load_lora_weights(tiny_sd15_path, tiny_set, tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny_config(tiny_sd15_path, tiny_set, run, TEXT_MODULES, "learning_rate=1e-2"))
+    assert summary["steps"] == 3
+    with safe_open(str(run / "lora" / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_path))
+    ids = caption_token_ids(pipe.tokenizer, ["a photo of a cat", "a blue ball on the beach"])
+    frozen = pipe.text_encoder(ids)[0]
+    ours = TextEncoderLora(copy.deepcopy(pipe.text_encoder), rank=4, alpha=4,
+                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    ours.load_lora_state(_text_lora_state(run))
+    expected = ours(ids)
+    pipe.load_lora_weights(str(run / "lora"))
+    stock = pipe.text_encoder(ids)[0]
+    assert (expected - frozen).abs().max() > 1e-6  # the encoder's LoRA was trained
+    torch.testing.assert_close(stock, expected, rtol=0, atol=1e-6)
+
+
+def test_resume_with_text_lora_matches_uninterrupted_run(tiny_sd15_path, tiny_set, tmp_path):
+    from tests.training.test_train import _assert_same_lora, _lora
+    from training.callbacks import StopAtStep
+
+    common = (TEXT_MODULES, "max_train_steps=4", "checkpoint_every=2", "learning_rate=1e-2")
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    train(tiny_config(tiny_sd15_path, tiny_set, full, *common))
+    assert train(tiny_config(tiny_sd15_path, tiny_set, parted, *common), [StopAtStep(2)]) == {"stopped_at": 2}
+    assert (parted / "work" / "checkpoints" / "checkpoint-0000002" / "text_encoder_lora.safetensors").is_file()
+    train(tiny_config(tiny_sd15_path, tiny_set, parted, *common, "resume=latest"))
+    _assert_same_lora(_lora(full), _lora(parted), atol=1e-6)
+    full_text, parted_text = _text_lora_state(full), _text_lora_state(parted)
+    assert full_text.keys() == parted_text.keys()
+    for key in full_text:
+        torch.testing.assert_close(parted_text[key], full_text[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("init_lora={lora}", "init_lora"),
+    ("export_merged_unet=true", "export_merged_unet"),
+    ("cache_latents=false", "cache_latents"),
+])
+def test_what_the_text_lora_does_not_cover_fails_before_loading(tiny_sd15_path, tiny_set, random_lora, tmp_path,
+                                                               extra, message):
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", TEXT_MODULES, extra.format(lora=random_lora))
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
+def test_text_lora_on_sdxl_is_a_config_error(tiny_sdxl_path, tiny_set, tmp_path):
+    cfg = tiny_config(tiny_sdxl_path, tiny_set, tmp_path / "run", TEXT_MODULES)
+    with pytest.raises(ConfigError, match="SD1.x/2.x"):
+        train(cfg)
+
+
+def test_only_rows_marked_trains_text_read_the_trained_encoder():
+    from training.step import _unet_call
+
+    seen = {}
+
+    class RecordingUNet(torch.nn.Module):
+        def forward(self, noisy, timesteps, encoder_hidden_states):
+            seen["states"] = encoder_hidden_states
+            return type("Out", (), {"sample": noisy})()
+
+    cached = torch.zeros(3, 4, 2)
+    cond = {"encoder_hidden_states": cached, "input_ids": torch.ones(3, 4, dtype=torch.long),
+            "trains_text": torch.tensor([True, False, True])}
+    _unet_call(RecordingUNet(), torch.zeros(3, 1), torch.zeros(3), cond, False,
+               text=lambda ids: torch.ones(*ids.shape, 2))
+    assert seen["states"][:, 0, 0].tolist() == [1.0, 0.0, 1.0]
+    _unet_call(RecordingUNet(), torch.zeros(3, 1), torch.zeros(3), cond, False)  # no trained encoder: cached states
+    assert torch.equal(seen["states"], cached)
+
+
+def test_text_encoder_risks_must_be_in_the_set(tiny_sd15_path, tiny_set, tmp_path):
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", TEXT_MODULES, "lora.text_encoder_risks=[stereotype]")
+    with pytest.raises(ConfigError, match="text_encoder_risks"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="text_encoder_risks needs lora.text_encoder_modules"):
+        tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run2", "lora.text_encoder_risks=[exposure]")
+
+
+def test_text_encoder_risks_runs_and_saves(tiny_sd15_path, tiny_set, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_sd15_path, tiny_set, run, TEXT_MODULES, "lora.text_encoder_risks=[exposure]"))
+    assert _text_lora_state(run)
