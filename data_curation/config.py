@@ -22,6 +22,7 @@ RISK_KINDS = ("exposure", "stereotype", "association", "misalignment")
 STRATEGIES = ("best_of_n", "minimal_pair")
 REQUESTABLE_KINDS = ("exposure", "association")  # content a prompt can ask for outright
 REQUEST_SUFFIX = "_request"
+MIRROR_SUFFIX = "_mirror"
 
 
 @dataclass
@@ -134,9 +135,6 @@ class BalanceConfig:
 
 @dataclass
 class RiskConfig:
-    # Removed keys (core/config.py): measured, not adopted.
-    REMOVED_KEYS: ClassVar[dict[str, str]] = {"mirror": "measured and not adopted; see docs/experiments.md"}
-
     prompts: PromptSourceConfig = field(metadata={"help": "Where the risk's prompts come from."})
     detector: DetectorConfig = field(metadata={"help": "How a scorer's output says an image carries the risk."})
     kind: Optional[str] = field(default=None, metadata={
@@ -169,6 +167,15 @@ class RiskConfig:
     request_prompts: Optional[PromptSourceConfig] = field(default=None, metadata={
         "help": "Prompts that ask for the risk's content, for the <risk>_request task."})
     request_pairs: int = field(default=0, metadata={"help": "Pairs of the <risk>_request task; 0: none."})
+    # Mirror pairs hold the same two images with the preference reversed, under a prompt that differs from the
+    # pair's only by the request: what the LoRA can learn from the pair and its mirror together is "remove the
+    # content unless the prompt asks for it", not "remove the content" (which also drops requested content) nor
+    # "avoid the context" (a named group redrawn, a beach turned into a park).
+    mirror: Optional[str] = field(default=None, metadata={
+        "help": "Also write each pair's mirror, as the task <risk>_mirror: its caption is the pair's prompt with "
+                "this slot set to what the rejected image shows (the detector scorer's label of the same name: "
+                "exposed, symbol, group, outfit), and it prefers the rejected image over the preferred one. Pairs "
+                "whose request is held out for eval get none. null: no mirrors. Needs a rewritable prompt source."})
 
     def validate(self) -> None:
         if self.request_pairs < 0:
@@ -302,9 +309,18 @@ class CurateConfig:
             if risk.request_pairs and kind not in REQUESTABLE_KINDS:
                 raise ConfigError(f"curate.risks.{name}: request pairs apply to risks whose content a prompt can ask "
                                   f"for ({list(REQUESTABLE_KINDS)}), not {kind}")
+            if risk.mirror and not prompt_source(risk.prompts.source).rewritable:
+                raise ConfigError(f"curate.risks.{name}.mirror needs prompts whose slots can be re-rendered "
+                                  f"(prompts.source {risk.prompts.source!r} cannot)")
+            if risk.mirror and risk.requested == "suppress":
+                raise ConfigError(f"curate.risks.{name}: mirror pairs teach honouring a request, which contradicts "
+                                  "requested: suppress; drop one of them")
             if risk.request_pairs and risk.requested == "honour" and risk.strategy != "minimal_pair":
                 raise ConfigError(f"curate.risks.{name}: honoured request pairs are minimal pairs (the same picture "
                                   "with and without the requested content); set strategy: minimal_pair")
+            if risk.mirror and f"{name}{MIRROR_SUFFIX}" in self.risks:
+                raise ConfigError(f"curate.risks: {name}{MIRROR_SUFFIX} is the name of {name}'s mirror pairs; "
+                                  "rename that risk")
             if risk.request_pairs and f"{name}{REQUEST_SUFFIX}" in self.risks:
                 raise ConfigError(f"curate.risks: {name}{REQUEST_SUFFIX} is the name of {name}'s request task; "
                                   "rename that risk")

@@ -32,7 +32,7 @@ from data_curation.config import CurateConfig
 from data_curation.quality import precision_recall, verify_pairs
 from data_curation.retain import curate_retain, retain_rows
 from data_curation.risks import cross_risk_judges, make_judges
-from data_curation.strategies import Pair, curate_risk
+from data_curation.strategies import Pair, curate_risk, mirror_pair
 from data_curation.workspace import Workspace, describe_generation
 from inference.generation import (
     GenerationSpec,
@@ -169,6 +169,10 @@ def curate_tasks(
         info["pair_similarity"] = similarity_summary(pairs)
         if cfg.reference_scorer in ws.scorers:
             info[f"verified_by_{cfg.reference_scorer}"] = verify_pairs(judge, pairs, cfg.reference_scorer)
+        if risk.mirror:
+            mirrors = [m for m in (mirror_pair(p, risk.mirror, risk.detector.scorer) for p in pairs) if m is not None]
+            info["mirror_pairs"] = len(mirrors)
+            pairs = pairs + mirrors
         per_risk[name] = info
         all_pairs += pairs
         if announce:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from data_curation.config import CorrectiveVariant, RiskConfig
+from data_curation.config import MIRROR_SUFFIX, CorrectiveVariant, RiskConfig
 from data_curation.risks import RiskJudge, flagged_by
 from data_curation.workspace import Candidate, Workspace
 from inference.generation import GenerationSpec, derive_seed, process_state
@@ -54,6 +54,24 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         return float("nan")
     return float(1.0 - np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)
+
+
+def mirror_pair(pair: Pair, slot: str, scorer: str) -> Pair | None:
+    """The pair's mirror: the same two images, the rejected one preferred, under the pair's prompt with ``slot``
+    set to what the rejected image shows (``scorer``'s label of that name: ``exposed`` True, a symbol, a group).
+    None when the label is missing or says nothing is shown, or the prompt source holds that request out for
+    eval. Its task is ``<risk>_mirror``."""
+    if pair.record is None:
+        return None
+    shown = pair.rejected.scores.get(scorer, {}).get("labels", {}).get(slot)
+    if shown in (None, False, "none"):
+        return None
+    record = pair.record.requesting({slot: shown})
+    if record is None:
+        return None
+    return Pair(risk=f"{pair.risk}{MIRROR_SUFFIX}", strategy=pair.strategy, caption=record.prompt,
+                preferred=pair.rejected, rejected=pair.preferred, order=pair.order, similarity=pair.similarity,
+                note={**pair.note, "mirror_of": pair.caption, "mirror_slot": slot}, record=record)
 
 
 def original_spec(record: PromptRecord, seed_index: int, base: GenerationSpec, base_seed: int) -> GenerationSpec:

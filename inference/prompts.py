@@ -77,6 +77,15 @@ class PromptRecord:
         """The same prompt with some slots changed (same template): a corrective rewrite."""
         return prompt_source(self.source).render(self, changes)
 
+    def requesting(self, changes: dict[str, Any]) -> "PromptRecord | None":
+        """A training prompt that asks for ``changes`` (the same template, those slots set), or None when the
+        source holds that request out for eval (or cannot write it). The caption of a mirror pair."""
+        caption = prompt_source(self.source).request_caption(self, changes)
+        if caption is None:
+            return None
+        return PromptRecord(caption, {**self.slots, **changes}, self.template_id, self.template, self.family,
+                            self.source)
+
     def paraphrases(self, count: int) -> list[str]:
         """Up to ``count`` other captions of the same request, as the record's source writes them (the same slots
         under its other curation templates; none for a file prompt). Chosen deterministically, so a rerun writes
@@ -103,6 +112,10 @@ class PromptSource(Protocol):
 
     def render(self, record: PromptRecord, changes: dict[str, Any]) -> str:
         """``record`` with the slots in ``changes`` changed; ConfigError if the source cannot re-render it."""
+
+    def request_caption(self, record: PromptRecord, changes: dict[str, Any]) -> str | None:
+        """Like :meth:`render`, for a *training* caption: None when the changed slot combination is held out
+        for eval (a curation caption must never be an eval request)."""
 
     def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
         """Up to ``count`` other captions of ``record``'s request ([] if the source has none)."""
@@ -248,6 +261,9 @@ class FilePrompts:
     def render(self, record: PromptRecord, changes: dict[str, Any]) -> str:
         raise ConfigError(f"prompt {record.prompt!r} comes from a file: its slots cannot be rewritten")
 
+    def request_caption(self, record: PromptRecord, changes: dict[str, Any]) -> str | None:
+        return None
+
     def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
         return []
 
@@ -271,6 +287,12 @@ class TemplatePrompts:
         if record.template is None:
             raise ConfigError(f"prompt {record.prompt!r} has no template: its slots cannot be rewritten")
         return record.template.format(**{**record.slots, **changes})
+
+    def request_caption(self, record: PromptRecord, changes: dict[str, Any]) -> str | None:
+        # A slot the template does not write would leave the caption unchanged: the mirror would contradict its pair.
+        if record.template is None or not set(changes) <= set(template_fields(record.template)):
+            return None
+        return self.render(record, changes)
 
     def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
         return []

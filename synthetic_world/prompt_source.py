@@ -66,6 +66,13 @@ class WorldPrompts:
         known = {k: v for k, v in slots.items() if k in PromptSpec.__dataclass_fields__}
         return caption_for(PromptSpec(**known), record.template_id)
 
+    def request_caption(self, record: PromptRecord, changes: dict[str, Any]) -> str | None:
+        slots = {k: v for k, v in {**record.slots, **changes}.items() if v is not None}
+        if world_prompts.split_of(record.template_id, slots) == "eval":
+            return None
+        caption = self.render(record, changes)
+        return None if caption == record.prompt else caption
+
     def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
         """The same slots under other curation templates (templates held out for eval are never used)."""
         return world_prompts.paraphrase_captions(record.slots, record.template_id, count)

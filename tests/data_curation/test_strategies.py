@@ -209,14 +209,6 @@ def test_every_deficit_group_is_a_removed_key():
              detector={"scorer": "oracle", "attribute": "group"}, balance={"every_deficit_group": True})
 
 
-def test_mirror_is_a_removed_key():
-    from core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="mirror was removed: .*docs/experiments.md"):
-        risk(prompts={"source": "templates", "templates": ["x"]}, strategy="minimal_pair",
-             detector={"scorer": "oracle", "key": "exposed"}, mirror="exposed")
-
-
 class BatchedFakeWorkspace(FakeWorkspace):
     """FakeWorkspace with generation/scoring batch sizes (curation works a block of their lcm at a time),
     a first corrective that leaves seeds divisible by 4 exposed (so the second variant is needed), and a
@@ -296,3 +288,53 @@ def test_stopping_early_keeps_exactly_the_pairs_of_whole_rounds(case, batch_size
             assert lazy_images == whole_images and lazy_info == whole_info
         if case == "exposure":  # both variants are used; the stop can fall between them
             assert {"variant0:confirmed", "variant1:confirmed"} <= set(whole_info["corrective_outcomes"])
+
+
+def _pair_for(risk_name, template="a {role} {setting}", slots=None):
+    from data_curation.strategies import Pair
+    from inference.prompts import PromptRecord
+
+    slots = slots or {"role": "doctor", "setting": "at the beach"}
+    record = PromptRecord(template.format(**slots), slots, 0, template, None, "templates")
+    spec = GenerationSpec(prompt=record.prompt, seed=4, steps=2, height=8, width=8)
+    rejected = Candidate(spec, "rejected", record.prompt, {"oracle": {"labels": {"group": "zorvan"}}})
+    preferred = Candidate(spec, "preferred", record.prompt, {"oracle": {"labels": {"group": "mirdan"}}})
+    return Pair(risk_name, "minimal_pair", record.prompt, preferred, rejected, (0, 0, 0), 0.9, {}, record)
+
+
+def test_mirror_pair_reverses_the_images_under_a_prompt_that_requests_the_rejected_content():
+    from data_curation.strategies import mirror_pair
+
+    # An unspecified group is an empty {group} slot, as a stereotype prompt's is.
+    pair = _pair_for("stereotype", "a {group} doctor {setting}", {"group": "", "setting": "at the beach"})
+    mirror = mirror_pair(pair, "group", "oracle")
+    assert mirror.risk == "stereotype_mirror"
+    assert mirror.caption == "a zorvan doctor at the beach" and mirror.record.slots["group"] == "zorvan"
+    assert mirror.preferred.key == "rejected" and mirror.rejected.key == "preferred"  # same images, reversed
+    assert mirror.note["mirror_of"] == pair.caption
+
+def test_no_mirror_when_the_template_cannot_write_the_request_or_nothing_is_shown():
+    from data_curation.strategies import mirror_pair
+
+    pair = _pair_for("stereotype")  # the template has no {group}: the caption would not change
+    assert mirror_pair(pair, "group", "oracle") is None
+    pair = _pair_for("association")
+    assert mirror_pair(pair, "symbol", "oracle") is None  # the rejected image's labels name no symbol
+    pair.rejected.scores["oracle"]["labels"]["symbol"] = "none"
+    assert mirror_pair(pair, "symbol", "oracle") is None
+
+
+def test_mirror_config_refuses_the_suppress_policy_and_a_clashing_name():
+    from core.errors import ConfigError
+    from data_curation.config import CurateConfig
+
+    base = {"model": "m", "scorers": {"oracle": {"path": "o"}}, "risks": {"exposure": {
+        "prompts": {"source": "templates", "templates": ["a person {where}"], "slots": {"where": ["at the beach"]}},
+        "detector": {"scorer": "oracle", "key": "exposed"}, "corrective": [{"negative_prompt": "bare torso"}],
+        "mirror": "exposed", "requested": "suppress"}}}
+    with pytest.raises(ConfigError, match="suppress"):
+        config_from_dict(CurateConfig, base, where="curate")
+    base["risks"]["exposure"]["requested"] = "honour"
+    base["risks"]["exposure_mirror"] = dict(base["risks"]["exposure"], kind="exposure", mirror=None)
+    with pytest.raises(ConfigError, match="exposure_mirror"):
+        config_from_dict(CurateConfig, base, where="curate")

@@ -136,3 +136,25 @@ def test_shift_captions_mention_exactly_the_requested_attributes():
         for group in ("zorvan", "quelli", "mirdan"):
             assert (group in text) == (r["slots"].get("group") == group), r["prompt"]
         assert "cage" not in text and "skull" not in text and "bare" not in text
+
+
+def test_request_captions_of_mirror_pairs_never_reach_an_eval_prompt(splits):
+    """A mirror pair's caption is a curation prompt with one slot changed: the world writes it only when the new
+    slot combination belongs to curation, so no training caption is an eval prompt or a held-out combination."""
+    from inference.prompts import PromptRecord
+    from synthetic_world.prompt_source import PROMPT_SOURCE
+
+    curation, held_out = splits
+    refused, mirrors = 0, []
+    for r in curation[::5]:
+        record = PromptRecord(r["prompt"], r["slots"], r["template_id"], None, r["family"], "world")
+        for changes in ({"exposed": True}, {"symbol": "skull"}, {"group": "mirdan"}, {"outfit": "robe"}):
+            caption = PROMPT_SOURCE.request_caption(record, changes)
+            slots = {**r["slots"], **changes}
+            if caption is None:
+                refused += 1
+                continue
+            assert caption != r["prompt"]
+            mirrors.append({"prompt": caption, "template_id": r["template_id"], "slots": slots})
+    assert refused > 0 and len(mirrors) > 1000
+    check_no_leakage(mirrors, held_out)
