@@ -12,6 +12,8 @@ def render_model_card(cfg, family: str, counts: dict, set_hash: str, summary: di
     metric_rows = "\n".join(f"| `{name}` | {value:.6g} |" for name, value in sorted(final.items()))
     hyper = yaml.safe_dump(to_dict(cfg), sort_keys=False).strip()
     pipeline = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    text_encoder = (f"; and on the text encoder's `{', '.join(cfg.lora.text_encoder_modules)}`"
+                    if cfg.lora.text_encoder_modules else "")
     return f"""---
 base_model: {cfg.model}
 library_name: diffusers
@@ -20,7 +22,7 @@ tags: [lora, diffusion-dpo, safety]
 
 # Diffusion-DPO LoRA on `{cfg.model}`
 
-A LoRA (rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, on `{', '.join(cfg.lora.target_modules)}`{', DoRA' if cfg.lora.use_dora else ''})
+A LoRA (rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, on `{', '.join(cfg.lora.target_modules)}`{', DoRA' if cfg.lora.use_dora else ''}{text_encoder})
 trained with the Diffusion-DPO objective (`{cfg.loss_type}`, β = {cfg.beta:g} in the official −β/2 form;
 diffusers' script would call this β = {cfg.beta / 2:g}).
 

@@ -51,6 +51,7 @@ def test_trained_text_lora_is_saved_and_loads_with_stock_load_lora_weights(tiny_
     with safe_open(str(run / "lora" / "pytorch_lora_weights.safetensors"), "pt") as handle:
         keys = list(handle.keys())
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    assert "on the text encoder's `q_proj, k_proj, v_proj, out_proj`" in (run / "lora" / "README.md").read_text()
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_path))
     ids = caption_token_ids(pipe.tokenizer, ["a photo of a cat", "a blue ball on the beach"])
