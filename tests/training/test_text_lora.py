@@ -133,3 +133,17 @@ def test_text_encoder_risks_runs_and_saves(tiny_sd15_path, tiny_set, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(tiny_sd15_path, tiny_set, run, TEXT_MODULES, "lora.text_encoder_risks=[exposure]"))
     assert _text_lora_state(run)
+
+
+def test_accumulation_with_text_lora_matches_the_larger_batch(tiny_sd15_path, tiny_set, tmp_path):
+    from tests.training.test_train import EQUIVALENCE, _assert_same_run
+
+    accumulated, single = tmp_path / "accum", tmp_path / "single"
+    train(tiny_config(tiny_sd15_path, tiny_set, accumulated, TEXT_MODULES, "micro_batch_size=2",
+                      "gradient_accumulation_steps=2", *EQUIVALENCE))
+    train(tiny_config(tiny_sd15_path, tiny_set, single, TEXT_MODULES, "micro_batch_size=4",
+                      "gradient_accumulation_steps=1", *EQUIVALENCE))
+    _assert_same_run(single, accumulated)
+    a, b = _text_lora_state(single), _text_lora_state(accumulated)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
