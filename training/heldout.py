@@ -12,7 +12,10 @@ import contextlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from core.errors import ConfigError
+from core.models import lora_weights_file
 from training.cache import CachedPairSource, build_cache_tensors
 from training.data import load_pairs
 from training.lora import LORA_WEIGHT_NAME
@@ -25,6 +28,13 @@ def heldout_implicit_accuracy(
     model_path: str | Path, lora_dir: str | Path, set_folder: str | Path, draws: int = 8, seed: int = 1234,
     batch_size: int = 32, device: str = "cpu",
 ) -> dict:
+    lora_file = lora_weights_file(lora_dir, "give a LoRA folder written by `make train`")
+    with safe_open(str(lora_file), "pt") as handle:
+        if any(key.startswith("text_encoder.") for key in handle.keys()):
+            # The margin below runs the UNet on the frozen encoder's cached states: it would score the UNet's
+            # layers alone.
+            raise ConfigError(f"{lora_file} holds text-encoder LoRA layers; held-out implicit accuracy scores UNet "
+                              "LoRAs only")
     components = load_components(model_path)
     pairs = load_pairs(set_folder, components.resolution)
     source = CachedPairSource(components, build_cache_tensors(components, pairs, device, show_progress=False), device)

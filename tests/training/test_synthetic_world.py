@@ -74,7 +74,7 @@ def test_dpo_on_synthetic_world_reduces_exposure(synthetic_sd_path, synthetic_or
     cfg = load_config("configs/demo.yaml", [
         f"data={train_set}", f"output_dir={run / 'lora'}", f"work_dir={run / 'work'}", "progress_bar=false",
         "report_to=none", "checkpoint_every=0", "retain.weight=0", "beta=2000", "rpo_alpha_per_risk={}",
-        "rpo_rejected_share_per_risk={}",
+        "rpo_rejected_share_per_risk={}", "rpo_alpha=0", "lora.text_encoder_modules=[]",
     ])  # otherwise the demo's own settings; DPO alone (no retain set, no stereotype pairs for RPO here), at the
     # recipe this test measured
     summary = train(cfg)

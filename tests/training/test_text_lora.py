@@ -147,3 +147,12 @@ def test_accumulation_with_text_lora_matches_the_larger_batch(tiny_sd15_path, ti
     a, b = _text_lora_state(single), _text_lora_state(accumulated)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
+
+
+def test_heldout_accuracy_refuses_a_lora_with_text_encoder_layers(tiny_sd15_path, tiny_set, tmp_path):
+    from training.heldout import heldout_implicit_accuracy
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_sd15_path, tiny_set, run, TEXT_MODULES))
+    with pytest.raises(ConfigError, match="text-encoder LoRA layers"):
+        heldout_implicit_accuracy(tiny_sd15_path, run / "lora", tiny_set, draws=1)
