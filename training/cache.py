@@ -50,12 +50,13 @@ class CaptionTokens:
     def to(self, device) -> "CaptionTokens":
         return CaptionTokens(self.ids.to(device), self.empty.to(device), self.trains_text.to(device))
 
-    def gather(self, indices: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) ids of items ``indices`` (on the ids' device), the empty caption's where ``drop`` (B,) is True."""
+    def gather(self, indices: torch.Tensor, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids (B, L), trains_text (B,)) of items ``indices`` (on the ids' device); the ids are the empty
+        caption's where ``drop`` (B,) is True."""
         ids = self.ids[indices]
-        if drop is None:
-            return ids
-        return torch.where(drop.to(ids.device).view(-1, 1), self.empty.view(1, -1), ids)
+        if drop is not None:
+            ids = torch.where(drop.to(ids.device).view(-1, 1), self.empty.view(1, -1), ids)
+        return ids, self.trains_text[indices]
 
 
 def apply_prompt_dropout(cond: TextConditioning, empty: TextConditioning, drop: torch.Tensor) -> TextConditioning:
@@ -146,9 +147,7 @@ class CachedPairSource:
         cond = TextConditioning(g["prompt_embeds"], g.get("pooled_embeds"))
         empty = TextConditioning(g["empty_prompt_embeds"], g.get("empty_pooled_embeds"))
         cond = apply_prompt_dropout(cond, empty, draws.drop_prompt)
-        text = None
-        if self.tokens is not None:
-            text = (self.tokens.gather(draws.indices, draws.drop_prompt), self.tokens.trains_text[draws.indices])
+        text = self.tokens.gather(draws.indices, draws.drop_prompt) if self.tokens is not None else None
         return _make_batch(self.components, g["latents_w"], g["latents_l"], cond, text)
 
 
@@ -358,6 +357,6 @@ class CachedRetainSource:
         t = self.tensors
         caption = t["caption_index"][draws.indices]
         pooled = t["pooled_embeds"][caption] if "pooled_embeds" in t else None
-        text = (self.tokens.gather(draws.indices), self.tokens.trains_text[draws.indices]) if self.tokens else ()
+        text = self.tokens.gather(draws.indices) if self.tokens is not None else ()
         return ImageBatch(t["latents"][draws.indices], t["prompt_embeds"][caption], pooled,
                           _time_ids(self.components, len(caption), self.device), *text)

@@ -68,18 +68,18 @@ class TextConditioning:
     pooled_embeds: torch.Tensor | None  # (N, D2) SDXL only
 
 
+def caption_token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    """(N, L) int64 token ids of ``captions``, padded and truncated as the stock pipelines tokenise a prompt."""
+    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 @torch.no_grad()
 def encode_prompts(components: DiffusionComponents, captions: list[str], device) -> TextConditioning:
     """Captions -> UNet text conditioning, exactly as the stock pipelines compute it for the prompt."""
     hidden_states, pooled = [], None
     for tokenizer, encoder in zip(components.tokenizers, components.text_encoders):
-        ids = tokenizer(
-            captions,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
+        ids = caption_token_ids(tokenizer, captions).to(device)
         if components.family == "sd":
             hidden_states.append(encoder(ids)[0])  # last hidden state
         else:

@@ -22,12 +22,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from core.errors import ConfigError
 from core.lora import ADAPTER_NAME
-
-
-def caption_token_ids(tokenizer, captions: Sequence[str]) -> torch.Tensor:
-    """(N, L) int64 token ids of ``captions``, padded and truncated as the stock pipelines tokenise a prompt."""
-    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+from training.models import caption_token_ids  # noqa: F401  (re-exported: the trainer and tests tokenise with it)
 
 
 class TextEncoderLora(torch.nn.Module):
