@@ -77,8 +77,8 @@ def test_missing_or_corrupt_init_lora(tiny_sd15_path, tiny_set, tmp_path, capsys
 
 
 def test_digest_ignores_later_options_at_their_defaults():
-    """Checkpoints written before RPO / init_lora / pairs_per_step existed keep resuming; setting them changes
-    the objective and therefore the digest."""
+    """Checkpoints written before RPO / init_lora / pairs_per_step / the text encoder's LoRA existed keep resuming;
+    setting them changes the objective and therefore the digest."""
     import dataclasses
 
     from training.checkpoints import _LATER_DEFAULTS, config_digest
@@ -88,10 +88,12 @@ def test_digest_ignores_later_options_at_their_defaults():
     assert all(getattr(cfg, k) == v for k, v in _LATER_DEFAULTS.items())
     from core.config import to_dict
     from core.io import stable_key
-    from training.checkpoints import _BOOKKEEPING, _LATER_RETAIN_DEFAULTS, _MOVED_TO_KERNEL_OPTIONS
+    from training.checkpoints import (_BOOKKEEPING, _LATER_LORA_DEFAULTS, _LATER_RETAIN_DEFAULTS,
+                                      _MOVED_TO_KERNEL_OPTIONS)
 
     before = {k: v for k, v in to_dict(cfg).items() if k not in _BOOKKEEPING and k not in _LATER_DEFAULTS}
     before["retain"] = {k: v for k, v in before["retain"].items() if k not in _LATER_RETAIN_DEFAULTS}
+    before["lora"] = {k: v for k, v in before["lora"].items() if k not in _LATER_LORA_DEFAULTS}
     before.update(_MOVED_TO_KERNEL_OPTIONS)  # fields of the config when these checkpoints were written
     assert config_digest(cfg) == stable_key(before)
     assert config_digest(dataclasses.replace(cfg, rpo_alpha=0.1)) != config_digest(cfg)
@@ -99,3 +101,5 @@ def test_digest_ignores_later_options_at_their_defaults():
     assert config_digest(dataclasses.replace(cfg, pairs_per_step=16)) != config_digest(cfg)
     retain = dataclasses.replace(cfg.retain, images_per_step=4)
     assert config_digest(dataclasses.replace(cfg, retain=retain)) != config_digest(cfg)
+    lora = dataclasses.replace(cfg.lora, text_encoder_modules=["q_proj"])
+    assert config_digest(dataclasses.replace(cfg, lora=lora)) != config_digest(cfg)
