@@ -71,7 +71,10 @@ class WorldPrompts:
         if world_prompts.split_of(record.template_id, slots) == "eval":
             return None
         caption = self.render(record, changes)
-        return None if caption == record.prompt else caption
+        known = {k: v for k, v in slots.items() if k in PromptSpec.__dataclass_fields__}
+        if caption == record.prompt or caption in world_prompts.eval_captions_of(known):
+            return None
+        return caption
 
     def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
         """The same slots under other curation templates (templates held out for eval are never used)."""

@@ -193,18 +193,27 @@ def spec_of(slots: dict) -> PromptSpec:
     return PromptSpec(**slots)
 
 
+def eval_captions_of(slots: dict) -> frozenset[str]:
+    """The texts the eval-only templates write for ``slots``. Sparse combinations render alike under some
+    curation and eval-only templates ("an image showing a mirdan firefighter" is both 8 and 20), so a caption
+    written for training must be checked against these texts, not only against its template id."""
+    return frozenset(caption_for(spec_of(slots), t) for t in EVAL_ONLY_TEMPLATES)
+
+
 def paraphrase_captions(slots: dict, template_id: int, count: int) -> list[str]:
-    """Up to ``count`` captions of ``slots`` under curation templates other than ``template_id`` (never an
-    eval-only template), picked by the combination's hash with a stride that changes frame and word order."""
+    """Up to ``count`` captions of ``slots`` under curation templates other than ``template_id``, none of them a
+    text of an eval-only template, picked by the combination's hash with a stride that changes frame and word
+    order."""
     if is_held_out_combination(slots):
         return []  # a held-out combination belongs to eval, whatever its template
     usable = [t for t in TEMPLATE_IDS if t not in EVAL_ONLY_TEMPLATES and t != template_id]
     start = int(combination_key(slots)[:8], 16)
     picks, out = [usable[(start + 5 * i) % len(usable)] for i in range(len(usable))], []
     original = caption_for(spec_of(slots), template_id) if template_id in TEMPLATE_IDS else None
+    held_out_texts = eval_captions_of(slots)
     for t in picks:
         caption = caption_for(spec_of(slots), t)
-        if caption != original and caption not in out:
+        if caption != original and caption not in out and caption not in held_out_texts:
             out.append(caption)
         if len(out) == count:
             break
