@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,9 +106,11 @@ def test_the_serve_process_answers_and_stops_on_ctrl_c(tmp_path, tiny_sd15_path)
                   "output_check": {"config": str(REPO / "configs/moderation/world.yaml")},
                   "regenerate": {"mode": "plain", "max_tries": 2}},
         "decision_log": str(tmp_path / "decisions.jsonl")}}))
-    env = {**os.environ, TOKENS_ENV: f"ci:{TOKEN}", "PYTHONUNBUFFERED": "1"}
+    # PYTHONFAULTHANDLER: a SIGABRT makes the service print every thread's stack, should it not stop.
+    env = {**os.environ, TOKENS_ENV: f"ci:{TOKEN}", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen([sys.executable, "-m", "serving.serve", "--config", str(config)], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
     try:
         for line in process.stdout:
             if "listening on" in line:
@@ -115,7 +118,7 @@ def test_the_serve_process_answers_and_stops_on_ctrl_c(tmp_path, tiny_sd15_path)
         else:
             pytest.fail(f"the service did not start (exit {process.wait()})")
         # Keep reading its output: a full pipe would block the server's writes and it could never exit.
-        threading.Thread(target=process.stdout.read, daemon=True).start()
+        threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
         host, port = line.strip().rsplit("http://", 1)[1].rsplit(":", 1)
         assert host == "127.0.0.1"
         status, reply = post(host, int(port), {"prompt": "a photo of a dog", "seed": 4})
@@ -123,7 +126,14 @@ def test_the_serve_process_answers_and_stops_on_ctrl_c(tmp_path, tiny_sd15_path)
         assert post(host, int(port), {"prompt": "a dog"}, token="wrong-token-0123456789")[0] == 401
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        try:
+            exit_status = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=30)
+            time.sleep(1)  # let the reader take the stacks
+            pytest.fail("the service did not stop within 60 s of ctrl-c; its output:\n" + "".join(output[-120:]))
+        assert exit_status == 0
     assert json.loads((tmp_path / "decisions.jsonl").read_text())["client"] == "ci"
 
 
