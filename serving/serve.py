@@ -2,7 +2,7 @@
 
 Loads the model (and the LoRA, when ``serve.lora`` is set), builds the guard stack of ``serve.stack`` (prompt
 filter, rewrite, output check with its scorers looked up by name, regeneration, blur), reads the client tokens and
-serves the API and the page on ``serve.host:serve.port`` (loopback unless ``allow_remote``) until interrupted.
+serves the API and the page on ``serve.host:serve.port`` (loopback unless ``allow_remote``) until ctrl-c or SIGTERM.
 Every request's decisions are appended to ``serve.decision_log`` (default runs/<config name>/serve/decisions.jsonl).
 
     python -m serving.tokens add alice --file runs/demo/serve_tokens.txt
@@ -12,6 +12,7 @@ Every request's decisions are appended to ``serve.decision_log`` (default runs/<
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def build_server(cfg: ServeConfig, decision_log: str | Path) -> ServeServer:
     return ServeServer((cfg.host, cfg.port), ServeApp(generator, cfg, tokens, DecisionLog(decision_log)))
 
 
+def stop_on_signals() -> None:
+    """Ctrl-c (SIGINT) and SIGTERM (``kill``, ``docker stop``, systemd) stop the service the same clean way: the
+    socket closed, the decision log flushed. Set explicitly because a process started as a background job of a
+    non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CLI.parser()
     parser.add_argument("--verbose", action="store_true", help="log every request's path and status")
@@ -51,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         decision_log = cfg.decision_log or default_decision_log(args.config)
         server = build_server(cfg, decision_log)
+        stop_on_signals()
         announce(server)
         print(f"decision log: {decision_log}", flush=True)
         try:
