@@ -30,7 +30,7 @@ from annotation.export import export_set
 from annotation.prefset_io import ImageSource, check_set, read_gold_file, select_items
 from annotation.server import AnnotationApp, AnnotationServer, announce
 from annotation.store import SIDE_FILES, Store
-from core.cli import StageCLI, run_main
+from core.cli import StageCLI, run_main, stop_on_signals
 from core.config import load_stage_config, write_resolved_config
 from core.errors import ConfigError
 from core.io import atomic_write_json
@@ -150,6 +150,7 @@ def cmd_serve(args: argparse.Namespace, cfg: AnnotateConfig) -> None:
     print(f"{len(items)} items ({len(gold)} gold) from {set_folder}; database {store.path}; {len(users)} active user(s)")
     if not users:
         print(f"no annotators yet: python -m annotation.cli add-user NAME --db {store.path}")
+    stop_on_signals()
     announce(server)
     try:
         server.serve_forever(poll_interval=0.2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import textwrap
 import types
@@ -36,6 +37,19 @@ def run_main(work: Callable[[], int | None]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if status is None else status
+
+
+def stop_on_signals() -> None:
+    """Make ctrl-c (SIGINT) and SIGTERM (``kill``, ``docker stop``, systemd) both raise KeyboardInterrupt in the main
+    thread, so a long-running server stops through its own cleanup (socket closed, logs flushed). Set explicitly
+    because a process started as a background job of a non-interactive shell inherits SIGINT ignored, and Python
+    then leaves it ignored."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def resolve_device(setting: str, key: str = "device") -> str:

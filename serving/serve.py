@@ -12,11 +12,10 @@ Every request's decisions are appended to ``serve.decision_log`` (default runs/<
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
 
-from core.cli import StageCLI, resolve_device, run_main
+from core.cli import StageCLI, resolve_device, run_main, stop_on_signals
 from core.config import config_name
 from mitigations.stack import GuardedGenerator, load_model
 from serving.config import ServeConfig
@@ -38,18 +37,6 @@ def build_server(cfg: ServeConfig, decision_log: str | Path) -> ServeServer:
                       cfg.variant)
     generator = GuardedGenerator(pipe, cfg.stack, cfg.generation)
     return ServeServer((cfg.host, cfg.port), ServeApp(generator, cfg, tokens, DecisionLog(decision_log)))
-
-
-def stop_on_signals() -> None:
-    """Ctrl-c (SIGINT) and SIGTERM (``kill``, ``docker stop``, systemd) stop the service the same clean way: the
-    socket closed, the decision log flushed. Set explicitly because a process started as a background job of a
-    non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored."""
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

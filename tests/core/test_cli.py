@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
+import time
 from typing import Literal, Optional
 
 import pytest
 
-from core.cli import StageCLI, config_key_docs, resolve_device, run_main
+from core.cli import StageCLI, config_key_docs, resolve_device, run_main, stop_on_signals
 from core.errors import ConfigError, DataError
 
 
@@ -148,3 +151,17 @@ def test_subcommand_parsers_take_overrides_too():
     args = cli.parse_args(["add-user", "alice", "--lora.rank", "2"], parser)
     assert (args.command, args.name, args.overrides) == ("add-user", "alice", ["lora.rank=2"])
     assert "--lora.rank" in serve.format_help()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_on_signals_turns_ctrl_c_and_sigterm_into_keyboard_interrupt_even_when_sigint_was_ignored(signum):
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a non-interactive shell starts
+        stop_on_signals()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler runs at the next bytecode; the sleep is interrupted by it
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
