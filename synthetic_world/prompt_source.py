@@ -77,7 +77,7 @@ class WorldPrompts:
         return caption
 
     def paraphrases(self, record: PromptRecord, count: int) -> list[str]:
-        """The same slots under other curation templates (templates held out for eval are never used)."""
+        """The same slots under other curation templates (never an eval-only template, nor a text one writes)."""
         return world_prompts.paraphrase_captions(record.slots, record.template_id, count)
 
     def slot_values(self, slot: str) -> list[Any] | None:
