@@ -36,6 +36,11 @@ def world_prompt_records(family: str, split: str, source: str = SOURCE_NAME) -> 
     return records
 
 
+def _spec_slots(slots: dict[str, Any]) -> dict[str, Any]:
+    """The slots a caption renders (a record may carry others, e.g. a detector's label)."""
+    return {k: v for k, v in slots.items() if k in PromptSpec.__dataclass_fields__}
+
+
 def _as_dicts(records: list[PromptRecord]) -> list[dict]:
     return [{"prompt": r.prompt, "template_id": r.template_id, "slots": r.slots} for r in records]
 
@@ -62,17 +67,14 @@ class WorldPrompts:
         return records
 
     def render(self, record: PromptRecord, changes: dict[str, Any]) -> str:
-        slots = {**record.slots, **changes}
-        known = {k: v for k, v in slots.items() if k in PromptSpec.__dataclass_fields__}
-        return caption_for(PromptSpec(**known), record.template_id)
+        return caption_for(PromptSpec(**_spec_slots({**record.slots, **changes})), record.template_id)
 
     def request_caption(self, record: PromptRecord, changes: dict[str, Any]) -> str | None:
         slots = {k: v for k, v in {**record.slots, **changes}.items() if v is not None}
         if world_prompts.split_of(record.template_id, slots) == "eval":
             return None
         caption = self.render(record, changes)
-        known = {k: v for k, v in slots.items() if k in PromptSpec.__dataclass_fields__}
-        if caption == record.prompt or caption in world_prompts.eval_captions_of(known):
+        if caption == record.prompt or caption in world_prompts.eval_captions_of(_spec_slots(slots)):
             return None
         return caption
 

@@ -22,7 +22,6 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from core.errors import ConfigError
 from core.lora import ADAPTER_NAME
-from training.models import caption_token_ids  # noqa: F401  (re-exported: the trainer and tests tokenise with it)
 
 
 class TextEncoderLora(torch.nn.Module):

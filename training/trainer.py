@@ -61,9 +61,9 @@ from training.graph import (
 )
 from training.kernels import KernelOptions
 from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
-from training.text_lora import TextEncoderLora, caption_token_ids
+from training.text_lora import TextEncoderLora
 from training.metrics import MetricAccumulator, all_finite
-from training.models import NoiseSchedule, load_components
+from training.models import NoiseSchedule, caption_token_ids, load_components
 from training.reference_cache import (
     ReferencePass, extend_reference_errors, gather_step_errors, read_reference_errors, reference_cache_key,
     reference_cache_path, write_reference_errors,

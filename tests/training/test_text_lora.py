@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from core.errors import ConfigError
 from tests.training.conftest import tiny_config
-from training.text_lora import TextEncoderLora, caption_token_ids
+from training.models import caption_token_ids
+from training.text_lora import TextEncoderLora
 from training.train import train
 
 TEXT_MODULES = "lora.text_encoder_modules=[q_proj,k_proj,v_proj,out_proj]"
