@@ -48,7 +48,7 @@ case "$slice" in
       timeout_s=240 "$@" 2>&1 | grep -v -E "it/s\]|s/it\]|Warning|warn\(" | tee "$OUT/log-time_to_lora.txt"
     rc=${PIPESTATUS[0]}
     cp /tmp/ttl-work/logs/*.log "$OUT/" 2>/dev/null
-    for f in /tmp/ttl-work/outputs/ours-*/training_summary.json; do
+    for f in /tmp/ttl-work/outputs/ours*/training_summary.json; do
       [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$f")")-training_summary.json"
     done
     exit "$rc" ;;

@@ -11,6 +11,8 @@ conservative. Written with the project's own ``preference_sets`` writer.
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,39 +36,50 @@ def smooth_image(rng: np.random.Generator, resolution: int, grid: int = 16) -> n
     return np.asarray(Image.fromarray(small).resize((resolution, resolution), Image.NEAREST), dtype=np.uint8)
 
 
-def photo_like_jpeg(rng: np.random.Generator, resolution: int, grid: int = 16, noise: float = 8.0) -> bytes:
-    """JPEG (quality 90) of a bilinearly upsampled random colour field with Gaussian grain (σ = ``noise`` grey
-    levels): smooth regions plus texture, so decoding costs about what a photo of the same size costs (JPEG
-    decoding time grows with the non-zero DCT coefficients, which a flat blocky field would mostly lack)."""
+def photo_like_jpeg(rng: np.random.Generator, resolution: int, grain: np.ndarray, grid: int = 16) -> bytes:
+    """JPEG (quality 90) of a bilinearly upsampled random colour field with Gaussian grain (a random crop of
+    ``grain``, float32 (≥ resolution, ≥ resolution, 3) in grey levels): smooth regions plus texture, so decoding
+    costs about what a photo of the same size costs (JPEG decoding time grows with the non-zero DCT coefficients,
+    which a flat blocky field would mostly lack)."""
     small = Image.fromarray(rng.integers(0, 256, size=(grid, grid, 3), dtype=np.uint8))
+    top, left = (int(v) for v in rng.integers(0, grain.shape[0] - resolution + 1, size=2))
     field_ = np.asarray(small.resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
-    grain = rng.normal(0.0, noise, size=field_.shape).astype(np.float32)
-    image = Image.fromarray(np.clip(field_ + grain, 0, 255).astype(np.uint8))
+    field_ += grain[top:top + resolution, left:left + resolution]
+    image = Image.fromarray(np.clip(field_, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
-def synthetic_rows(num_pairs: int, resolution: int, seed: int = 0, image_format: str = "png"):
+def synthetic_rows(num_pairs: int, resolution: int, seed: int = 0, image_format: str = "png", noise: float = 8.0):
     """``num_pairs`` rows with decisive labels (no ties), alternating which image wins. ``image_format``:
-    png (blocky fields, quick to decode) or jpeg (photo-like, as Pick-a-Pic's JPEGs)."""
-    rng = np.random.default_rng(seed)
+    png (blocky fields, quick to decode) or jpeg (photo-like, as Pick-a-Pic's JPEGs, with grain of σ = ``noise``
+    grey levels). Image ``i`` comes from its own generator seeded by (seed, i), so the images are encoded on
+    threads (PIL and numpy release the GIL) and the set is the same whatever the thread count."""
+    grain = np.random.default_rng(seed).normal(0.0, noise, size=(2 * resolution, 2 * resolution, 3)).astype(
+        np.float32) if image_format == "jpeg" else None
 
-    def image() -> bytes:
-        return photo_like_jpeg(rng, resolution) if image_format == "jpeg" else encode_png(smooth_image(rng, resolution))
+    def image(index: int) -> bytes:
+        rng = np.random.default_rng([seed, index])
+        return photo_like_jpeg(rng, resolution, grain) if grain is not None else encode_png(
+            smooth_image(rng, resolution))
 
-    for index in range(num_pairs):
-        yield make_pair_row(
-            caption=CAPTIONS[index % len(CAPTIONS)],
-            jpg_0=image(),
-            jpg_1=image(),
-            label_0=1.0 if index % 2 == 0 else 0.0,
-            risk="benchmark",
-            strategy="best_of_n",
-            seed_0=2 * index,
-            seed_1=2 * index + 1,
-            generation={"height": resolution, "width": resolution, "note": "synthetic benchmark images"},
-        )
+    chunk = 128  # pairs encoded ahead at a time (executor.map submits everything it is given at once)
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        for index in range(num_pairs):
+            if index % chunk == 0:
+                images = pool.map(image, range(2 * index, 2 * min(index + chunk, num_pairs)))
+            yield make_pair_row(
+                caption=CAPTIONS[index % len(CAPTIONS)],
+                jpg_0=next(images),
+                jpg_1=next(images),
+                label_0=1.0 if index % 2 == 0 else 0.0,
+                risk="benchmark",
+                strategy="best_of_n",
+                seed_0=2 * index,
+                seed_1=2 * index + 1,
+                generation={"height": resolution, "width": resolution, "note": "synthetic benchmark images"},
+            )
 
 
 def write_synthetic_set(folder: str | Path, num_pairs: int, resolution: int, seed: int = 0,

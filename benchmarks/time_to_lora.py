@@ -106,8 +106,12 @@ class TimeToLoraConfig:
     warm_reuses: list[Literal["compile", "data"]] = field(default_factory=lambda: ["compile"], metadata={
         "help": "What a warm run keeps from the cold one: compile caches (inductor, triton; the stock side's "
                 "datasets cache), and with data also ours' latent and reference caches."})
-    sides: list[Literal["stock", "ours"]] = field(default_factory=lambda: ["stock", "ours"], metadata={
-        "help": "Which trainers to run."})
+    sides: list[Literal["stock", "ours", "ours_compiled"]] = field(
+        default_factory=lambda: ["stock", "ours", "ours_compiled"], metadata={
+            "help": "Which trainers to run. ours: the config as shipped (compile_unet auto decides per job); "
+                    "ours_compiled: the same with compile_unet: full, run on the measured jobs only so that the "
+                    "extrapolated large jobs (where auto compiles) rest on a measured compiled rate and compile "
+                    "time."})
     stock: StockSettings = field(default_factory=StockSettings, metadata={"help": "The stock example's arguments."})
     ours_config: str = field(default="configs/sd15.yaml", metadata={
         "help": "The config whose train: section ours runs (as shipped, but for data, output and steps)."})
@@ -253,24 +257,26 @@ def ours_train_section(cfg: TimeToLoraConfig, job: JobSettings, data: Path, out:
 
 
 def run_ours(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: Path, our_set: Path,
-             cache_root: Path) -> RunTiming:
+             cache_root: Path, side: str = "ours") -> RunTiming:
     base = Path(cfg.work_dir)
-    out = base / "outputs" / f"ours-{job.name}-{caches}"
-    work = base / "ours_work" / f"{job.name}-{caches}"
-    cold_work = base / "ours_work" / f"{job.name}-cold"
+    out = base / "outputs" / f"{side}-{job.name}-{caches}"
+    work = base / f"{side}_work" / f"{job.name}-{caches}"
+    cold_work = base / f"{side}_work" / f"{job.name}-cold"
     shutil.rmtree(work, ignore_errors=True)  # written by this harness only (under its work_dir)
     if caches == "warm" and "data" in cfg.warm_reuses and (cold_work / "cache").is_dir():
         shutil.copytree(cold_work / "cache", work / "cache")
     section = ours_train_section(cfg, job, our_set, out, work)
     section["model"] = str(model_dir)
+    if side == "ours_compiled":
+        section["compile_unet"] = "full"
     section.setdefault("compile_cache_dir", str(cache_root / "torch_compile"))  # cold means cold for ours too
-    config_path = base / "configs" / f"ours-{job.name}-{caches}.yaml"
+    config_path = base / "configs" / f"{side}-{job.name}-{caches}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump({"train": section}))
     command = [sys.executable, "-m", "training.train", "--config", str(config_path)]
     env = {**os.environ, **cache_env(cache_root), "PYTHONPATH": os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    log_path = base / "logs" / f"ours-{job.name}-{caches}.log"
+    log_path = base / "logs" / f"{side}-{job.name}-{caches}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Ours prints a tqdm bar too ("train: ... | n/N"); its summary's timeline is preferred when present.
     returncode, wall, first = stream_with_first_step(command, env, log_path, cfg.timeout_s, OURS_STEP)
@@ -280,7 +286,7 @@ def run_ours(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: Pa
     if "first_step_done" in phases:
         first = phases["first_step_done"]
     saved = (out / "pytorch_lora_weights.safetensors").is_file()
-    return RunTiming("ours", job.name, caches, wall, first, section["max_train_steps"],
+    return RunTiming(side, job.name, caches, wall, first, section["max_train_steps"],
                      summary.get("pairs_per_step", 0), returncode if saved or returncode else 1, phases,
                      _tail(log_path))
 
@@ -337,11 +343,12 @@ def run(cfg: TimeToLoraConfig) -> dict[str, Any]:
             if caches == "cold":
                 shutil.rmtree(cache_root, ignore_errors=True)  # written by this harness only
             for side in cfg.sides:
-                runner = run_stock if side == "stock" else run_ours
-                timing = runner(cfg, job, caches, model_dir, stock_set if side == "stock" else our_set,
-                                cache_root / side)
+                if side == "stock":
+                    timing = run_stock(cfg, job, caches, model_dir, stock_set, cache_root / side)
+                else:
+                    timing = run_ours(cfg, job, caches, model_dir, our_set, cache_root / side, side)
                 runs.append(timing)
-                print(f"[time_to_lora] {side:5s} {job.name:>8s} {caches}: wall {timing.wall_s:7.1f} s, first step "
+                print(f"[time_to_lora] {side:13s} {job.name:>8s} {caches}: wall {timing.wall_s:7.1f} s, first step "
                       f"{timing.first_step_s if timing.first_step_s is None else round(timing.first_step_s, 1)} s, "
                       f"rc {timing.returncode}", flush=True)
                 result["runs"] = [r.as_dict() for r in runs]
@@ -370,14 +377,24 @@ def end_to_end_entries(cfg: TimeToLoraConfig, runs: list[RunTiming], gpu: str, c
                                                      if timing and timing.first_step_s else None)
                     continue
                 source = min(measured_jobs, key=lambda j: j.pairs * j.passes)
-                timing = by_key.get((side, source.name, caches))
-                if timing is None:
+                # Ours: the eager and the compiled run's cost models; the large job takes the one that predicts
+                # less, as compile_unet auto compiles once the job repays it (its decision is logged per run).
+                predictions = {}
+                for variant in ((side,) if side == "stock" else ("ours", "ours_compiled")):
+                    timing = by_key.get((variant, source.name, caches))
+                    if timing is None:
+                        continue
+                    model = fixed_and_rates(timing, source.pairs, timing.steps * timing.pairs_per_step)
+                    cost_models[f"{variant}-{source.name}-{caches}"] = model
+                    predictions[variant] = extrapolate(model, job)
+                if not predictions:
                     entry[f"{side}_wall_s"] = None
                     continue
-                model = fixed_and_rates(timing, source.pairs, timing.steps * timing.pairs_per_step)
-                cost_models[f"{side}-{source.name}-{caches}"] = model
-                entry[f"{side}_wall_s"] = round(extrapolate(model, job), 1)
+                chosen = min(predictions, key=predictions.get)
+                entry[f"{side}_wall_s"] = round(predictions[chosen], 1)
                 entry["extrapolated_from"] = source.name
+                if side == "ours":
+                    entry["ours_mode"] = "compiled" if chosen == "ours_compiled" else "as measured (auto)"
             if entry.get("stock_wall_s") and entry.get("ours_wall_s"):
                 entry["speedup"] = round(entry["stock_wall_s"] / entry["ours_wall_s"], 2)
             entries.append(entry)

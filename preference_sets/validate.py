@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -159,6 +161,29 @@ def _parse_size(expected_size: int | tuple[int, int] | str | None) -> tuple[int,
     return (int(expected_size[0]), int(expected_size[1]))
 
 
+def _decoded_size(data: Any, column: str) -> tuple[int, int]:
+    """(width, height) of an image column's value, fully decoded (a truncated file fails here); DataError if not."""
+    return decode_image(data, what=column).size
+
+
+def decode_row_images(row: Mapping[str, Any]) -> dict[str, "tuple[int, int] | DataError"]:
+    """Each image column of ``row`` (raw bytes only; structs are read by the checker) decoded: size or the error."""
+    decoded: dict[str, tuple[int, int] | DataError] = {}
+    for column in IMAGE_COLUMNS:
+        value = row.get(column)
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                decoded[column] = _decoded_size(value, column)
+            except DataError as exc:
+                decoded[column] = exc
+    return decoded
+
+
+def decode_threads() -> int:
+    """Threads that decode a batch's images: PIL releases the GIL while it decodes, so threads run in parallel."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 class _RowChecker:
     """Per-row checks; keeps the cross-row state (seen keys, sizes) the set-level checks need."""
 
@@ -171,14 +196,16 @@ class _RowChecker:
         self.sizes: dict[int, tuple[int, int]] = {}  # row -> (width, height) of a decodable pair
         self.counts = Counter()
 
-    def check(self, row: Mapping[str, Any], index: int, shard: str) -> None:
+    def check(self, row: Mapping[str, Any], index: int, shard: str,
+              decoded: Mapping[str, "tuple[int, int] | DataError"] | None = None) -> None:
+        """``decoded``: the row's images already decoded (:func:`decode_row_images`), column -> size or error."""
         where = {"row": index, "shard": shard}
         report = self.report
         row = self._image_bytes(row, where)
         caption = row.get("caption")
         if "caption" in row and (not isinstance(caption, str) or not caption.strip()):
             report.error("value", "caption is empty", column="caption", **where)
-        self._check_images(row, where)
+        self._check_images(row, where, decoded or {})
         self._check_labels(row, where)
         for column in JSON_OBJECT_COLUMNS + JSON_LIST_COLUMNS:
             if column in row:
@@ -227,13 +254,17 @@ class _RowChecker:
         # A Pick-a-Pic-style set mixes sizes; import can bring it to one.
         return " (import --resolution N resizes and centre-crops every image)" if self.format == PICKAPIC else ""
 
-    def _check_images(self, row: Mapping[str, Any], where: dict) -> None:
+    def _check_images(self, row: Mapping[str, Any], where: dict,
+                      decoded: Mapping[str, "tuple[int, int] | DataError"]) -> None:
         sizes = []
         for column in IMAGE_COLUMNS:
             if column not in row:
                 continue
             try:
-                sizes.append(decode_image(row[column], what=column).size)
+                size = decoded[column] if column in decoded else _decoded_size(row[column], column)
+                if isinstance(size, DataError):
+                    raise size
+                sizes.append(size)
             except DataError as exc:
                 self.counts["undecodable_images"] += 1
                 self.report.error("image", str(exc), column=column, **where)
@@ -320,6 +351,32 @@ def validate_set(
         report.error("shard", str(exc))
         return report
     checker = _RowChecker(report, set(eval_prompts) if eval_prompts is not None else None)
+    # Decoding every image is most of the time a large set takes (~5 ms per 512 px JPEG); the checks that keep
+    # cross-row state stay in order on this thread.
+    pool = ThreadPoolExecutor(decode_threads())
+    try:
+        index = _validate_parts(source, checker, report, batch_size, pool)
+    finally:
+        pool.shutdown()
+    checker.check_sizes(expected)
+    report.num_rows = index
+    report.counts = {
+        "format": checker.format,
+        "layout": source.layout,
+        "rows": index,
+        "ties": checker.counts["ties"],
+        "duplicates": checker.counts["duplicates"],
+        "leaked_rows": checker.counts["leaked_rows"],
+        "undecodable_images": checker.counts["undecodable_images"],
+        "image_sizes": checker.counts["image_sizes"],
+    }
+    return report
+
+
+def _validate_parts(source, checker: "_RowChecker", report: ValidationReport, batch_size: int,
+                    pool: ThreadPoolExecutor) -> int:
+    """Every row of every part of ``source`` through ``checker``, the images of a batch decoded by ``pool``;
+    returns the number of rows."""
     index = 0
     for part in tqdm(parts(source), desc="validating shards", unit="shard", leave=False):
         try:
@@ -338,21 +395,10 @@ def validate_set(
         try:
             # Streamed batch by batch: a shard of 512px pairs can be hundreds of MB.
             for batch in part.batches(usable_columns(schema, checker.format), batch_size):
-                for row in batch.to_pylist():
-                    checker.check(row, index, part.label)
+                rows = batch.to_pylist()
+                for row, decoded in zip(rows, pool.map(decode_row_images, rows)):
+                    checker.check(row, index, part.label, decoded)
                     index += 1
         except DataError as exc:
             report.error("shard", str(exc), shard=part.label)
-    checker.check_sizes(expected)
-    report.num_rows = index
-    report.counts = {
-        "format": checker.format,
-        "layout": source.layout,
-        "rows": index,
-        "ties": checker.counts["ties"],
-        "duplicates": checker.counts["duplicates"],
-        "leaked_rows": checker.counts["leaked_rows"],
-        "undecodable_images": checker.counts["undecodable_images"],
-        "image_sizes": checker.counts["image_sizes"],
-    }
-    return report
+    return index

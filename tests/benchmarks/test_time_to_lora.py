@@ -79,6 +79,22 @@ def test_end_to_end_entries_have_the_fixed_shape():
     assert entries[1]["ours_wall_s"] > entries[0]["ours_wall_s"]
 
 
+def test_large_jobs_take_the_compiled_run_where_it_repays_its_compile():
+    """The measured job is the shipped config's run (eager there); a large job is extrapolated from whichever of the
+    eager and the compiled run predicts less, as compile_unet auto compiles once a job repays it."""
+    cfg = TimeToLoraConfig(jobs=[JobSettings(100), JobSettings(100_000, 4, measure=False)], caches=["cold"])
+    # Eager: 1 s per 10 pairs after a 10 s start. Compiled: a 60 s start (compiling), then 0.5 s per 10 pairs.
+    runs = [_timing("stock", 60.0, 20.0, 10, 10), _timing("ours", 19.0, 10.0, 10, 10),
+            _timing("ours_compiled", 64.5, 60.0, 10, 10)]
+    measured, large = end_to_end_entries(cfg, runs, "gpu", {})
+    assert measured["ours_wall_s"] == 19.0  # the measured job reports the shipped config's own run
+    assert large["ours_mode"] == "compiled"
+    assert large["ours_wall_s"] < extrapolate(fixed_and_rates(runs[1], 100, 100), JobSettings(100_000, 4))
+    small = end_to_end_entries(TimeToLoraConfig(jobs=[JobSettings(100), JobSettings(200, 1, measure=False)],
+                                                caches=["cold"]), runs, "gpu", {})[1]
+    assert small["ours_mode"] == "as measured (auto)"
+
+
 def test_a_failed_run_is_not_reported_as_a_time():
     cfg = TimeToLoraConfig(jobs=[JobSettings(100)], caches=["cold"])
     failed = RunTiming("ours", "100x1", "cold", 5.0, None, 10, 10, 1)
