@@ -49,7 +49,7 @@ _BOOKKEEPING = {"resume", "log_every", "checkpoint_every", "keep_checkpoints", "
 # were left out of the digest, so the digests of configs that never set them are unchanged.)
 _LATER_DEFAULTS = {"init_lora": None, "pairs_per_step": None, "rpo_alpha": 0.0, "rpo_alpha_per_risk": {},
                    "rpo_rejected_share": 0.0, "rpo_rejected_share_per_risk": {}, "variant": None}
-_LATER_RETAIN_DEFAULTS = {"images_per_step": None, "text_weight": 0.0}
+_LATER_RETAIN_DEFAULTS = {"images_per_step": None}
 _LATER_LORA_DEFAULTS = {"text_encoder_modules": [], "text_encoder_risks": []}
 
 # Kernel choices that were TrainConfig fields and are now training/kernels.py's KernelOptions, at the values every

@@ -75,11 +75,6 @@ class RetainSettings:
                 "preservation, ||ε_θ - ε||² - ||ε_ref - ε||² on the retain images (denoise toward the filtered "
                 "base images rather than toward the base model, whose predictions still carry the biases the "
                 "filter removed from the images)."})
-    text_weight: float = field(default=0.0, metadata={
-        "help": "With a LoRA on the text encoder: weight of a text-state anchor, + text_weight·β/2·mean "
-                "||E_θ(c) - E_ref(c)||² over the retain captions' token states (the frozen encoder's cached "
-                "states), in units of β/2; it holds the encoder's reading of risk-free phrasings directly rather "
-                "than through the UNet's output. 0: off."})
     micro_batch_size: int = field(default=8, metadata={"help": "Retain images per micro-batch, per process."})
     images_per_step: Optional[int] = field(default=None, metadata={
         "help": "Retain images per optimiser step over all processes and micro-steps; when set it replaces "
@@ -88,8 +83,6 @@ class RetainSettings:
     def validate(self) -> None:
         if self.weight < 0:
             raise ValueError(f"retain.weight must be >= 0, got {self.weight}")
-        if self.text_weight < 0:
-            raise ValueError(f"retain.text_weight must be >= 0, got {self.text_weight}")
         if self.micro_batch_size < 1:
             raise ValueError(f"retain.micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if self.images_per_step is not None and self.images_per_step < 1:

@@ -55,7 +55,7 @@ def heldout_implicit_accuracy(
                 torch.randint(0, schedule.num_train_timesteps, (n,), generator=generator).to(device),
                 torch.zeros(n, dtype=torch.bool, device=device),
             )
-            model_w, model_l, ref_w, ref_l, *_ = pair_errors(model, source.batch(step_draws), step_draws, True)
+            model_w, model_l, ref_w, ref_l, _ = pair_errors(model, source.batch(step_draws), step_draws, True)
             margin = -((model_w - model_l) - (ref_w - ref_l))  # sign of h (β > 0 does not change it)
             wins[indices] += ((margin > 0).float() + 0.5 * (margin == 0).float()).cpu()
     per_pair = wins / draws

@@ -210,22 +210,21 @@ class DpoObjective:
     loss_type: str
     retain_weight: float = 0.0
     retain_target: str = "reference"
-    retain_text_weight: float = 0.0
 
     @classmethod
     def from_config(cls, cfg) -> "DpoObjective":
-        return cls(cfg.beta, cfg.loss_type, cfg.retain.weight, cfg.retain.target, cfg.retain.text_weight)
+        return cls(cfg.beta, cfg.loss_type, cfg.retain.weight, cfg.retain.target)
 
 
-def _unet_call(module, noisy, timesteps, cond, channels_last: bool, text_states=None) -> torch.Tensor:
-    """One UNet forward; with ``text_states`` (N, L, D) (the trained text encoder's states of the rows' token ids)
-    the rows marked ``cond["trains_text"]`` read those, the others the cached ``cond["encoder_hidden_states"]`` (the
-    frozen encoder's)."""
+def _unet_call(module, noisy, timesteps, cond, channels_last: bool, text=None) -> torch.Tensor:
+    """One UNet forward; with ``text`` (the trained text encoder) the text states of the rows marked
+    ``cond["trains_text"]`` come from it, from their token ids ``cond["input_ids"]``, the others' from the cached
+    ``cond["encoder_hidden_states"]`` (the frozen encoder's)."""
     if channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
     states = cond["encoder_hidden_states"]
-    if text_states is not None:
-        states = torch.where(cond["trains_text"].view(-1, 1, 1), text_states.to(states.dtype), states)
+    if text is not None:
+        states = torch.where(cond["trains_text"].view(-1, 1, 1), text(cond["input_ids"]).to(states.dtype), states)
     kwargs = {"encoder_hidden_states": states}
     if "text_embeds" in cond:
         kwargs["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
@@ -250,11 +249,9 @@ def reference_pair_errors(model: StepModel, batch: PairBatch, draws: StepDraws) 
 def pair_errors(
     model: StepModel, batch: PairBatch, draws: StepDraws, with_reference: bool, retain=None,
     retain_target: str = "reference",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None,
-           torch.Tensor | None]:
-    """(B,) denoising MSEs: policy winner, policy loser, reference winner, reference loser; the retain anchoring
-    distance (0-dim) when ``retain`` = (retain batch, its draws) is given; and with a trained text encoder as well,
-    the retain captions' text-state distance (0-dim) to the frozen encoder's.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(B,) denoising MSEs: policy winner, policy loser, reference winner, reference loser; and the
+    retain anchoring distance (0-dim) when ``retain`` = (retain batch, its draws) is given.
 
     Winner and loser are noised with the same noise and timestep. The policy runs ``model.unet``; the reference
     runs ``model.unwrapped`` with the adapters off (no grad). Retain images ride in the same forward as the pairs
@@ -273,11 +270,8 @@ def pair_errors(
     ref_pred = None
     if (with_reference and cached is None) or retain is not None:
         ref_pred = _reference_prediction(model, noisy, timesteps, cond)
-    # One encoder call for every row (DDP expects one forward per backward); the retain rows' part also feeds the
-    # text-state anchor below.
-    text_states = model.text(cond["input_ids"]) if model.text is not None else None  # (N, L, D) float32
     with model.autocast():
-        model_pred = _unet_call(model.unet, noisy, timesteps, cond, model.channels_last, text_states)
+        model_pred = _unet_call(model.unet, noisy, timesteps, cond, model.channels_last, model.text)
 
     model_err_w, model_err_l = per_sample_mse(model_pred[:num_pair_rows], target).chunk(2)
     ref_err_w = ref_err_l = None
@@ -295,14 +289,7 @@ def pair_errors(
             # "data": ||ε_θ - ε||² - ||ε_ref - ε||², prior preservation on the (filtered) retain images.
             # Same gradient as plain denoising on them; the reference term only makes it 0 at θ = ref.
             retain_distance = (per_sample_mse(policy, r_target) - per_sample_mse(reference, r_target)).mean()
-    text_distance = None
-    if retain is not None and text_states is not None:
-        # ||E_θ(c) - E_ref(c)||² on the retain captions, mean over tokens and channels; E_ref(c) is the cached states
-        # of the frozen encoder. Rows that read the frozen states (trains_text False) contribute 0.
-        trained = cond["trains_text"][num_pair_rows:].view(-1, 1, 1)
-        frozen = cond["encoder_hidden_states"][num_pair_rows:].float()
-        text_distance = ((text_states[num_pair_rows:] - frozen) ** 2 * trained).mean()
-    return model_err_w, model_err_l, ref_err_w, ref_err_l, retain_distance, text_distance
+    return model_err_w, model_err_l, ref_err_w, ref_err_l, retain_distance
 
 
 def dpo_loss_on_batch(
@@ -314,18 +301,14 @@ def dpo_loss_on_batch(
     ``rpo_rejected_share`` (its weight on the rejected image), each a (B,) tensor for the micro-batch's pairs or a
     float for all; absent: 0.
 
-    With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py), and with
-    a trained text encoder + retain_text_weight · β/2 · mean ||E_θ(c) - E_ref(c)||² on the retain captions.
+    With a retain batch: loss = DPO loss + retain_weight · β/2 · mean ||ε_θ - ε_ref||² (training/config.py).
     """
-    *errors, retain_distance, text_distance = pair_errors(model, batch, draws, objective.loss_type != "sft", retain,
-                                                         objective.retain_target)
+    *errors, retain_distance = pair_errors(model, batch, draws, objective.loss_type != "sft", retain,
+                                           objective.retain_target)
     loss, metrics = diffusion_dpo_loss(*errors, objective.beta, objective.loss_type, **(pair_options or {}))
     if retain_distance is not None:
         loss = loss + objective.retain_weight * 0.5 * objective.beta * retain_distance
         metrics["retain/distance"] = retain_distance.detach()
-        if text_distance is not None:
-            loss = loss + objective.retain_text_weight * 0.5 * objective.beta * text_distance
-            metrics["retain/text_distance"] = text_distance.detach()
         metrics.setdefault("loss/dpo", metrics["loss"])  # the preference loss alone (set by the loss with RPO)
         metrics["loss"] = loss.detach()
     return loss, metrics

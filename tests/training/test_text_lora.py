@@ -115,7 +115,8 @@ def test_only_rows_marked_trains_text_read_the_trained_encoder():
     cached = torch.zeros(3, 4, 2)
     cond = {"encoder_hidden_states": cached, "input_ids": torch.ones(3, 4, dtype=torch.long),
             "trains_text": torch.tensor([True, False, True])}
-    _unet_call(RecordingUNet(), torch.zeros(3, 1), torch.zeros(3), cond, False, text_states=torch.ones(3, 4, 2))
+    _unet_call(RecordingUNet(), torch.zeros(3, 1), torch.zeros(3), cond, False,
+               text=lambda ids: torch.ones(*ids.shape, 2))
     assert seen["states"][:, 0, 0].tolist() == [1.0, 0.0, 1.0]
     _unet_call(RecordingUNet(), torch.zeros(3, 1), torch.zeros(3), cond, False)  # no trained encoder: cached states
     assert torch.equal(seen["states"], cached)
