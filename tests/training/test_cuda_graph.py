@@ -47,6 +47,8 @@ def _blockers(*overrides: str, device: str = "cuda", processes: int = 1, precisi
 def test_blockers_name_each_reason():
     assert _blockers() == []  # the demo's case: one CUDA process, bf16, cached latents, SD
     assert _blockers("mixed_precision=fp32", precision="no") == []
+    # The trained text encoder's forward is captured with the step (checked against eager on a GPU: graph.py).
+    assert _blockers("lora.text_encoder_modules=[q_proj,v_proj]") == []
     cases = {
         "not a CUDA GPU": _blockers(device="cpu"),
         "2 processes": _blockers(processes=2),
