@@ -2,6 +2,7 @@
 latent-cache phases timed alone (the time-to-LoRA harness times them only together).
 
     python -m benchmarks.startup_probe [pairs=512] [work_dir=/tmp/startup-probe] [out=PATH.json]
+        [parts=vae [compile=0]]   (the VAE variants only; compile=0 leaves out the compiled one)
 
 Pieces: importing the trainer; loading the model's components; validating the set (every image decoded, as
 ``train`` does before any weights load); decoding the images through the latent cache's DataLoader alone; the VAE
@@ -53,10 +54,11 @@ def vae_variants(results: dict, vae_fp32, device: str, batch: int = 32, compiled
     """The VAE encoder alone at ``batch`` images of 512 px: bf16 / fp16, NCHW / channels_last, eager / compiled;
     and one GroupNorm + SiLU of the first block's shape in both layouts (cuDNN autotuned)."""
     torch.backends.cudnn.benchmark = True
-    base = copy.deepcopy(vae_fp32).to(device=device, dtype=torch.bfloat16)
+    counted = copy.deepcopy(vae_fp32).to(device=device, dtype=torch.bfloat16)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        base.encode(torch.zeros(1, 3, 512, 512, device=device, dtype=torch.bfloat16))
+        counted.encode(torch.zeros(1, 3, 512, 512, device=device, dtype=torch.bfloat16))
     flops = counter.get_total_flops()
+    del counted  # only for the count: the variants below each make their own copy
     results["vae_encoder_tflop_per_image"] = round(flops / 1e12, 3)
     for name, dtype, layout, compiled in (
             ("bf16_nchw", torch.bfloat16, torch.contiguous_format, False),
