@@ -11,8 +11,9 @@ Python flag read while capturing, so the graph holds the reference kernels witho
 kernels with them), the policy forward (with the trained text encoder's, when there is one), the DPO loss and
 retain anchor, the backward; then gradient clipping and the AdamW update. The step's draws (pair indices, noise,
 timesteps, prompt-dropout flags; the retain draws) are drawn on the host exactly as in the eager step and copied
-into static input tensors before each replay (training/step.py: copy_draws_); the metrics and the pre-clipping gradient norm come out as one static (M,)
-tensor that ``MetricAccumulator.add_vector`` adds into a sum of its own on the device.
+into static input tensors before each replay (training/step.py: copy_draws_); the metrics and the pre-clipping
+gradient norm come out as one static (M,) tensor that ``MetricAccumulator.add_vector`` adds into a sum of its own
+on the device.
 
 It follows PyTorch's whole-network capture recipe (torch.cuda graph notes, "Whole-network capture"):
 
