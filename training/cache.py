@@ -239,12 +239,13 @@ def _decode_workers() -> int:
 def encode_pair_latents_batched(components: DiffusionComponents, pairs: PreferencePairs, device, precision: str,
                                 workers: int | None = None, show_progress: bool = True) -> torch.Tensor:
     """(N, 2, C, h, w) float32 latents of every pair (winner, loser), at GPU speed: DataLoader workers decode the
-    images (uint8, pinned) while the GPU encodes the previous batch; the VAE runs as a ``precision`` copy in
-    channels_last on large batches. Pixels are the fp32 path's exactly ((x / 127.5 - 1) in fp32, then cast); in fp32
+    images (uint8, pinned) while the GPU encodes the previous batch; the VAE runs as a ``precision`` copy on large
+    batches, in the default NCHW layout: its GroupNorm + SiLU run about 3x slower in channels_last, which made the
+    whole encoder 117 against 167 images/s at 512 px on an H100 (benchmarks/startup_probe.py). Pixels are the fp32 path's exactly ((x / 127.5 - 1) in fp32, then cast); in fp32
     the latents equal encode_image_batches' to float32 rounding, in bf16 to bf16 rounding (tests/training)."""
     device = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-    encoder = copy.deepcopy(components.vae).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    encoder = copy.deepcopy(components.vae).to(device=device, dtype=dtype)
     pairs_per_call = max(1, PIXELS_PER_BATCHED_CALL // (2 * components.resolution ** 2))
     workers = _decode_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
@@ -256,8 +257,7 @@ def encode_pair_latents_batched(components: DiffusionComponents, pairs: Preferen
     try:
         for images in tqdm(loader, desc="caching latents", disable=not show_progress):  # (k, 2, 3, H, W) uint8
             pixels = images.to(device, non_blocking=True).flatten(0, 1).float().div(127.5).sub(1.0)
-            pixels = pixels.to(dtype).contiguous(memory_format=torch.channels_last)
-            chunks.append(encode_images(encoder, pixels).unflatten(0, (-1, 2)))  # float32 on the device
+            chunks.append(encode_images(encoder, pixels.to(dtype)).unflatten(0, (-1, 2)))  # float32 on the device
     finally:
         torch.backends.cudnn.benchmark = benchmark
     return torch.cat(chunks).cpu()  # the one host sync of the pass
