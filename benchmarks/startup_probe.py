@@ -6,8 +6,9 @@ latent-cache phases timed alone (the time-to-LoRA harness times them only togeth
 
 Pieces: importing the trainer; loading the model's components; validating the set (every image decoded, as
 ``train`` does before any weights load); decoding the images through the latent cache's DataLoader alone; the VAE
-encoder alone on ready pixels at a few batch sizes (bf16, channels_last, cuDNN autotuned; images/s after a warm-up
-call, with the encoder's FLOPs for the rate in TFLOP/s); and the whole batched latent cache of the set.
+encoder alone on ready pixels in a few variants (bf16 / fp16, NCHW / channels_last, eager / compiled; cuDNN
+autotuned; images/s after a warm-up call, with the encoder's FLOPs for the rate in TFLOP/s); and the whole batched
+latent cache of the set.
 """
 
 from __future__ import annotations
