@@ -112,7 +112,8 @@ class Tracker(TrainerCallback):
 
 
 class ProgressBar(TrainerCallback):
-    """The training progress bar (``train.progress_bar``, main process): loss, accuracy and pairs/s per log."""
+    """The training progress bar (``train.progress_bar``, main process): loss, accuracy, and per log two rates:
+    ``pairs_s`` (steady, over the last interval) and ``pairs_s_wall`` (over the run's wall time so far)."""
 
     def __init__(self, show: bool) -> None:
         self.show = show
@@ -129,7 +130,8 @@ class ProgressBar(TrainerCallback):
         # The first interval holds the first step's compiling and warm-up: its rate is labelled as such, and the
         # steady rate appears from the second interval on.
         first = len(trainer.clock.timed) == 1
-        rate = {"pairs_s_first_interval" if first else "pairs_s": f"{values['pairs_per_s']:.1f}"}
+        rate = {"pairs_s_first_interval" if first else "pairs_s": f"{values['pairs_per_s']:.1f}",
+                "pairs_s_wall": f"{values['pairs_per_s_wall']:.1f}"}
         self.bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values.get('implicit_accuracy', 0):.2f}", **rate)
 
     def on_steps_end(self, trainer, done: int) -> None:

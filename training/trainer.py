@@ -727,6 +727,10 @@ class Trainer:
         steps, elapsed = self.clock.close()
         values["lr"] = self.lr_scheduler.get_last_lr()[0]
         values["pairs_per_s"] = steps * self.layout.pairs_per_step / max(elapsed, 1e-9)
+        # What a user waits for: the pairs this process trained over its whole wall time, start-up, caching,
+        # compiling and the reference pass included (pairs_per_s above is this interval's steady rate).
+        values["pairs_per_s_wall"] = (done - self.start_step) * self.layout.pairs_per_step / max(self.since_start(),
+                                                                                                   1e-9)
         if not all_finite({"loss": values.get("loss", 0.0)}):
             good = list_checkpoints(self.checkpoint_root)
             raise TrainingDiverged(

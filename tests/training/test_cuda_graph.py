@@ -136,7 +136,7 @@ def test_static_step_resume_matches_uninterrupted(tiny_sd15_path, tiny_set, tmp_
 def _all_metrics(run_dir) -> dict[int, dict[str, float]]:
     from training.metrics import read_metrics
 
-    return {r["step"]: {k: v for k, v in r.items() if k not in ("step", "pairs_per_s")}
+    return {r["step"]: {k: v for k, v in r.items() if k not in ("step", "pairs_per_s", "pairs_per_s_wall")}
             for r in read_metrics(run_dir / "lora" / "metrics.jsonl")}
 
 
