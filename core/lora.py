@@ -102,7 +102,7 @@ def lora_parameters(unet) -> dict[str, torch.Tensor]:
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHT_NAME = "adapter_model.safetensors"
 # The prefix of a ``PeftModel``'s state-dict keys: the wrapper's ``base_model`` (LoraModel), then its ``model``.
-_PEFT_KEY_PREFIX = "base_model.model."
+PEFT_KEY_PREFIX = "base_model.model."
 
 
 def save_lora(folder: str | Path, unet, family: str, text_encoder=None) -> Path:
@@ -142,11 +142,11 @@ def save_lora(folder: str | Path, unet, family: str, text_encoder=None) -> Path:
         **text,
     )
     config.save_pretrained(str(folder))
-    save_file({_PEFT_KEY_PREFIX + k: v for k, v in peft_layers.items()}, str(Path(folder) / PEFT_WEIGHT_NAME),
+    save_file({PEFT_KEY_PREFIX + k: v for k, v in peft_layers.items()}, str(Path(folder) / PEFT_WEIGHT_NAME),
               metadata={"format": "pt"})
     if text_encoder is not None:
         (Path(folder) / "text_encoder").mkdir(exist_ok=True)
         text_encoder.peft_config.save_pretrained(str(Path(folder) / "text_encoder"))
-        save_file({_PEFT_KEY_PREFIX + k: v for k, v in text_layers.items()},
+        save_file({PEFT_KEY_PREFIX + k: v for k, v in text_layers.items()},
                   str(Path(folder) / "text_encoder" / PEFT_WEIGHT_NAME), metadata={"format": "pt"})
     return Path(folder) / LORA_WEIGHT_NAME

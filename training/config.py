@@ -123,7 +123,9 @@ class TrainConfig:
     init_lora: Optional[str] = field(default=None, metadata={
         "help": "Start from this LoRA (folder or .safetensors of an earlier `make train`) instead of B = 0: a later "
                 "round of iterative DPO on pairs curated from the aligned model (curate.lora). The reference stays "
-                "the base model; its rank, alpha and target modules must match train.lora."})
+                "the base model; its rank, alpha and target modules must match train.lora, and a text encoder "
+                "LoRA in it (text_encoder/) is continued when train.lora.text_encoder_modules names the same "
+                "modules."})
 
     # --- objective --------------------------------------------------------------------------------
     loss_type: Literal["sigmoid", "hinge", "ipo", "sft"] = field(default="sigmoid", metadata={

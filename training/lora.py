@@ -17,6 +17,7 @@ from core.errors import ConfigError
 from core.lora import (  # noqa: F401  (re-exported: the trainer's modules and tests import them from here)
     ADAPTER_NAME,
     PEFT_CONFIG_NAME,
+    PEFT_KEY_PREFIX,
     PEFT_WEIGHT_NAME,
     adapters_disabled,
     add_lora_adapter,
@@ -65,15 +66,39 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return convert_unet_state_dict_to_peft(layers), config
 
 
+def read_text_encoder_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The text encoder's LoRA of a LoRA folder that :func:`save_lora` wrote with one (``text_encoder/``: peft's
+    weights and adapter config): (weights with peft key names, the adapter config), or None when the folder has
+    none. ``path``: the folder or its diffusers file, as ``train.init_lora`` takes it."""
+    path = Path(path)
+    folder = (path if path.is_dir() else path.parent) / "text_encoder"
+    weights, config_file = folder / PEFT_WEIGHT_NAME, folder / PEFT_CONFIG_NAME
+    if not weights.is_file():
+        return None
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            state = {k[len(PEFT_KEY_PREFIX):] if k.startswith(PEFT_KEY_PREFIX) else k: handle.get_tensor(k)
+                     for k in handle.keys()}
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"text encoder LoRA {folder} is not readable: {exc}") from exc
+    return state, config
+
+
+def check_lora_settings(config: dict, settings: LoraSettings, path: str | Path, what: str = "") -> None:
+    """The rank and alpha of a saved adapter ``config`` against the run's ``train.lora``."""
+    for key, ours in (("r", settings.rank), ("lora_alpha", settings.alpha)):
+        if key in config and float(config[key]) != float(ours):
+            raise ConfigError(f"train.init_lora {path}: its {what}{key} is {config[key]}, train.lora asks for "
+                              f"{ours}; set train.lora to match the LoRA you start from")
+
+
 def init_lora_from(unet, lora: tuple[dict[str, torch.Tensor], dict], settings: LoraSettings, path: str | Path) -> None:
     """Start training from an existing LoRA (e.g. the previous round of iterative DPO): ``lora`` as
     :func:`read_lora_file` returns it for ``path`` is loaded into the freshly added adapter, whose rank,
     alpha and targets must match it. The reference of the DPO loss stays the base model (adapter off)."""
     state, config = lora
-    for key, ours in (("r", settings.rank), ("lora_alpha", settings.alpha)):
-        if key in config and float(config[key]) != float(ours):
-            raise ConfigError(f"train.init_lora {path}: its {key} is {config[key]}, train.lora asks for {ours}; "
-                              "set train.lora to match the LoRA you start from")
+    check_lora_settings(config, settings, path)
     own = set(lora_parameters(unet))
     missing = sorted(own - set(state))
     if missing:

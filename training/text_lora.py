@@ -57,6 +57,10 @@ class TextEncoderLora(torch.nn.Module):
         return get_peft_model_state_dict(self.encoder, adapter_name=ADAPTER_NAME)
 
     def load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.lora_state()) - set(state))
+        if missing:
+            raise ConfigError(f"the text encoder's LoRA does not match this config: it lacks {len(missing)} of the "
+                              f"adapter's weights, e.g. {missing[:3]}")
         result = set_peft_model_state_dict(self.encoder, state, adapter_name=ADAPTER_NAME)
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:

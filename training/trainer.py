@@ -60,7 +60,8 @@ from training.graph import (
     CapturedStep, graph_blockers, optimizer_flags, resolve_cuda_graph, restore_optimizer_flags, source_blockers,
 )
 from training.kernels import KernelOptions
-from training.lora import add_lora, export_merged_unet, init_lora_from, read_lora_file, save_lora
+from training.lora import (PEFT_WEIGHT_NAME, add_lora, check_lora_settings, export_merged_unet, init_lora_from,
+                           read_lora_file, read_text_encoder_lora, save_lora)
 from training.text_lora import TextEncoderLora
 from training.metrics import MetricAccumulator, all_finite
 from training.models import NoiseSchedule, caption_token_ids, load_components
@@ -112,6 +113,7 @@ class RunInputs:
     pairs: PreferencePairs
     per_pair: dict[str, torch.Tensor]  # (N,) values of the per-pair options set anywhere (rpo_alpha, ...)
     init_lora: tuple | None  # (tensors, metadata) of train.init_lora, applied after add_lora
+    init_text_lora: tuple | None  # (tensors, adapter config) of its text encoder's LoRA, when the run trains one
     retain: RetainImages | None
 
 
@@ -127,8 +129,33 @@ def check_inputs(cfg: TrainConfig) -> RunInputs:
     per_pair = per_pair_options(cfg, pairs)
     # Read here, so a missing or unreadable LoRA fails before any weights load; used after add_lora.
     init_lora = read_lora_file(cfg.init_lora) if cfg.init_lora else None
+    init_text_lora = read_init_text_lora(cfg)
     retain = load_retain(cfg.retain.data, resolution) if cfg.retain.weight > 0 else None
-    return RunInputs(family, pairs, per_pair, init_lora, retain)
+    return RunInputs(family, pairs, per_pair, init_lora, init_text_lora, retain)
+
+
+def read_init_text_lora(cfg: TrainConfig) -> tuple | None:
+    """The text encoder's LoRA of ``train.init_lora``. A run that trains one continues the saved one, which must
+    exist and match; a run that trains none may not start from a LoRA that has one (it would drop half of it)."""
+    if not cfg.init_lora:
+        return None
+    text = read_text_encoder_lora(cfg.init_lora)
+    modules = cfg.lora.text_encoder_modules
+    if text is None and modules:
+        raise ConfigError(f"train.init_lora {cfg.init_lora} has no text encoder LoRA (text_encoder/"
+                          f"{PEFT_WEIGHT_NAME}), and train.lora.text_encoder_modules asks to train one; start from a "
+                          "LoRA trained with the same modules, or leave text_encoder_modules empty")
+    if text is not None and not modules:
+        raise ConfigError(f"train.init_lora {cfg.init_lora} holds a text encoder LoRA, which this run would drop: set "
+                          f"train.lora.text_encoder_modules to {sorted(text[1].get('target_modules') or [])} to "
+                          "continue it")
+    if text is not None:
+        check_lora_settings(text[1], cfg.lora, cfg.init_lora, "text encoder's ")
+        saved = set(text[1].get("target_modules") or modules)
+        if saved != set(modules):
+            raise ConfigError(f"train.init_lora {cfg.init_lora}: its text encoder LoRA is on {sorted(saved)}, "
+                              f"train.lora.text_encoder_modules asks for {sorted(modules)}; set them to match")
+    return text
 
 
 def check_text_lora(cfg: TrainConfig, family: str, pairs: PreferencePairs) -> None:
@@ -139,9 +166,6 @@ def check_text_lora(cfg: TrainConfig, family: str, pairs: PreferencePairs) -> No
         raise ConfigError("train.lora.text_encoder_modules: a text-encoder LoRA is trained for SD1.x/2.x models only; "
                           "this model is SDXL (two encoders and pooled states); leave it empty")
     _check_risks_present("lora.text_encoder_risks", cfg.lora.text_encoder_risks, pairs, cfg.data)
-    if cfg.init_lora:
-        raise ConfigError("train.init_lora with train.lora.text_encoder_modules: starting from a LoRA loads its UNet "
-                          "layers only; leave one of them unset")
     if cfg.export_merged_unet:
         raise ConfigError("train.export_merged_unet with train.lora.text_encoder_modules: a merged UNet alone would "
                           "drop the text encoder's LoRA; load the LoRA folder with load_lora_weights instead")
@@ -447,6 +471,8 @@ class Trainer:
             self.params += text.trainable_parameters()
         if self.inputs.init_lora is not None:
             init_lora_from(unet, self.inputs.init_lora, cfg.lora, cfg.init_lora)
+        if self.inputs.init_text_lora is not None:
+            text.load_lora_state(self.inputs.init_text_lora[0])
         self.fused_lora_layers = install_fused_lora(unet) if self.run_cfg.use_fused_lora(device.type) else 0
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()

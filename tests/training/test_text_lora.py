@@ -85,7 +85,7 @@ def test_resume_with_text_lora_matches_uninterrupted_run(tiny_sd15_path, tiny_se
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("init_lora={lora}", "init_lora"),
+    ("init_lora={lora}", "has no text encoder LoRA"),
     ("export_merged_unet=true", "export_merged_unet"),
     ("cache_latents=false", "cache_latents"),
 ])
@@ -157,3 +157,33 @@ def test_heldout_accuracy_refuses_a_lora_with_text_encoder_layers(tiny_sd15_path
     train(tiny_config(tiny_sd15_path, tiny_set, run, TEXT_MODULES))
     with pytest.raises(ConfigError, match="text-encoder LoRA layers"):
         heldout_implicit_accuracy(tiny_sd15_path, run / "lora", tiny_set, draws=1)
+
+
+def test_a_later_round_continues_the_text_encoder_lora(tiny_sd15_path, tiny_set, tmp_path):
+    """train.init_lora from a LoRA with a text encoder part: both parts start where the first round ended (at a
+    learning rate of 1e-12 the second round saves them as they were), and the first step is no longer at the
+    reference."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "learning_rate=1e-2"))
+    train(tiny_config(tiny_sd15_path, tiny_set, second, TEXT_MODULES, "learning_rate=1e-12", "lr_warmup_steps=0",
+                      "log_every=1", f"init_lora={first / 'lora'}"))
+    start, end = _text_lora_state(first), _text_lora_state(second)
+    assert start.keys() == end.keys() and any(v.abs().sum() > 0 for k, v in start.items() if "lora_B" in k)
+    for key in start:
+        torch.testing.assert_close(end[key], start[key], rtol=0, atol=1e-8)
+    from tests.training.test_train import _losses
+
+    assert _losses(second)[1] != pytest.approx(_losses(first)[1], abs=1e-6)  # policy != reference at step 1
+
+
+@pytest.mark.parametrize("modules, message", [
+    ("lora.text_encoder_modules=[]", "holds a text encoder LoRA"),
+    ("lora.text_encoder_modules=[q_proj,v_proj]", "its text encoder LoRA is on"),
+])
+def test_a_text_lora_that_does_not_match_init_lora_fails_before_loading(tiny_sd15_path, tiny_set, tmp_path, modules,
+                                                                        message):
+    first = tmp_path / "first"
+    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "max_train_steps=1"))
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", modules, f"init_lora={first / 'lora'}")
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
