@@ -240,9 +240,10 @@ def encode_pair_latents_batched(components: DiffusionComponents, pairs: Preferen
                                 workers: int | None = None, show_progress: bool = True) -> torch.Tensor:
     """(N, 2, C, h, w) float32 latents of every pair (winner, loser), at GPU speed: DataLoader workers decode the
     images (uint8, pinned) while the GPU encodes the previous batch; the VAE runs as a ``precision`` copy on large
-    batches, in the default NCHW layout: its GroupNorm + SiLU run about 3x slower in channels_last, which made the
-    whole encoder 117 against 167 images/s at 512 px on an H100 (benchmarks/startup_probe.py). Pixels are the fp32 path's exactly ((x / 127.5 - 1) in fp32, then cast); in fp32
-    the latents equal encode_image_batches' to float32 rounding, in bf16 to bf16 rounding (tests/training)."""
+    batches in NCHW, since its GroupNorm + SiLU run about 3x slower on channels_last activations
+    (``python -m benchmarks.startup_probe parts=vae``). Pixels are the fp32 path's exactly ((x / 127.5 - 1) in fp32,
+    then cast); in fp32 the latents equal encode_image_batches' to float32 rounding, in bf16 to bf16 rounding
+    (tests/training)."""
     device = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     encoder = copy.deepcopy(components.vae).to(device=device, dtype=dtype)
