@@ -188,7 +188,7 @@ class TrainConfig:
     cache_latents: bool = field(default=True, metadata={
         "help": "Encode VAE latents and text embeddings once, before training (false: every step)."})
     latent_cache_dtype: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
-        "help": "Precision of the VAE while it fills the latent cache. auto: bf16 on CUDA (batched, channels_last, "
+        "help": "Precision of the VAE while it fills the latent cache. auto: bf16 on CUDA (batched, NCHW, "
                 "images decoded by DataLoader workers; latents within bf16 rounding of fp32), fp32 elsewhere; the "
                 "cache key says which, so the two never mix."})
     gradient_checkpointing: bool = field(default=False, metadata={

@@ -68,18 +68,31 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def read_text_encoder_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
     """The text encoder's LoRA of a LoRA folder that :func:`save_lora` wrote with one (``text_encoder/``: peft's
-    weights and adapter config): (weights with peft key names, the adapter config), or None when the folder has
-    none. ``path``: the folder or its diffusers file, as ``train.init_lora`` takes it."""
+    weights and adapter config): (weights with peft key names, the adapter config), or None when the LoRA has
+    none. ``path``: the folder or its diffusers file, as ``train.init_lora`` takes it. A diffusers file with
+    ``text_encoder.`` layers but no peft folder beside it is a ConfigError: its text half cannot be continued."""
     path = Path(path)
-    folder = (path if path.is_dir() else path.parent) / "text_encoder"
+    weights_file = lora_weights_file(path, "give a LoRA folder written by `make train`")
+    folder = weights_file.parent / "text_encoder"
     weights, config_file = folder / PEFT_WEIGHT_NAME, folder / PEFT_CONFIG_NAME
-    if not weights.is_file():
+    if weights_file.name != LORA_WEIGHT_NAME or not weights.is_file():
+        try:
+            with safe_open(str(weights_file), "pt") as handle:
+                has_text = any(k.startswith("text_encoder.") for k in handle.keys())
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"LoRA file {weights_file} is not a readable safetensors file: {exc}") from exc
+        if has_text:
+            raise ConfigError(f"LoRA file {weights_file} holds text encoder layers, but not the peft copy that "
+                              f"`make train` writes beside it ({folder}/{PEFT_WEIGHT_NAME} and "
+                              f"{PEFT_CONFIG_NAME}); give the whole LoRA folder")
         return None
+    if not config_file.is_file():
+        raise ConfigError(f"text encoder LoRA {folder} has no {PEFT_CONFIG_NAME} (its rank, alpha and modules)")
     try:
         with safe_open(str(weights), "pt") as handle:
             state = {k[len(PEFT_KEY_PREFIX):] if k.startswith(PEFT_KEY_PREFIX) else k: handle.get_tensor(k)
                      for k in handle.keys()}
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        config = json.loads(config_file.read_text())
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"text encoder LoRA {folder} is not readable: {exc}") from exc
     return state, config

@@ -147,11 +147,12 @@ def read_init_text_lora(cfg: TrainConfig) -> tuple | None:
                           "LoRA trained with the same modules, or leave text_encoder_modules empty")
     if text is not None and not modules:
         raise ConfigError(f"train.init_lora {cfg.init_lora} holds a text encoder LoRA, which this run would drop: set "
-                          f"train.lora.text_encoder_modules to {sorted(text[1].get('target_modules') or [])} to "
+                          f"train.lora.text_encoder_modules to {text[1].get('target_modules')} to "
                           "continue it")
     if text is not None:
         check_lora_settings(text[1], cfg.lora, cfg.init_lora, "text encoder's ")
-        saved = set(text[1].get("target_modules") or modules)
+        targets = text[1].get("target_modules") or []
+        saved = {targets} if isinstance(targets, str) else set(targets)  # peft also takes one regex string
         if saved != set(modules):
             raise ConfigError(f"train.init_lora {cfg.init_lora}: its text encoder LoRA is on {sorted(saved)}, "
                               f"train.lora.text_encoder_modules asks for {sorted(modules)}; set them to match")

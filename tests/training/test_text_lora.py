@@ -187,3 +187,19 @@ def test_a_text_lora_that_does_not_match_init_lora_fails_before_loading(tiny_sd1
     cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", modules, f"init_lora={first / 'lora'}")
     with pytest.raises(ConfigError, match=message):
         train(cfg)
+
+
+def test_a_diffusers_file_alone_with_text_layers_is_refused(tiny_sd15_path, tiny_set, tmp_path):
+    """A LoRA file copied without its text_encoder/ folder: its text half could be neither continued nor dropped
+    silently, so both kinds of run stop before loading."""
+    import shutil
+
+    first = tmp_path / "first"
+    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "max_train_steps=1"))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(first / "lora" / "pytorch_lora_weights.safetensors", alone / "pytorch_lora_weights.safetensors")
+    for modules in (TEXT_MODULES, "lora.text_encoder_modules=[]"):
+        cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", modules, f"init_lora={alone}")
+        with pytest.raises(ConfigError, match="holds text encoder layers"):
+            train(cfg)
