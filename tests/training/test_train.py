@@ -147,7 +147,11 @@ def test_reference_switch_is_diffusers_disable_adapters(tiny_sd15_path):
     unet.enable_adapters()
 
 
-def test_resume_matches_uninterrupted_run(tiny_sd15_path, tiny_set, tmp_path):
+def test_resume_matches_uninterrupted_run(tiny_sd15_path, tiny_set, tmp_path, monkeypatch):
+    from training.trainer import Trainer
+
+    # Every process "has run 10 s" at each log: the wall rate then shows which steps it counts.
+    monkeypatch.setattr(Trainer, "since_start", lambda self: 10.0)
     common = ("max_train_steps=4", "checkpoint_every=2", "lr_scheduler=linear", "lr_warmup_steps=1")
     full = tmp_path / "full"
     train(tiny_config(tiny_sd15_path, tiny_set, full, *common))
@@ -161,6 +165,10 @@ def test_resume_matches_uninterrupted_run(tiny_sd15_path, tiny_set, tmp_path):
     for step in (3, 4):
         assert parted_losses[step] == pytest.approx(full_losses[step], abs=1e-6)
     _assert_same_lora(_lora(full), _lora(parted), atol=1e-6)
+    # The resumed process trained steps 3-4 only: its wall rate counts those, not the steps before the resume.
+    wall = _losses(parted, "pairs_per_s_wall")
+    assert wall[4] == pytest.approx(2 * summary["pairs_per_step"] / 10.0)
+    assert _losses(full, "pairs_per_s_wall")[4] == pytest.approx(4 * summary["pairs_per_step"] / 10.0)
 
 
 def test_accumulation_matches_larger_batch(tiny_sd15_path, tiny_set, tmp_path):
