@@ -45,6 +45,16 @@ def test_unknown_text_encoder_module_is_a_config_error(tiny_sd15_path):
         TextEncoderLora(pipe.text_encoder, rank=4, alpha=4, target_modules=["no_such_proj"])
 
 
+def test_loading_a_text_lora_state_that_lacks_weights_is_a_config_error(tiny_sd15_path):
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_path))
+    text = TextEncoderLora(pipe.text_encoder, rank=4, alpha=4, target_modules=["q_proj", "v_proj"])
+    state = text.lora_state()
+    text.load_lora_state(state)  # its own state loads
+    partial = {k: v for k, v in state.items() if "q_proj" not in k}
+    with pytest.raises(ConfigError, match="lacks"):
+        text.load_lora_state(partial)
+
+
 def test_trained_text_lora_is_saved_and_loads_with_stock_load_lora_weights(tiny_sd15_path, tiny_set, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_config(tiny_sd15_path, tiny_set, run, TEXT_MODULES, "learning_rate=1e-2"))
