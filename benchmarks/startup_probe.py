@@ -61,11 +61,12 @@ def vae_variants(results: dict, vae_fp32, device: str, batch: int = 32, compiled
     flops = counter.get_total_flops()
     del counted  # only for the count: the variants below each make their own copy
     results["vae_encoder_tflop_per_image"] = round(flops / 1e12, 3)
-    for name, dtype, layout, compiled in (
-            ("bf16_nchw", torch.bfloat16, torch.contiguous_format, False),
-            ("bf16_channels_last", torch.bfloat16, torch.channels_last, False),
-            ("fp16_nchw", torch.float16, torch.contiguous_format, False),
-            *((("bf16_nchw_compiled", torch.bfloat16, torch.contiguous_format, True),) if compiled_variant else ())):
+    variants = [("bf16_nchw", torch.bfloat16, torch.contiguous_format, False),
+                ("bf16_channels_last", torch.bfloat16, torch.channels_last, False),
+                ("fp16_nchw", torch.float16, torch.contiguous_format, False)]
+    if compiled_variant:
+        variants.append(("bf16_nchw_compiled", torch.bfloat16, torch.contiguous_format, True))
+    for name, dtype, layout, compiled in variants:
         vae = copy.deepcopy(vae_fp32).to(device=device, dtype=dtype, memory_format=layout)
         if compiled:
             vae.encoder = torch.compile(vae.encoder)

@@ -310,6 +310,12 @@ class Trainer:
         self.timeline[f"{name}_done"] = self.since_start()
         self._fire("on_phase_end", name, self.phase_seconds[name])
 
+    def pairs_per_s_wall(self, done: int, seconds: float) -> float:
+        """What a user waits for: the pair visits this process trained up to step ``done`` over its wall time
+        ``seconds`` (start-up, caching, compiling and the reference pass included; a resumed process counts the
+        steps after its resume only)."""
+        return (done - self.start_step) * self.layout.pairs_per_step / max(seconds, 1e-9)
+
     def since_start(self) -> float:
         """Seconds of wall time since this process started."""
         return time.time() - self.process_start
@@ -754,10 +760,7 @@ class Trainer:
         steps, elapsed = self.clock.close()
         values["lr"] = self.lr_scheduler.get_last_lr()[0]
         values["pairs_per_s"] = steps * self.layout.pairs_per_step / max(elapsed, 1e-9)
-        # What a user waits for: the pairs this process trained over its whole wall time, start-up, caching,
-        # compiling and the reference pass included (pairs_per_s above is this interval's steady rate).
-        values["pairs_per_s_wall"] = (done - self.start_step) * self.layout.pairs_per_step / max(self.since_start(),
-                                                                                                   1e-9)
+        values["pairs_per_s_wall"] = self.pairs_per_s_wall(done, self.since_start())
         if not all_finite({"loss": values.get("loss", 0.0)}):
             good = list_checkpoints(self.checkpoint_root)
             raise TrainingDiverged(
@@ -789,10 +792,8 @@ class Trainer:
             "reference_cache": self.reference_pass.as_dict() if self.reference_pass is not None else None,
             "prediction_type": self.prediction_type,
             "pairs_per_s": self.clock.steady_pairs_per_s(layout.pairs_per_step),
-            # Pair visits trained by this process over its whole wall time so far: start-up, caching, compiling and
-            # the reference pass included.
-            "pairs_per_s_wall": ((cfg.max_train_steps - self.start_step) * layout.pairs_per_step
-                                 / max(self.timeline.get("steps_done", self.since_start()), 1e-9)),
+            "pairs_per_s_wall": self.pairs_per_s_wall(cfg.max_train_steps,
+                                                      self.timeline.get("steps_done", self.since_start())),
             "compile": {
                 "setting": cfg.compile_unet, "mode": self.compile_mode,
                 "decisions": [d.as_dict() for d in self.compile_decisions],

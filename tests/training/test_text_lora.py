@@ -169,12 +169,19 @@ def test_heldout_accuracy_refuses_a_lora_with_text_encoder_layers(tiny_sd15_path
         heldout_implicit_accuracy(tiny_sd15_path, run / "lora", tiny_set, draws=1)
 
 
-def test_a_later_round_continues_the_text_encoder_lora(tiny_sd15_path, tiny_set, tmp_path):
+@pytest.fixture(scope="module")
+def text_first_round(tiny_sd15_path, tiny_set, tmp_path_factory):
+    """A first round's output folder with a trained text encoder LoRA (non-zero B), shared by the init_lora tests."""
+    first = tmp_path_factory.mktemp("text_round1")
+    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "learning_rate=1e-2"))
+    return first
+
+
+def test_a_later_round_continues_the_text_encoder_lora(tiny_sd15_path, tiny_set, text_first_round, tmp_path):
     """train.init_lora from a LoRA with a text encoder part: both parts start where the first round ended (at a
     learning rate of 1e-12 the second round saves them as they were), and the first step is no longer at the
     reference."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "learning_rate=1e-2"))
+    first, second = text_first_round, tmp_path / "second"
     train(tiny_config(tiny_sd15_path, tiny_set, second, TEXT_MODULES, "learning_rate=1e-12", "lr_warmup_steps=0",
                       "log_every=1", f"init_lora={first / 'lora'}"))
     start, end = _text_lora_state(first), _text_lora_state(second)
@@ -190,22 +197,19 @@ def test_a_later_round_continues_the_text_encoder_lora(tiny_sd15_path, tiny_set,
     ("lora.text_encoder_modules=[]", "holds a text encoder LoRA"),
     ("lora.text_encoder_modules=[q_proj,v_proj]", "its text encoder LoRA is on"),
 ])
-def test_a_text_lora_that_does_not_match_init_lora_fails_before_loading(tiny_sd15_path, tiny_set, tmp_path, modules,
-                                                                        message):
-    first = tmp_path / "first"
-    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "max_train_steps=1"))
-    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", modules, f"init_lora={first / 'lora'}")
+def test_a_text_lora_that_does_not_match_init_lora_fails_before_loading(tiny_sd15_path, tiny_set, text_first_round,
+                                                                        tmp_path, modules, message):
+    cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", modules, f"init_lora={text_first_round / 'lora'}")
     with pytest.raises(ConfigError, match=message):
         train(cfg)
 
 
-def test_a_diffusers_file_alone_with_text_layers_is_refused(tiny_sd15_path, tiny_set, tmp_path):
+def test_a_diffusers_file_alone_with_text_layers_is_refused(tiny_sd15_path, tiny_set, text_first_round, tmp_path):
     """A LoRA file copied without its text_encoder/ folder: its text half could be neither continued nor dropped
     silently, so both kinds of run stop before loading."""
     import shutil
 
-    first = tmp_path / "first"
-    train(tiny_config(tiny_sd15_path, tiny_set, first, TEXT_MODULES, "max_train_steps=1"))
+    first = text_first_round
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(first / "lora" / "pytorch_lora_weights.safetensors", alone / "pytorch_lora_weights.safetensors")
