@@ -282,6 +282,8 @@ class Trainer:
     # --- the run, top to bottom ------------------------------------------------------------------------------------
 
     def train(self) -> dict:
+        # Seconds from process start to here: interpreter start, imports and config loading (timeline's first mark).
+        self.timeline["train_called"] = self.since_start()
         with self.phase("setup"):
             self.setup()
         with self.phase("caches"):

@@ -84,10 +84,10 @@ def test_summary_has_the_timeline_and_both_rates(tiny_sd15_path, tiny_set, tmp_p
                       "log_every=2")
     summary = json.loads(json.dumps(train(cfg)))
     timeline = summary["timeline_s"]
-    for key in ("setup_done", "caches_done", "model_done", "reference_pass_done", "first_step_done", "steps_done",
+    for key in ("train_called", "setup_done", "caches_done", "model_done", "reference_pass_done", "first_step_done", "steps_done",
                 "latent_cache_s", "reference_pass_s"):
         assert key in timeline, key
-    assert 0 < timeline["setup_done"] <= timeline["first_step_done"] <= timeline["steps_done"]
+    assert 0 < timeline["train_called"] < timeline["setup_done"] <= timeline["first_step_done"] <= timeline["steps_done"]
     assert summary["pairs_per_s_wall"] > 0 and summary["pairs_per_s"] > summary["pairs_per_s_wall"]
     assert summary["compile"]["mode"] == "none"
     written = json.loads((tmp_path / "run" / "lora" / "training_summary.json").read_text())
