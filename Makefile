@@ -79,13 +79,13 @@ train: setup
 eval: setup
 	$(LAUNCH) evals.evaluate --config $(CONFIG) $(ARGS)
 
-# Concept erasure (ESD-x and ESD-u LoRAs; docs/mitigations.md), in one process: each iteration is a short chain of
-# small UNet calls that would not gain from CPU_PROCS data-parallel processes. Without a GPU, ERASE_THREADS torch
-# threads: the synthetic model's small kernels do not scale over threads, and on the shared 2-core machine two
-# threads took 3.5-4.1 s per ESD-u iteration where one took 0.87 s.
+# Concept erasure (ESD-x and ESD-u LoRAs; docs/mitigations.md): each iteration is a short chain of small UNet calls
+# that would not gain from data-parallel processes. Without a GPU, CPU_PROCS erasures train at once, each in its own
+# process with ERASE_THREADS torch threads: the synthetic model's small kernels do not scale over threads (on the
+# shared 2-core machine two threads took 3.5-4.1 s per ESD-u iteration where one took 0.87 s).
 ERASE_THREADS ?= 1
 erase: setup
-	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(ERASE_THREADS) )$(PY) -m erasure.erase --config $(CONFIG) $(ARGS)
+	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(ERASE_THREADS) )$(PY) -m erasure.erase --config $(CONFIG) $(if $(HAVE_GPU),,processes=$(CPU_PROCS) )$(ARGS)
 
 # Red-teaming (redteam/, docs/redteam.md): prompt attacks on the base, aligned and erased models (REDTEAM_CONFIG), in
 # one process with REDTEAM_THREADS torch threads without a GPU (one: on the shared, loaded 2-core machine two threads

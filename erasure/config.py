@@ -88,6 +88,11 @@ class EraseConfig:
                           "shared unless an erasure sets its own."})
     only: Optional[list[str]] = field(default=None, metadata={
         "help": "Train only these erasures (names of erasures); null: all of them."})
+    processes: int = field(default=1, metadata={
+        "help": "Erasures trained at once, each in its own process (python -m erasure.erase only=[name]); 1: one "
+                "after another in this process. Each erasure's weights are the same either way (its own seed and "
+                "draws). Without a GPU the Makefile sets the core count: one erasure is a chain of small UNet calls "
+                "that one thread runs as fast as two."})
     overwrite: bool = field(default=False, metadata={
         "help": "Replace an output folder that this project did not write (it has no .safe-diffusion-dpo-output "
                 "marker)."})
@@ -141,6 +146,8 @@ class EraseConfig:
             raise ValueError(f"sampling_guidance must be >= 0, got {self.sampling_guidance}")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
         if not self.erasures:
             raise ValueError("erasures must name at least one erasure, e.g. {esd_x: {method: x}}")
         if self.only is not None:

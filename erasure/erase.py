@@ -11,16 +11,23 @@ finishes.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import torch
+import yaml
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from core.cli import StageCLI, resolve_device, run_main
-from core.config import config_name, load_stage_config, write_resolved_config
+from core.config import config_name, load_stage_config, to_dict, write_resolved_config
+from core.errors import PipelineError
 from core.io import atomic_directory, atomic_write_json, atomic_write_text
 from core.lora import add_lora_adapter, save_lora
 from core.models import check_model_dir, load_pipeline
@@ -42,12 +49,37 @@ def erase(cfg: EraseConfig, progress: bool = True) -> dict[str, dict]:
     for name in selected:  # before any work: a folder that may not be replaced stops the run at once
         check_output_dir(cfg.erasures[name].output_dir, cfg.overwrite, f"erase.erasures.{name}.output_dir")
     family = check_model_dir(cfg.model, cfg.variant)
+    if cfg.processes > 1 and len(selected) > 1:
+        return erase_in_processes(cfg, selected)
     device = resolve_device(cfg.device, "erase.device")
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.startswith("cuda"))
     summaries = {}
     for name in selected:
         summaries[name] = erase_one(cfg, cfg.resolved(name), family, device, bf16, progress)
     return summaries
+
+
+def erase_in_processes(cfg: EraseConfig, names: list[str]) -> dict[str, dict]:
+    """Each erasure of ``names`` in its own ``python -m erasure.erase only=[name]`` process, ``cfg.processes`` at a
+    time, on this config (paths resolved); each process writes its folder as a sequential run would. Returns each
+    one's summary (read from its folder); a process that fails is a PipelineError naming the erasures that did."""
+    child = replace(cfg, only=None, processes=1)
+    with tempfile.TemporaryDirectory(prefix="erase-") as tmp:
+        config_file = Path(tmp) / "erase.yaml"
+        atomic_write_text(config_file, yaml.safe_dump({"erase": to_dict(child)}, sort_keys=False))
+
+        def run_one(name: str) -> int:
+            command = [sys.executable, "-m", "erasure.erase", "--config", str(config_file), f"only=[{name}]"]
+            return subprocess.run(command, check=False).returncode
+
+        with ThreadPoolExecutor(max_workers=cfg.processes) as pool:
+            codes = dict(zip(names, pool.map(run_one, names)))
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if failed:
+        raise PipelineError(f"erasure process(es) failed (exit codes {failed}; their errors are above); the other "
+                            "erasures' folders are written")
+    return {name: json.loads((Path(cfg.erasures[name].output_dir) / "erase_summary.json").read_text())
+            for name in names}
 
 
 def erase_one(cfg: EraseConfig, erasure: ResolvedErasure, family: str, device: str, bf16: bool,

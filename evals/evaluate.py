@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from core import plugins
 from core.cli import StageCLI, resolve_device, run_main
@@ -28,7 +29,6 @@ from core.io import atomic_write_json, stable_key
 from core.models import LORA_WEIGHT_NAME, check_model_dir, load_pipeline
 from evals.config import EvalConfig
 from evals.i2p import SCORE_KEYS, clip_rows, ip_rows, load_captions, load_i2p_csv
-from evals.i2p import load_captions, load_i2p_csv
 from evals.metric_rows import ModelImages
 from evals.metrics import sample_size_label
 from evals.mitigation_models import (
@@ -41,7 +41,7 @@ from evals.mitigation_models import (
     esd_dir,
     refusal_read,
 )
-from evals.mitigation_runs import CostBook, Stopwatch, cost_section, generate_sld, run_guarded
+from evals.mitigation_runs import CostBook, GuardedRun, Stopwatch, cost_section, generate_sld, run_guarded
 from evals.prompt_sets import check_disjoint, curation_prompts_from_config, curation_prompts_from_preference_set
 from evals.report import ImageGrid, console_table, write_report
 from evals.runner import (
@@ -53,10 +53,8 @@ from evals.runner import (
 )
 from evals.stack_table import dpo_position, model_bar, refusal_row
 from evals.suite import EvalSuite, eval_suite_of
-from inference.generation import model_fingerprint
-from inference.generation import native_resolution, resolve_batch_size
-from inference.scorers import check_scorer_name
-from inference.scorers import build_scorer
+from inference.generation import model_fingerprint, native_resolution, resolve_batch_size
+from inference.scorers import build_scorer, check_scorer_name
 from inference.speedups import prepare_pipeline, use_fast_paths
 
 
@@ -257,27 +255,39 @@ def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_
             session.use_base()
     refusals: dict[str, list] = {}
     guarded = [name for name in GUARDED_MODELS if name in cfg.models]
+    # A guarded configuration runs whole on one process (the rewriter's group schedule depends on the order of the
+    # prompts it has seen, so splitting one would change it); with several processes the configurations are dealt
+    # out, and every process gets the others' runs afterwards.
+    processes, rank = session.state.num_processes, session.state.process_index
+    mine = [name for i, name in enumerate(guarded) if i % processes == rank]
+    runs: dict[str, GuardedRun] = {}
 
     def run_stack(name, adapter_id):
-        run = run_guarded(session, name, cfg, baseline_items, adapter_id, out_dir or session.store.folder.parent)
+        runs[name] = run_guarded(session, name, cfg, baseline_items, adapter_id,
+                                 out_dir or session.store.folder.parent)
+
+    if "aligned" in variants:
+        session.use_adapter(variants["aligned"].adapter_dir)
+        keys["aligned"] = timed("aligned", items, variants["aligned"], "aligned")
+        if "dpo_stack" in mine:
+            run_stack("dpo_stack", variants["aligned"].adapter_id)
+    if any(name != "dpo_stack" for name in mine):
+        if "aligned" in variants:
+            session.use_base()
+        for name in mine:
+            if name != "dpo_stack":
+                run_stack(name, None)
+    if processes > 1 and guarded:
+        for gathered in gather_object([{name: run.as_dict() for name, run in runs.items()}]):
+            runs.update({name: GuardedRun(**run) for name, run in gathered.items()})
+    for name in guarded:
+        run = runs[name]
         costs.record(name, seconds=run.seconds, images=run.tries if run.generated else 0,
                      requests=len(baseline_items), extra_generations=run.extra_generations, identity=run.identity,
                      per_request=True, outcomes=run.outcomes, latency_ms_by_layer=run.latency_ms)
         keys[name] = spread(run.keys, picked, len(items))
         if name in REFUSING_MODELS or any(run.refusals):
             refusals[name] = spread(run.refusals, picked, len(items))
-
-    if "aligned" in variants:
-        session.use_adapter(variants["aligned"].adapter_dir)
-        keys["aligned"] = timed("aligned", items, variants["aligned"], "aligned")
-        if "dpo_stack" in guarded and session.state.is_main_process:
-            run_stack("dpo_stack", variants["aligned"].adapter_id)
-    if session.state.is_main_process and any(name != "dpo_stack" for name in guarded):
-        if "aligned" in variants:
-            session.use_base()
-        for name in guarded:
-            if name != "dpo_stack":
-                run_stack(name, None)
     order = [name for name in cfg.models if name in keys]
     return Generated({name: keys[name] for name in order}, filter_outcome, refusals)
 

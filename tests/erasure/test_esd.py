@@ -215,3 +215,34 @@ def test_help_lists_every_key(capsys):
         assert len(doc.help) >= 8, doc.key
         assert f"--{doc.key} ({doc.type}" in out, doc.key
         assert " ".join(doc.help.split()) in out, doc.key
+
+
+def _same_weights(one_folder, two_folder) -> bool:
+    from safetensors.torch import load_file
+
+    one, two = load_file(one_folder / LORA_WEIGHT_NAME), load_file(two_folder / LORA_WEIGHT_NAME)
+    return one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one)
+
+
+def test_a_failed_erasure_process_is_reported_and_the_other_one_matches_a_sequential_run(tiny_sd15_path, tmp_path,
+                                                                                          capsys):
+    sequential, parallel = tmp_path / "one", tmp_path / "two"
+    sequential.mkdir(), parallel.mkdir()
+    assert main(["--config", str(_config(sequential, tiny_sd15_path)), "only=[esd_x]"]) == 0
+    (parallel / "blocker").write_text("a file where esd_u's parent folder should be")  # esd_u fails on writing
+    assert main(["--config", str(_config(parallel, tiny_sd15_path)), "processes=2",
+                 f"erasures.esd_u.output_dir={parallel / 'blocker' / 'esd_u'}"]) == 2
+    assert "erasure process(es) failed (exit codes {'esd_u'" in capsys.readouterr().err
+    assert _same_weights(sequential / "esd_x", parallel / "esd_x")
+    assert yaml.safe_load((parallel / "esd_x" / "resolved_config.yaml").read_text())["only"] == ["esd_x"]
+
+
+@pytest.mark.slow
+def test_erasures_in_processes_write_the_same_weights_as_one_after_another(tiny_sd15_path, tmp_path, capsys):
+    sequential, parallel = tmp_path / "one", tmp_path / "two"
+    for folder, processes in ((sequential, 1), (parallel, 2)):
+        folder.mkdir()
+        assert main(["--config", str(_config(folder, tiny_sd15_path)), f"processes={processes}"]) == 0
+    assert capsys.readouterr().out.count("wrote") >= 4
+    for name in ("esd_x", "esd_u"):
+        assert _same_weights(sequential / name, parallel / name)

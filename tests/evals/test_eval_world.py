@@ -243,11 +243,16 @@ def test_two_process_eval_matches_one_process(synthetic_sd_path, synthetic_oracl
                                               tmp_path):
     """`make eval` on a CPU machine runs 2 processes (gloo): each generates its share of the images, the
     main one scores (collectively for the filter baseline, alone for the metrics) and writes the report. The
-    numbers must be those of one process (CLIP scores up to float rounding of the other thread count)."""
+    numbers must be those of one process (CLIP scores up to float rounding of the other thread count). The guarded
+    configurations are dealt out whole, one per process."""
+    from pathlib import Path
+
+    stack = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/compare.yaml").read_text())["eval"]["stack"]
     config = {
         "mode": "synthetic", "model": str(synthetic_sd_path), "oracle_path": str(synthetic_oracle_path),
         "clip_path": str(synthetic_clip_path), "preference_set": str(tmp_path / "none"),
-        "models": ["base", "negative_prompt", "filter_regenerate"], **WORLD_BASELINES,
+        "models": ["base", "negative_prompt", "filter_regenerate", "filter_regenerate_guided", "rewrite"],
+        "stack": stack, **WORLD_BASELINES,
         "families": ["exposure", "neutral"], "prompts_per_family": 3, "seeds_per_prompt": 2,
         "generation": {"steps": 10, "guidance": 1.5, "sampler": "dpmsolver", "batch_size": 4},
         "bootstrap": {"n_boot": 200},
@@ -255,6 +260,9 @@ def test_two_process_eval_matches_one_process(synthetic_sd_path, synthetic_oracl
     one = _run_eval_process(config, tmp_path / "one", 1, 0)
     two = _run_eval_process(config, tmp_path / "two", 2, 29531)
     assert two["filter_baseline"] == one["filter_baseline"]
+    for name in ("filter_regenerate_guided", "rewrite"):
+        assert two["costs"][name]["outcomes"] == one["costs"][name]["outcomes"], name
+        assert two["costs"][name]["extra_generations_per_request"] == one["costs"][name]["extra_generations_per_request"]
     assert [r["id"] for r in two["metrics"]] == [r["id"] for r in one["metrics"]]
     for a, b in zip(one["metrics"], two["metrics"]):
         for model, estimate in a["by_model"].items():
