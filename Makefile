@@ -84,8 +84,9 @@ eval: setup
 # process with ERASE_THREADS torch threads: the synthetic model's small kernels do not scale over threads (on the
 # shared 2-core machine two threads took 3.5-4.1 s per ESD-u iteration where one took 0.87 s).
 ERASE_THREADS ?= 1
+ERASE_PROCESSES := $(if $(HAVE_GPU),,processes=$(CPU_PROCS))
 erase: setup
-	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(ERASE_THREADS) )$(PY) -m erasure.erase --config $(CONFIG) $(if $(HAVE_GPU),,processes=$(CPU_PROCS) )$(ARGS)
+	$(if $(HAVE_GPU),,OMP_NUM_THREADS=$(ERASE_THREADS) )$(PY) -m erasure.erase --config $(CONFIG) $(ERASE_PROCESSES) $(ARGS)
 
 # Red-teaming (redteam/, docs/redteam.md): prompt attacks on the base, aligned and erased models (REDTEAM_CONFIG), in
 # one process with REDTEAM_THREADS torch threads without a GPU (one: on the shared, loaded 2-core machine two threads
