@@ -212,7 +212,7 @@ def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_
                  costs: CostBook | None = None, out_dir: Path | None = None) -> Generated:
     """Image keys per model, in item order (None where a baseline skips the item: ``baseline_seeds_per_prompt``).
     Base-weight configurations first, then each LoRA (erasures, then the DPO LoRA and the stack over it); the guarded
-    configurations run on the main process only, after the others, so no other process waits for them.
+    configurations last, each whole on one process (dealt out over the processes).
     ``costs`` records what each configuration's generation took."""
     costs = costs if costs is not None else CostBook(None)
     picked = baseline_item_indices(items, cfg.baseline_seeds_per_prompt)
