@@ -91,8 +91,8 @@ class EraseConfig:
     processes: int = field(default=1, metadata={
         "help": "Erasures trained at once, each in its own process (python -m erasure.erase only=[name]); 1: one "
                 "after another in this process. Each erasure's weights are the same either way (its own seed and "
-                "draws). Without a GPU the Makefile sets the core count: one erasure is a chain of small UNet calls "
-                "that one thread runs as fast as two."})
+                "draws). Without a GPU the Makefile sets CPU_PROCS (2 where there are 2 or more cores): one erasure is a "
+                "chain of small UNet calls that one thread runs as fast as two."})
     overwrite: bool = field(default=False, metadata={
         "help": "Replace an output folder that this project did not write (it has no .safe-diffusion-dpo-output "
                 "marker)."})
