@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -278,7 +278,7 @@ def generate_all(session: EvalSession, cfg: EvalConfig, items, variants, filter_
             if name != "dpo_stack":
                 run_stack(name, None)
     if processes > 1 and guarded:
-        for gathered in gather_object([{name: run.as_dict() for name, run in runs.items()}]):
+        for gathered in gather_object([{name: asdict(run) for name, run in runs.items()}]):
             runs.update({name: GuardedRun(**run) for name, run in gathered.items()})
     for name in guarded:
         run = runs[name]

@@ -109,10 +109,6 @@ class GuardedRun:
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "generated"}
 
-    def as_dict(self) -> dict:
-        """Every field, ``generated`` included (what another process needs to rebuild it)."""
-        return dict(self.__dict__)
-
 
 def _layer_files(stack) -> dict[str, str | None]:
     """The text of every enabled layer's file, part of the run's identity (a changed blocklist is a new run)."""
