@@ -168,6 +168,9 @@ class TrainConfig:
                 "processes."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    text_encoder_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "Peak learning rate of the text encoder's LoRA (lora.text_encoder_modules), its own AdamW param "
+                "group on the same schedule; null: learning_rate."})
     lr_scheduler: Literal[
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
     ] = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule (diffusers' get_scheduler)."})
@@ -270,6 +273,11 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if self.text_encoder_learning_rate is not None:
+            if not self.lora.text_encoder_modules:
+                raise ValueError("text_encoder_learning_rate needs lora.text_encoder_modules (the text encoder's LoRA)")
+            if not self.text_encoder_learning_rate > 0:
+                raise ValueError(f"text_encoder_learning_rate must be > 0, got {self.text_encoder_learning_rate}")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
         for name in ("lr_warmup_steps", "checkpoint_every", "max_grad_norm", "adam_weight_decay"):
