@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from peft.utils import get_peft_model_state_dict
 
 from core.cli import StageCLI, resolve_device, run_main
 from core.config import config_name, load_stage_config, write_resolved_config
@@ -39,6 +40,18 @@ from redteam.config import RedteamConfig
 from redteam.suite import redteam_suite
 
 MARKER_KIND = "finetuned_lora"
+
+
+class _LoadedTextLora:
+    """The text encoder half as ``core.lora.save_lora`` writes it (peft key names and config), for a text encoder
+    that stock ``load_lora_weights`` gave a LoRA adapter."""
+
+    def __init__(self, text_encoder: torch.nn.Module) -> None:
+        self.text_encoder = text_encoder
+        self.peft_config = text_encoder.peft_config[ADAPTER_NAME]
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        return get_peft_model_state_dict(self.text_encoder, adapter_name=ADAPTER_NAME)
 
 
 def load_config(config_path: str | None, overrides: list[str]) -> RedteamConfig:
@@ -111,7 +124,10 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    # The whole released LoRA trains on: its UNet half and, where the aligned run trained one, its text encoder
+    # half (train.lora.text_encoder_modules), which carries much of what the DPO run changed.
+    text_params = [p for n, p in text_encoder.named_parameters() if "lora_" in n]
+    params = [p for n, p in unet.named_parameters() if "lora_" in n] + text_params
     for p in params:
         p.requires_grad_(True)
         p.data = p.data.float()
@@ -121,12 +137,14 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
         latents = latents * vae.config.scaling_factor
         ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(device)
-        text = torch.cat([text_encoder(ids[i:i + 64])[0] for i in range(0, len(ids), 64)])
+        frozen_text = None if text_params else torch.cat(
+            [text_encoder(ids[i:i + 64])[0] for i in range(0, len(ids), 64)])
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     optimiser = torch.optim.AdamW(params, lr=ft.learning_rate, weight_decay=0.0)
     generator = torch.Generator(device="cpu").manual_seed(ft.seed)
     losses = []
     unet.train()
+    text_encoder.train(bool(text_params))
     train_began = time.perf_counter()
     for step in range(steps):
         index = torch.randint(len(latents), (ft.batch_size,), generator=generator)
@@ -135,8 +153,9 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (ft.batch_size,), generator=generator).to(device)
         noisy = scheduler.add_noise(x0, noise, t)
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=text[index.to(text.device)]).sample.float(),
-                          target.float())
+        states = (text_encoder(ids[index.to(ids.device)])[0] if text_params
+                  else frozen_text[index.to(frozen_text.device)])
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample.float(), target.float())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -144,14 +163,15 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
         if progress and (step + 1) % max(1, steps // 10) == 0:
             print(f"[finetune] step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}", flush=True)
     unet.eval()
+    text_encoder.eval()
     summary = {"lora": ft.lora, "model": cfg.model, "steps": steps, "batch_size": ft.batch_size,
                "image_visits": steps * ft.batch_size, "dpo_pair_visits": visits, "learning_rate": ft.learning_rate,
                "benign_images": len(images), "dropped_images": dropped, "drop_labels": ft.drop_labels,
                "prompts": ft.prompts.family or ft.prompts.path, "first_loss": float(np.mean(losses[:20])),
-               "final_loss": float(np.mean(losses[-20:])), "data_seconds": round(data_seconds, 1),
+               "final_loss": float(np.mean(losses[-20:])), "text_encoder_trained": bool(text_params), "data_seconds": round(data_seconds, 1),
                "train_seconds": round(time.perf_counter() - train_began, 1), "device": device}
     with atomic_directory(ft.output_dir, overwrite=True) as tmp:
-        save_lora(tmp, unet, family)
+        save_lora(tmp, unet, family, _LoadedTextLora(text_encoder) if text_params else None)
         write_marker(tmp, MARKER_KIND)
         write_resolved_config(cfg, tmp)
         atomic_write_json(tmp / "finetune_summary.json", summary)

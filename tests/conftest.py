@@ -65,21 +65,27 @@ def synthetic_oracle_path() -> Path:
     return _require(SYNTHETIC_ORACLE)
 
 
-def make_random_lora(model_path, folder, family="sd"):
-    """A LoRA with non-zero A and B (so aligned images differ from base), saved by the trainer's own code."""
+def make_random_lora(model_path, folder, family="sd", text_encoder_modules=()):
+    """A LoRA with non-zero A and B (so aligned images differ from base), saved by the trainer's own code; with
+    ``text_encoder_modules`` also a text encoder half on those modules (as train.lora.text_encoder_modules)."""
     import torch
 
     from core.models import load_pipeline
     from training.config import LoraSettings
     from training.lora import add_lora, save_lora
+    from training.text_lora import TextEncoderLora
 
     pipe = load_pipeline(model_path)
     params = add_lora(pipe.unet, LoraSettings(rank=2, alpha=2.0))
+    text = None
+    if text_encoder_modules:
+        text = TextEncoderLora(pipe.text_encoder, rank=2, alpha=2.0, target_modules=list(text_encoder_modules))
+        params += text.trainable_parameters()
     torch.manual_seed(0)
     with torch.no_grad():
         for p in params:
             p.normal_(0.0, 0.5)
-    save_lora(folder, pipe.unet, family)
+    save_lora(folder, pipe.unet, family, text)
     return folder
 
 

@@ -49,6 +49,27 @@ def test_finetune_trains_the_lora_on_and_stock_diffusers_loads_it(tmp_path, tiny
     pipe.load_lora_weights(str(out))  # stock loading
 
 
+def test_finetune_trains_the_text_encoder_half_on_and_saves_it(tmp_path, tiny_sd15_path):
+    lora = make_random_lora(tiny_sd15_path, tmp_path / "lora", text_encoder_modules=("q_proj", "v_proj"))
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump({"redteam": {
+        "model": str(tiny_sd15_path), "suite": fakes.SUITE, "device": "cpu",
+        "generation": {"sampler": "ddim", "steps": 2, "guidance": 1.5, "batch_size": 8},
+        "finetune": {"lora": str(lora), "output_dir": str(tmp_path / "out"), "batch_size": 4, "steps": 2,
+                     "learning_rate": 1e-2, "prompts": {"source": "templates", "templates": ["a {x} in a park"],
+                                                        "slots": {"x": ["cat", "dog"]}}},
+    }}))
+    summary = finetune(load_config(str(config), []), progress=False)
+    assert summary["text_encoder_trained"]
+    before, after = load_file(str(lora / LORA_WEIGHT_NAME)), load_file(str(tmp_path / "out" / LORA_WEIGHT_NAME))
+    assert set(before) == set(after)  # both halves are saved, under the same keys
+    text_keys = [k for k in before if k.startswith("text_encoder.")]
+    assert text_keys and any(not torch.equal(before[k], after[k]) for k in text_keys)  # the encoder half moved
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("unet."))
+    pipe = load_pipeline(tiny_sd15_path)
+    pipe.load_lora_weights(str(tmp_path / "out"))  # stock loading, both halves
+
+
 def _csv(path, rows, columns=("prompt", "categories", "sd_seed", "sd_guidance_scale")):
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
