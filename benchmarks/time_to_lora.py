@@ -87,6 +87,10 @@ class StockSettings:
     learning_rate: float = field(default=1e-5, metadata={"help": "--learning_rate."})
     beta_dpo: int = field(default=2500, metadata={"help": "--beta_dpo, an integer in the script (ours: beta = 2 x this)."})
     extra_args: list[str] = field(default_factory=list, metadata={"help": "More arguments, verbatim."})
+    cudnn_attention: bool = field(default=True, metadata={
+        "help": "false: torch's cuDNN attention backend off in the stock script's processes (a sitecustomize "
+                "shim on its PYTHONPATH), where that backend's backward fails at the job's shapes (torch's "
+                "'mha_graph.execute' error at SDXL's); the flash and memory-efficient kernels then run."})
 
 
 @dataclass
@@ -214,6 +218,17 @@ def wandb_stand_in(work_dir: Path) -> Path | None:
     return folder
 
 
+def cudnn_attention_off(work_dir: Path) -> Path:
+    """A folder holding a ``sitecustomize`` that turns torch's cuDNN attention backend off at interpreter start, so
+    the unchanged stock script runs on the flash / memory-efficient kernels (``stock.cudnn_attention: false``)."""
+    folder = work_dir / "cudnn_attention_off"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        '"""stock.cudnn_attention: false (benchmarks/time_to_lora.py)."""\nimport torch\n\n'
+        'torch.backends.cuda.enable_cudnn_sdp(False)\n')
+    return folder
+
+
 def run_stock(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: Path, stock_set: Path,
               cache_root: Path) -> RunTiming:
     script = REPO / cfg.stock.script
@@ -234,9 +249,12 @@ def run_stock(cfg: TimeToLoraConfig, job: JobSettings, caches: str, model_dir: P
                "--checkpointing_steps", str(10 * steps + 1), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
                "--seed", "0", "--report_to", "tensorboard", *cfg.stock.extra_args]
     env = {**os.environ, **cache_env(cache_root)}
-    stand_in = wandb_stand_in(Path(cfg.work_dir))
-    if stand_in is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(stand_in), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    stand_ins = [folder for folder in (wandb_stand_in(Path(cfg.work_dir)),
+                                       None if cfg.stock.cudnn_attention else cudnn_attention_off(Path(cfg.work_dir)))
+                 if folder is not None]
+    if stand_ins:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, stand_ins),
+                                             *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
     log_path = Path(cfg.work_dir) / "logs" / f"stock-{job.name}-{caches}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     returncode, wall, first = stream_with_first_step(command, env, log_path, cfg.timeout_s, STOCK_STEP)
