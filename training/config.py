@@ -97,7 +97,7 @@ class TrainConfig:
     # tests, which the trainer now takes as training/kernels.py's KernelOptions.
     REMOVED_KEYS: ClassVar[dict[str, str]] = {
         **dict.fromkeys(["risk_repeats", "label_smoothing", "label_smoothing_per_risk", "timestep_range_per_risk",
-                         "preserve_risks", "loss_weight_per_risk"],
+                         "preserve_risks", "loss_weight_per_risk", "text_encoder_learning_rate"],
                         "measured and not adopted; see docs/experiments.md"),
         **dict.fromkeys(["allow_tf32", "compile_backend", "compile_options"],
                         "a kernel choice of the benchmarks and tests, not of a recipe: they pass it to the trainer as "
@@ -168,9 +168,6 @@ class TrainConfig:
                 "processes."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
-    text_encoder_learning_rate: Optional[float] = field(default=None, metadata={
-        "help": "Peak learning rate of the text encoder's LoRA (lora.text_encoder_modules), its own AdamW param "
-                "group on the same schedule; null: learning_rate."})
     lr_scheduler: Literal[
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
     ] = field(default="constant_with_warmup", metadata={"help": "Learning-rate schedule (diffusers' get_scheduler)."})
@@ -273,11 +270,6 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if self.text_encoder_learning_rate is not None:
-            if not self.lora.text_encoder_modules:
-                raise ValueError("text_encoder_learning_rate needs lora.text_encoder_modules (the text encoder's LoRA)")
-            if not self.text_encoder_learning_rate > 0:
-                raise ValueError(f"text_encoder_learning_rate must be > 0, got {self.text_encoder_learning_rate}")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
         for name in ("lr_warmup_steps", "checkpoint_every", "max_grad_norm", "adam_weight_decay"):

@@ -474,12 +474,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
         self.params = add_lora(unet, cfg.lora)
         text = None
-        self.text_params: list[torch.nn.Parameter] = []
         if cfg.lora.text_encoder_modules:
             text = TextEncoderLora(self.components.text_encoders[0].to(device), rank=cfg.lora.rank,
                                    alpha=cfg.lora.alpha, target_modules=cfg.lora.text_encoder_modules)
-            self.text_params = text.trainable_parameters()
-            self.params += self.text_params
+            self.params += text.trainable_parameters()
         if self.inputs.init_lora is not None:
             init_lora_from(unet, self.inputs.init_lora, cfg.lora, cfg.init_lora)
         if self.inputs.init_text_lora is not None:
@@ -519,14 +517,8 @@ class Trainer:
         for a CUDA-graph step (training/graph.py), which torch refuses to capture otherwise."""
         cfg = self.cfg
         fused = cfg.fused_optimizer if cfg.fused_optimizer is not None else self.device.type == "cuda"
-        params: list = self.params
-        if cfg.text_encoder_learning_rate is not None:
-            # Two param groups; the scheduler scales each group's own peak lr by the same factor per step.
-            text_ids = {id(param) for param in self.text_params}
-            params = [{"params": [param for param in self.params if id(param) not in text_ids]},
-                      {"params": self.text_params, "lr": cfg.text_encoder_learning_rate}]
         optimizer = torch.optim.AdamW(
-            params,
+            self.params,
             lr=cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             weight_decay=cfg.adam_weight_decay,

@@ -217,30 +217,3 @@ def test_a_diffusers_file_alone_with_text_layers_is_refused(tiny_sd15_path, tiny
         cfg = tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", modules, f"init_lora={alone}")
         with pytest.raises(ConfigError, match="holds text encoder layers"):
             train(cfg)
-
-
-def test_text_encoder_learning_rate_is_the_text_lora_s_own(tiny_sd15_path, tiny_set, tmp_path):
-    from tests.training.test_train import _assert_same_lora, _lora
-
-    common = (TEXT_MODULES, "learning_rate=1e-2")
-    default, same, frozen = tmp_path / "default", tmp_path / "same", tmp_path / "frozen"
-    train(tiny_config(tiny_sd15_path, tiny_set, default, *common))
-    train(tiny_config(tiny_sd15_path, tiny_set, same, *common, "text_encoder_learning_rate=1e-2"))
-    _assert_same_lora(_lora(default), _lora(same), atol=0)  # two groups at one lr: the same run
-    for key, value in _text_lora_state(default).items():
-        torch.testing.assert_close(_text_lora_state(same)[key], value, rtol=0, atol=0)
-
-    train(tiny_config(tiny_sd15_path, tiny_set, frozen, *common, "text_encoder_learning_rate=1e-12"))
-    moved = [value.abs().max().item() for key, value in _text_lora_state(frozen).items() if "lora_B" in key]
-    assert moved and max(moved) < 1e-9  # B starts at 0 and barely moves at lr 1e-12...
-    assert any(value.abs().max() > 1e-4 for key, value in _text_lora_state(default).items() if "lora_B" in key)
-    unet_up = [value.abs().max().item() for key, value in _lora(frozen).items()
-               if key.startswith("unet.") and ("lora_B" in key or "lora.up" in key)]
-    assert unet_up and max(unet_up) > 1e-4  # ...while the UNet's LoRA trains at learning_rate
-
-
-def test_text_encoder_learning_rate_needs_the_text_lora(tiny_sd15_path, tiny_set, tmp_path):
-    with pytest.raises(ConfigError, match="text_encoder_learning_rate needs lora.text_encoder_modules"):
-        tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", "text_encoder_learning_rate=1e-4")
-    with pytest.raises(ConfigError, match="text_encoder_learning_rate must be > 0"):
-        tiny_config(tiny_sd15_path, tiny_set, tmp_path / "run", TEXT_MODULES, "text_encoder_learning_rate=0")
