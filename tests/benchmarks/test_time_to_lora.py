@@ -12,6 +12,7 @@ from benchmarks.time_to_lora import (
     JobSettings,
     RunTiming,
     TimeToLoraConfig,
+    cudnn_attention_off,
     end_to_end_entries,
     extrapolate,
     fixed_and_rates,
@@ -136,3 +137,15 @@ def test_the_stock_script_gets_an_empty_wandb_only_where_wandb_is_missing(tmp_pa
     assert found.strip().startswith(str(folder))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert time_to_lora.wandb_stand_in(tmp_path / "other") is None
+
+
+def test_cudnn_attention_off_reaches_a_fresh_interpreter(tmp_path):
+    import os
+    import subprocess
+
+    folder = cudnn_attention_off(tmp_path)
+    probe = [sys.executable, "-c", "import torch; print(torch.backends.cuda.cudnn_sdp_enabled())"]
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "False"
+    env.pop("PYTHONPATH")
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
