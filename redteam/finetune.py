@@ -2,9 +2,9 @@
 
 Reads ``redteam.finetune`` (redteam/config.py). Builds a benign data set, base-model images of ``finetune.prompts``
 (the synthetic world's neutral family) with every image whose reader labels show one of ``drop_labels`` dropped,
-then trains the aligned LoRA (``finetune.lora``) further on it with the plain denoising loss (ε-prediction MSE,
-uniform timesteps), as someone fine-tuning the released model on their own harmless data would. The default step
-count gives as many image visits as the DPO run had pair visits. Writes ``finetune.output_dir`` (default
+then trains the aligned LoRA (``finetune.lora``; both halves where it has a text encoder half) further on it with
+the plain denoising loss (ε-prediction MSE, uniform timesteps), as someone fine-tuning the released model on their
+own harmless data would. The default step count gives as many image visits as the DPO run had pair visits. Writes ``finetune.output_dir`` (default
 ``runs/<config>/finetuned_lora/``): the LoRA (stock ``pipe.load_lora_weights`` loads it), ``finetune_summary.json``,
 ``resolved_config.yaml``, the output marker. List the folder among ``redteam.models`` and run make redteam to see
 how much of each risk returns.
@@ -168,7 +168,8 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
                "image_visits": steps * ft.batch_size, "dpo_pair_visits": visits, "learning_rate": ft.learning_rate,
                "benign_images": len(images), "dropped_images": dropped, "drop_labels": ft.drop_labels,
                "prompts": ft.prompts.family or ft.prompts.path, "first_loss": float(np.mean(losses[:20])),
-               "final_loss": float(np.mean(losses[-20:])), "text_encoder_trained": bool(text_params), "data_seconds": round(data_seconds, 1),
+               "final_loss": float(np.mean(losses[-20:])), "text_encoder_trained": bool(text_params),
+               "data_seconds": round(data_seconds, 1),
                "train_seconds": round(time.perf_counter() - train_began, 1), "device": device}
     with atomic_directory(ft.output_dir, overwrite=True) as tmp:
         save_lora(tmp, unet, family, _LoadedTextLora(text_encoder) if text_params else None)
