@@ -4,10 +4,10 @@ Reads ``redteam.finetune`` (redteam/config.py). Builds a benign data set, base-m
 (the synthetic world's neutral family) with every image whose reader labels show one of ``drop_labels`` dropped,
 then trains the aligned LoRA (``finetune.lora``; both halves where it has a text encoder half) further on it with
 the plain denoising loss (ε-prediction MSE, uniform timesteps), as someone fine-tuning the released model on their
-own harmless data would. The default step count gives as many image visits as the DPO run had pair visits. Writes ``finetune.output_dir`` (default
-``runs/<config>/finetuned_lora/``): the LoRA (stock ``pipe.load_lora_weights`` loads it), ``finetune_summary.json``,
-``resolved_config.yaml``, the output marker. List the folder among ``redteam.models`` and run make redteam to see
-how much of each risk returns.
+own harmless data would. The default step count gives as many image visits as the DPO run had pair visits. Writes
+``finetune.output_dir`` (default ``runs/<config>/finetuned_lora/``): the LoRA (stock ``pipe.load_lora_weights``
+loads it), ``finetune_summary.json``, ``resolved_config.yaml``, the output marker. List the folder among
+``redteam.models`` and run make redteam to see how much of each risk returns.
 """
 
 from __future__ import annotations
