@@ -12,6 +12,7 @@ Every request's decisions are appended to ``serve.decision_log`` (default runs/<
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -66,4 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The service has stopped through its own cleanup (socket closed, decision log closed). Leave without the
+    # interpreter's teardown: there, native worker threads that torch started for generation are sometimes still
+    # alive and the C++ runtime aborts the process ("terminate called without an active exception", exit -6) after
+    # a clean stop, which a supervisor would read as a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
