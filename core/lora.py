@@ -93,9 +93,9 @@ def adapters_disabled(unet) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
-def lora_parameters(unet) -> dict[str, torch.Tensor]:
-    """The adapter's weights with peft's key names (no adapter name), for checkpoints."""
-    return get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+def lora_parameters(model) -> dict[str, torch.Tensor]:
+    """The adapter's weights of a UNet or text encoder with peft's key names (no adapter name), for checkpoints."""
+    return get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
 
 
 # peft's file names (``PeftModel.save_pretrained`` writes them, ``PeftModel.from_pretrained`` reads them).
@@ -114,8 +114,8 @@ def save_lora(folder: str | Path, unet, family: str, text_encoder=None) -> Path:
     * ``adapter_config.json`` + ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained(unet,
       folder)``: peft reads its own key names and config file, not diffusers'. The weights are the same
       tensors (a few MB twice); diffusers picks its own file by name when both are present.
-    * ``text_encoder``: a trained text encoder's LoRA (anything with ``lora_state()``, peft key names, and
-      ``peft_config``, as the trainer's ``TextEncoderLora``), written into
+    * ``text_encoder``: a text encoder carrying a LoRA adapter named ``ADAPTER_NAME`` (the trainer's
+      ``TextEncoderLora.encoder``, or one stock ``load_lora_weights`` adapted), its layers written into
       the diffusers file under ``text_encoder.`` (stock ``load_lora_weights`` loads both parts) and, in peft's
       format, as ``text_encoder/adapter_config.json`` + ``adapter_model.safetensors``.
     """
@@ -131,9 +131,10 @@ def save_lora(folder: str | Path, unet, family: str, text_encoder=None) -> Path:
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     text = {}
     if text_encoder is not None:
-        text_layers = {k: v.detach().float().cpu().contiguous() for k, v in text_encoder.lora_state().items()}
+        text_config = text_encoder.peft_config[ADAPTER_NAME]
+        text_layers = {k: v.detach().float().cpu().contiguous() for k, v in lora_parameters(text_encoder).items()}
         text = {"text_encoder_lora_layers": convert_state_dict_to_diffusers(text_layers),
-                "text_encoder_lora_adapter_metadata": text_encoder.peft_config.to_dict()}
+                "text_encoder_lora_adapter_metadata": text_config.to_dict()}
     pipeline_cls.save_lora_weights(
         save_directory=str(folder),
         unet_lora_layers=layers,
@@ -146,7 +147,7 @@ def save_lora(folder: str | Path, unet, family: str, text_encoder=None) -> Path:
               metadata={"format": "pt"})
     if text_encoder is not None:
         (Path(folder) / "text_encoder").mkdir(exist_ok=True)
-        text_encoder.peft_config.save_pretrained(str(Path(folder) / "text_encoder"))
+        text_config.save_pretrained(str(Path(folder) / "text_encoder"))
         save_file({PEFT_KEY_PREFIX + k: v for k, v in text_layers.items()},
                   str(Path(folder) / "text_encoder" / PEFT_WEIGHT_NAME), metadata={"format": "pt"})
     return Path(folder) / LORA_WEIGHT_NAME

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from peft.utils import get_peft_model_state_dict
 
 from core.cli import StageCLI, resolve_device, run_main
 from core.config import config_name, load_stage_config, write_resolved_config
@@ -40,18 +39,6 @@ from redteam.config import RedteamConfig
 from redteam.suite import redteam_suite
 
 MARKER_KIND = "finetuned_lora"
-
-
-class _LoadedTextLora:
-    """The text encoder half as ``core.lora.save_lora`` writes it (peft key names and config), for a text encoder
-    that stock ``load_lora_weights`` gave a LoRA adapter."""
-
-    def __init__(self, text_encoder: torch.nn.Module) -> None:
-        self.text_encoder = text_encoder
-        self.peft_config = text_encoder.peft_config[ADAPTER_NAME]
-
-    def lora_state(self) -> dict[str, torch.Tensor]:
-        return get_peft_model_state_dict(self.text_encoder, adapter_name=ADAPTER_NAME)
 
 
 def load_config(config_path: str | None, overrides: list[str]) -> RedteamConfig:
@@ -172,7 +159,7 @@ def finetune(cfg: RedteamConfig, progress: bool = True) -> dict:
                "data_seconds": round(data_seconds, 1),
                "train_seconds": round(time.perf_counter() - train_began, 1), "device": device}
     with atomic_directory(ft.output_dir, overwrite=True) as tmp:
-        save_lora(tmp, unet, family, _LoadedTextLora(text_encoder) if text_params else None)
+        save_lora(tmp, unet, family, text_encoder if text_params else None)
         write_marker(tmp, MARKER_KIND)
         write_resolved_config(cfg, tmp)
         atomic_write_json(tmp / "finetune_summary.json", summary)

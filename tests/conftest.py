@@ -85,7 +85,7 @@ def make_random_lora(model_path, folder, family="sd", text_encoder_modules=()):
     with torch.no_grad():
         for p in params:
             p.normal_(0.0, 0.5)
-    save_lora(folder, pipe.unet, family, text)
+    save_lora(folder, pipe.unet, family, text.encoder if text else None)
     return folder
 
 

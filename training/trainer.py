@@ -826,7 +826,7 @@ class Trainer:
         """All or nothing: the output folder appears complete or not at all."""
         cfg, family, pairs = self.cfg, self.inputs.family, self.inputs.pairs
         with atomic_directory(cfg.output_dir, overwrite=True) as tmp:
-            save_lora(tmp, self.model.unwrapped, family, self.text_lora)
+            save_lora(tmp, self.model.unwrapped, family, self.text_lora.encoder if self.text_lora else None)
             write_marker(tmp, "lora")
             write_resolved_config(cfg, tmp)
             atomic_write_json(tmp / "training_summary.json", summary)
